@@ -1,0 +1,145 @@
+"""Orchestrates the stage converters and writes the bundle atomically (temp folder, then rename)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, file_entry
+from ..errors import BundleError, SourceError
+from ..fsutil import atomic_write_json, sha256_file
+from . import upstream
+from .config import load_source_config
+
+QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+DEFAULT_QUANTS = ("f32", "q4_k_m")
+_COPIED = ("campplus.onnx", "speech_tokenizer_v3.onnx")
+
+
+def parse_quants(spec: str | Sequence[str]) -> list[str]:
+    items = [q.strip().lower() for q in (spec.split(",") if isinstance(spec, str) else spec) if q.strip()]
+    bad = [q for q in items if q not in QUANTS]
+    if bad or not items:
+        raise SourceError(f"unknown quantization {', '.join(bad) or '(none)'}; choose from {', '.join(QUANTS)}")
+    return list(dict.fromkeys(items))
+
+
+def check_source(src: Path) -> dict:
+    """Validate an upstream checkpoint folder and return its parsed config."""
+    src = Path(src)
+    if not src.is_dir():
+        raise SourceError(f"checkpoint folder {src} does not exist")
+    cfg = load_source_config(src)
+    missing = [n for n in upstream.FILE_NAMES_REQUIRED if not (src / n).is_file()]
+    if missing:
+        raise SourceError(
+            f"{src} is not a complete CosyVoice3 checkpoint: missing {', '.join(missing)} "
+            "(`cosyvoice-rk download DIR` fetches them)"
+        )
+    return cfg
+
+
+def convert_checkpoint(
+    src: Path | str,
+    out: Path | str,
+    *,
+    quants: Sequence[str] = DEFAULT_QUANTS,
+    hift_noise_seconds: float = 60.0,
+    overwrite: bool = False,
+    random_weights: bool = False,
+    extra_manifest: dict[str, Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> Bundle:
+    """Convert ``src`` into a bundle at ``out``; returns the loaded (hash-checked) bundle."""
+    from .flow_export import convert_flow
+    from .hift_export import convert_hift
+    from .llm_gguf import convert_llm
+
+    src, out = Path(src), Path(out)
+    quants = parse_quants(quants)
+    cfg = check_source(src)
+    if out.exists() and any(out.iterdir()):
+        if not (out / MANIFEST).is_file():
+            raise BundleError(f"{out} exists and is not a bundle; choose an empty or new folder")
+        if not overwrite:
+            raise BundleError(f"{out} already holds a bundle; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        log(f"LLM → GGUF ({', '.join(quants)})")
+        llm = convert_llm(src, work, cfg, quants)
+        log("flow → frontend arrays, noise table, estimator ONNX")
+        flow = convert_flow(src, work, cfg)
+        log("HiFT → f0 weights, decoder ONNX, noise tables")
+        hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
+        frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}
+        copied = []
+        for name in _COPIED:
+            if (src / name).is_file():
+                log(f"copy {name}")
+                _link_or_copy(src / name, work / name)
+                copied.append(name)
+        frontend["campplus"] = "campplus.onnx" if "campplus.onnx" in copied else None
+        frontend["speech_tokenizer"] = "speech_tokenizer_v3.onnx" if "speech_tokenizer_v3.onnx" in copied else None
+
+        y = cfg["yaml"]
+        constants = dict(llm.pop("constants"))
+        constants.update(
+            sample_rate=int(y.get("sample_rate", hift["sample_rate"])),
+            token_mel_ratio=int(flow["token_mel_ratio"]),
+            samples_per_frame=int(hift["samples_per_frame"]),
+            mel_bins=int(flow["mel_bins"]),
+            spk_embed_dim=int(flow["spk_embed_dim"]),
+            system_prefix=upstream.SYSTEM_PREFIX,
+        )
+        names = sorted({*llm.pop("files"), *flow.pop("files"), *hift.pop("files"), *copied})
+        files = {n: file_entry(work / n) for n in names}
+        fingerprint = hashlib.sha256("".join(files[n]["sha256"] for n in names).encode()).hexdigest()[:16]
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "random_weights": bool(random_weights),
+            "fingerprint": fingerprint,
+            "source": {
+                "path": str(src.resolve()),
+                "files": {n: sha256_file(src / n) for n in upstream.FILE_NAMES_REQUIRED},
+            },
+            "constants": constants,
+            "llm": llm,
+            "flow": flow,
+            "hift": hift,
+            "frontend": frontend,
+            "files": files,
+            **(extra_manifest or {}),
+        }
+        atomic_write_json(work / MANIFEST, manifest)
+        _replace_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"bundle written to {out} (fingerprint {fingerprint})")
+    return Bundle.load(out)
+
+
+def _link_or_copy(a: Path, b: Path) -> None:
+    try:
+        os.link(a, b)
+    except OSError:
+        shutil.copy2(a, b)
+
+
+def _replace_dir(new: Path, dst: Path) -> None:
+    old = None
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
+        os.replace(dst, old)
+    os.replace(new, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
