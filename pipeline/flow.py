@@ -1,0 +1,337 @@
+"""Flow stage: speech tokens + prompt → mel (upstream ``CausalMaskedDiffWithDiT.inference``, non-streaming).
+
+numpy does the frontend (token embedding, pre-lookahead convs, speaker affine) and the CFM Euler solver;
+the DiT estimator is a backend behind the narrow :class:`Estimator` interface (ONNX Runtime CPU here).
+Arithmetic follows upstream's float32 order so results track PyTorch to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from .errors import BackendError, BundleError, InputError
+from .sampling import Cancelled
+
+ESTIMATOR_INPUTS = ("x", "mask", "mu", "t", "spks", "cond")
+_F32 = np.float32
+
+
+class Estimator(Protocol):
+    """DiT velocity estimator, CFG batch of 2: x, mu, cond (2, M, T); mask (2, 1, T); t (2,); spks (2, S)."""
+
+    name: str
+
+    def __call__(
+        self, x: np.ndarray, mask: np.ndarray, mu: np.ndarray, t: np.ndarray, spks: np.ndarray,
+        cond: np.ndarray,
+    ) -> np.ndarray: ...
+
+
+class OrtEstimator:
+    """The exported estimator ONNX on ONNX Runtime's CPU provider."""
+
+    name = backend = "onnxruntime-cpu"
+
+    def __init__(self, path: Path | str, *, n_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = int(n_threads or 0)  # 0: ORT picks (one per physical core)
+        opts.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise BackendError(f"ONNX Runtime cannot load the flow estimator {self.path}: {e}") from e
+        names = [i.name for i in self.session.get_inputs()]
+        if sorted(names) != sorted(ESTIMATOR_INPUTS):
+            raise BundleError(
+                f"{self.path.name} has inputs {names}, the flow estimator has {list(ESTIMATOR_INPUTS)}"
+            )
+        self._out = self.session.get_outputs()[0].name
+
+    def __call__(
+        self, x: np.ndarray, mask: np.ndarray, mu: np.ndarray, t: np.ndarray, spks: np.ndarray,
+        cond: np.ndarray,
+    ) -> np.ndarray:
+        feeds = dict(zip(ESTIMATOR_INPUTS, (x, mask, mu, t, spks, cond), strict=True))
+        feeds = {k: np.ascontiguousarray(v, dtype=_F32) for k, v in feeds.items()}
+        try:
+            return self.session.run([self._out], feeds)[0]
+        except Exception as e:
+            raise BackendError(f"flow estimator ({self.name}) failed on {x.shape[-1]} frames: {e}") from e
+
+
+class FlowFrontend:
+    """Speaker projection and token encoder (embedding → PreLookaheadLayer → repeat ×ratio), in numpy."""
+
+    def __init__(
+        self,
+        arrays: dict[str, np.ndarray],
+        *,
+        token_mel_ratio: int,
+        pre_lookahead_len: int,
+    ) -> None:
+        self.embedding = np.asarray(arrays["input_embedding"], _F32)
+        self.spk_w = np.asarray(arrays["spk_affine_weight"], _F32)
+        self.spk_b = np.asarray(arrays["spk_affine_bias"], _F32)
+        self.conv1_w = np.asarray(arrays["pre_lookahead_conv1_weight"], _F32)
+        self.conv1_b = np.asarray(arrays["pre_lookahead_conv1_bias"], _F32)
+        self.conv2_w = np.asarray(arrays["pre_lookahead_conv2_weight"], _F32)
+        self.conv2_b = np.asarray(arrays["pre_lookahead_conv2_bias"], _F32)
+        self.token_mel_ratio = int(token_mel_ratio)
+        self.pre_lookahead_len = int(pre_lookahead_len)
+        self.vocab_size, self.mel_bins = self.embedding.shape
+        self.spk_embed_dim = self.spk_w.shape[1]
+
+    @classmethod
+    def load(cls, path: Path | str, *, token_mel_ratio: int, pre_lookahead_len: int) -> FlowFrontend:
+        try:
+            with np.load(path) as z:
+                arrays = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise BundleError(f"flow frontend {path} is unreadable ({e}); convert again") from e
+        try:
+            return cls(arrays, token_mel_ratio=token_mel_ratio, pre_lookahead_len=pre_lookahead_len)
+        except KeyError as e:
+            raise BundleError(f"flow frontend {path} lacks array {e}; convert again") from e
+
+    def speaker(self, embedding: np.ndarray) -> np.ndarray:
+        """``Linear(F.normalize(embedding))``: (spk_embed_dim,) → (mel_bins,)."""
+        e = np.asarray(embedding, _F32).reshape(1, -1)
+        if e.shape[1] != self.spk_embed_dim:
+            raise InputError(f"speaker embedding has {e.shape[1]} values, expected {self.spk_embed_dim}")
+        if not np.isfinite(e).all():
+            raise InputError("speaker embedding has non-finite values")
+        norm = np.sqrt(np.sum(e * e, axis=1, keepdims=True, dtype=_F32))
+        e = e / np.maximum(norm, _F32(1e-12))
+        return (e @ self.spk_w.T + self.spk_b)[0]
+
+    def pre_lookahead(self, emb: np.ndarray) -> np.ndarray:
+        """PreLookaheadLayer with finalize=True on time-major (L, C) input; returns (L, C)."""
+        x = np.concatenate([emb, np.zeros((self.pre_lookahead_len, emb.shape[1]), _F32)])
+        y = _conv1d_valid(x, self.conv1_w, self.conv1_b)
+        y = np.where(y > 0, y, y * _F32(0.01))
+        k2 = self.conv2_w.shape[2]
+        y = np.concatenate([np.zeros((k2 - 1, y.shape[1]), _F32), y])
+        return _conv1d_valid(y, self.conv2_w, self.conv2_b) + emb
+
+    def encode(self, tokens: np.ndarray) -> np.ndarray:
+        """All tokens (prompt + generated) → mu (mel_bins, ratio·L)."""
+        emb = self.embedding[np.maximum(tokens, 0)]
+        h = self.pre_lookahead(emb)
+        h = np.repeat(h, self.token_mel_ratio, axis=0)
+        return np.ascontiguousarray(h.T)
+
+
+def _conv1d_valid(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Conv1d without padding on time-major x (L, Cin); w (Cout, Cin, K) → (L−K+1, Cout)."""
+    k = w.shape[2]
+    n = x.shape[0] - k + 1
+    cols = np.stack([x[i : i + n] for i in range(k)], axis=2)  # (n, Cin, K)
+    return cols.reshape(n, -1) @ w.reshape(w.shape[0], -1).T + b
+
+
+def t_span(n_timesteps: int, scheduler: str = "cosine") -> np.ndarray:
+    """The solver's time grid as upstream builds it in float32 (``torch.linspace``, then the cosine map)."""
+    n = int(n_timesteps)
+    step = _F32(1.0) / _F32(n)
+    idx = np.arange(n + 1)
+    # torch.linspace fills the first half as start + step·i and the second half as end − step·(n − i)
+    lin = np.where(idx < (n + 1) // 2, step * idx.astype(_F32), _F32(1.0) - step * (n - idx).astype(_F32))
+    lin = lin.astype(_F32)
+    if scheduler != "cosine":
+        return lin
+    arg = (lin * _F32(0.5)) * _F32(np.pi)
+    # float64 cos rounded to float32 reproduces torch's float32 cos here; numpy's float32 cos is 1 ulp off.
+    return (_F32(1.0) - np.cos(arg.astype(np.float64)).astype(_F32)).astype(_F32)
+
+
+class Flow:
+    """Non-streaming flow: tokens → mel (mel_bins, ratio·N); the solver keeps upstream's float32 op order."""
+
+    def __init__(
+        self,
+        frontend: FlowFrontend,
+        estimator: Estimator,
+        noise: np.ndarray,
+        *,
+        n_timesteps: int,
+        inference_cfg_rate: float,
+        t_scheduler: str,
+    ) -> None:
+        self.frontend = frontend
+        self.estimator = estimator
+        self.noise = noise
+        self.n_timesteps = int(n_timesteps)
+        self.cfg_rate = float(inference_cfg_rate)
+        self.t_scheduler = str(t_scheduler)
+        self.mel_bins = frontend.mel_bins
+        self.token_mel_ratio = frontend.token_mel_ratio
+        if noise.ndim != 3 or noise.shape[:2] != (1, self.mel_bins):
+            raise BundleError(f"flow noise table has shape {noise.shape}, want (1, {self.mel_bins}, frames)")
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Any, estimator: Estimator | None = None, n_threads: int | None = None
+    ) -> Flow:
+        sec = bundle.manifest["flow"]
+        try:
+            frontend = FlowFrontend.load(
+                bundle.path(sec["frontend"]),
+                token_mel_ratio=sec["token_mel_ratio"],
+                pre_lookahead_len=sec["pre_lookahead_len"],
+            )
+            noise_path = bundle.path(sec["noise"])
+            if estimator is None:
+                estimator = OrtEstimator(bundle.path(sec["estimator"]["onnx"]), n_threads=n_threads)
+            kw = {k: sec[k] for k in ("n_timesteps", "inference_cfg_rate", "t_scheduler")}
+        except KeyError as e:
+            raise BundleError(f"bundle {bundle.root}: manifest flow section lacks {e}; convert again") from e
+        try:
+            noise = np.load(noise_path)
+        except (OSError, ValueError) as e:
+            raise BundleError(f"flow noise table {noise_path} is unreadable ({e}); convert again") from e
+        return cls(frontend, estimator, np.asarray(noise, _F32), **kw)
+
+    @property
+    def noise_frames(self) -> int:
+        """Longest mel (prompt + generated frames) the fixed noise table covers."""
+        return int(self.noise.shape[2])
+
+    def t_span(self) -> np.ndarray:
+        return t_span(self.n_timesteps, self.t_scheduler)
+
+    def prepare(
+        self, tokens: np.ndarray, prompt_tokens: np.ndarray, prompt_mel: np.ndarray, embedding: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Decoder inputs mu (M, T), spks (M,), cond (M, T), mask (1, T), with T = ratio·(P + N).
+
+        ``prompt_mel`` is time-major (ratio·P, M) as :func:`pipeline.features.flow_prompt_mel` returns it.
+        """
+        tokens = _token_array(tokens, "speech tokens", self.frontend.vocab_size)
+        prompt_tokens = _token_array(prompt_tokens, "prompt speech tokens", self.frontend.vocab_size)
+        if tokens.size == 0:
+            raise InputError("no speech tokens to turn into mel")
+        prompt_mel = np.asarray(prompt_mel, _F32)
+        want = (self.token_mel_ratio * prompt_tokens.size, self.mel_bins)
+        if prompt_mel.shape != want:
+            raise InputError(
+                f"prompt mel has shape {prompt_mel.shape}, expected {want} "
+                f"({self.token_mel_ratio} frames per prompt token, {self.mel_bins} bins)"
+            )
+        spks = self.frontend.speaker(embedding)
+        mu = self.frontend.encode(np.concatenate([prompt_tokens, tokens]))
+        n_frames = mu.shape[1]
+        cond = np.zeros((self.mel_bins, n_frames), _F32)
+        cond[:, : want[0]] = prompt_mel.T
+        mask = np.ones((1, n_frames), _F32)
+        return mu, spks, cond, mask
+
+    def noise_for(self, n_frames: int) -> np.ndarray:
+        """The bundle's fixed noise (M, T): its first ``n_frames`` columns, as upstream slices it."""
+        if n_frames > self.noise_frames:
+            raise InputError(
+                f"prompt + speech need {n_frames} mel frames but the flow noise table holds "
+                f"{self.noise_frames}; use a shorter prompt or split the text"
+            )
+        return self.noise[0, :, :n_frames]
+
+    def solve(
+        self,
+        mu: np.ndarray,
+        mask: np.ndarray,
+        spks: np.ndarray,
+        cond: np.ndarray,
+        z: np.ndarray,
+        trace: list | None = None,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Euler solve with classifier-free guidance (upstream ``solve_euler``); returns x (M, T).
+
+        Shapes as :meth:`prepare` returns them (a leading batch axis of 1 is accepted too); ``z`` is the
+        initial noise (M, T). ``trace`` receives one dict per step: ``x`` before the step (M, T), the
+        estimator's ``t`` (2,) and its output ``out`` (2, M, T).
+        """
+        m = self.mel_bins
+        mu = np.asarray(mu, _F32).reshape(m, -1)
+        n_frames = mu.shape[1]
+        x = np.array(z, _F32).reshape(m, n_frames)
+        # Row 0 conditional; row 1 unconditional: mu, spks and cond stay zero, x and mask are shared.
+        x_in = np.zeros((2, m, n_frames), _F32)
+        mask_in = np.zeros((2, 1, n_frames), _F32)
+        mu_in = np.zeros((2, m, n_frames), _F32)
+        t_in = np.zeros((2,), _F32)
+        spks_in = np.zeros((2, np.size(spks)), _F32)
+        cond_in = np.zeros((2, m, n_frames), _F32)
+        mask_in[:] = np.asarray(mask, _F32).reshape(1, n_frames)
+        mu_in[0] = mu
+        spks_in[0] = np.asarray(spks, _F32).reshape(-1)
+        cond_in[0] = np.asarray(cond, _F32).reshape(m, n_frames)
+        # Upstream scales by python floats, i.e. by their float32 roundings.
+        a, r = _F32(1.0 + self.cfg_rate), _F32(self.cfg_rate)
+        ts = self.t_span()
+        t, dt = ts[0:1].copy(), ts[1] - ts[0]
+        n_steps = len(ts) - 1
+        for step in range(1, n_steps + 1):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"flow stopped before step {step} of {n_steps}")
+            x_in[:] = x
+            t_in[:] = t
+            out = np.asarray(self.estimator(x_in, mask_in, mu_in, t_in, spks_in, cond_in), _F32)
+            if out.shape != x_in.shape:
+                raise BackendError(f"flow estimator returned shape {out.shape}, expected {x_in.shape}")
+            if trace is not None:
+                trace.append({"x": x.copy(), "t": t_in.copy(), "out": out.copy()})
+            v = a * out[0] - r * out[1]
+            x = x + dt * v
+            t = t + dt
+            if step < n_steps:
+                dt = ts[step + 1] - t
+            if on_step is not None:
+                on_step(step, n_steps)
+        return x
+
+    def __call__(
+        self,
+        tokens: np.ndarray,
+        prompt_tokens: np.ndarray,
+        prompt_mel: np.ndarray,
+        embedding: np.ndarray,
+        *,
+        noise: np.ndarray | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """Generated mel (M, ratio·N) float32, natural-log scale; the prompt frames are cut off.
+
+        ``noise`` replaces the bundle's fixed noise: (M, T) or (1, M, T), T = ratio·(P + N).
+        """
+        mu, spks, cond, mask = self.prepare(tokens, prompt_tokens, prompt_mel, embedding)
+        n_frames = mu.shape[1]
+        if noise is None:
+            z = self.noise_for(n_frames)
+        else:
+            z = np.asarray(noise, _F32)
+            if z.size != self.mel_bins * n_frames:
+                raise InputError(f"noise has shape {z.shape}, expected ({self.mel_bins}, {n_frames})")
+        x = self.solve(mu, mask, spks, cond, z, on_step=on_step, should_stop=should_stop)
+        n_prompt = self.token_mel_ratio * np.asarray(prompt_tokens).size
+        return np.ascontiguousarray(x[:, n_prompt:])
+
+
+def _token_array(tokens: Any, what: str, vocab: int) -> np.ndarray:
+    t = np.asarray(tokens)
+    if t.ndim != 1 or (t.size and not np.issubdtype(t.dtype, np.integer)):
+        raise InputError(f"{what} must be a 1-D integer sequence, got shape {t.shape} dtype {t.dtype}")
+    t = t.astype(np.int64)
+    if t.size and t.max() >= vocab:
+        raise InputError(f"{what} contain id {int(t.max())}, the flow vocabulary has {vocab} ids")
+    return t
