@@ -1,0 +1,155 @@
+"""``Engine``: text ids + prompt features → 24 kHz audio, through the three stages of a bundle.
+
+Data flows one way: LLM (llama.cpp) → speech tokens → flow (ONNX Runtime / RKNN) → mel → HiFT → audio.
+Every source of randomness can be injected: ``rng`` for sampling, ``flow_noise`` and ``hift_noise``
+for the fixed tables (defaults: the bundle's, which are upstream's).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bundle import Bundle
+from .errors import InputError
+
+Progress = Callable[[str, dict], None]
+
+
+@dataclass
+class PromptFeatures:
+    """What a voice prompt contributes: speech tokens (P,), flow mel (2P, 80), speaker embedding (192,)."""
+
+    speech_tokens: np.ndarray
+    mel: np.ndarray
+    embedding: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.speech_tokens = np.asarray(self.speech_tokens, dtype=np.int64).reshape(-1)
+        self.mel = np.ascontiguousarray(self.mel, dtype=np.float32)
+        self.embedding = np.asarray(self.embedding, dtype=np.float32).reshape(-1)
+        if self.mel.ndim != 2 or self.mel.shape[0] != 2 * len(self.speech_tokens):
+            raise InputError(
+                f"prompt mel has {self.mel.shape[0] if self.mel.ndim == 2 else '?'} frames for "
+                f"{len(self.speech_tokens)} tokens; it must have exactly 2 per token (align_prompt does this)"
+            )
+
+
+@dataclass
+class SynthesisResult:
+    audio: np.ndarray
+    sample_rate: int
+    tokens: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    backends: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def rtf(self) -> float:
+        return sum(self.timings.values()) / max(self.duration, 1e-9)
+
+
+class Engine:
+    def __init__(self, bundle: Bundle, lm, text_embedding, flow, hift) -> None:
+        self.bundle = bundle
+        self.lm = lm
+        self.text_embedding = text_embedding
+        self.flow = flow
+        self.hift = hift
+        self.constants = bundle.constants
+
+    @classmethod
+    def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
+             exact: bool = False) -> Engine:
+        from .flow import Flow
+        from .llm import SpeechLM, TextEmbedding
+        from .vocoder import HiFT
+
+        b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        lm = SpeechLM.from_bundle(b, quant=quant, n_threads=n_threads, exact=exact)
+        temb = TextEmbedding(b.path(b.manifest["llm"]["text_embedding"]))
+        return cls(b, lm, temb, Flow.from_bundle(b, n_threads=n_threads), HiFT.from_bundle(b, n_threads=n_threads))
+
+    def close(self) -> None:
+        self.lm.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def backends(self) -> dict[str, str]:
+        return {"llm": getattr(self.lm, "backend", "llama.cpp"),
+                "flow": getattr(self.flow.estimator, "backend", "?"),
+                "vocoder": getattr(self.hift, "backend", "?")}
+
+    def generate_tokens(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
+                        rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
+                        max_tokens: int | None = None, on_progress: Progress | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> list[int]:
+        from .llm import prefill_zero_shot
+        from .sampling import generate_tokens
+
+        if len(text_ids) == 0:
+            raise InputError("text is empty: nothing to say")
+        rng = rng if rng is not None else np.random.default_rng()
+        ids = np.concatenate([np.asarray(prompt_text_ids, np.int64), np.asarray(text_ids, np.int64)])
+        self.lm.reset()
+        if on_progress:
+            on_progress("prefill", {"positions": len(ids) + len(prompt.speech_tokens) + 2})
+        logits = prefill_zero_shot(self.lm, self.text_embedding, ids, prompt.speech_tokens, self.constants)
+
+        def tick(i: int, tok: int) -> None:
+            if on_progress:
+                on_progress("tokens", {"n": i + 1})
+
+        return generate_tokens(self.lm, logits, n_tts_text_tokens=len(text_ids), constants=self.constants,
+                               rng=rng, temperature=temperature, sampler=sampler, max_tokens=max_tokens,
+                               on_token=tick, should_stop=should_stop)
+
+    def synthesize(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
+                   rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
+                   flow_noise: np.ndarray | None = None, hift_noise: np.ndarray | None = None,
+                   on_progress: Progress | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
+        """Non-streaming zero-shot synthesis of one text segment; returns float32 audio at the bundle's rate."""
+        from .sampling import filter_silent
+
+        c = self.constants
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        tokens = self.generate_tokens(text_ids, prompt_text_ids, prompt, rng=rng, temperature=temperature,
+                                      sampler=sampler, max_tokens=self.max_new_tokens(len(prompt.speech_tokens)),
+                                      on_progress=on_progress, should_stop=should_stop)
+        timings["llm"] = time.perf_counter() - t0
+        kept = filter_silent(tokens, c["silent_tokens"], c["max_silent_run"])
+        if not kept:
+            raise InputError("the LLM produced no speech tokens for this text; try another temperature or seed")
+        if on_progress:
+            on_progress("flow", {"tokens": len(kept)})
+        t0 = time.perf_counter()
+        mel = self.flow(np.asarray(kept, np.int64), prompt.speech_tokens, prompt.mel, prompt.embedding,
+                        noise=flow_noise, should_stop=should_stop)
+        timings["flow"] = time.perf_counter() - t0
+        if on_progress:
+            on_progress("vocoder", {"frames": mel.shape[1]})
+        t0 = time.perf_counter()
+        audio = self.hift(mel, noise=hift_noise)
+        timings["vocoder"] = time.perf_counter() - t0
+        return SynthesisResult(audio.astype(np.float32), int(c["sample_rate"]), tokens, timings, self.backends)
+
+    def max_new_tokens(self, n_prompt_tokens: int) -> int:
+        """Longest generation the fixed noise tables cover (flow mel frames and HiFT samples)."""
+        ratio = int(self.constants["token_mel_ratio"])
+        frames_flow = self.flow.noise_frames // ratio - n_prompt_tokens
+        frames_hift = self.hift.noise_samples // (int(self.constants["samples_per_frame"]) * ratio)
+        return max(0, min(frames_flow, frames_hift))
