@@ -92,34 +92,62 @@ class Engine:
                 "flow": getattr(self.flow.estimator, "backend", "?"),
                 "vocoder": getattr(self.hift, "backend", "?")}
 
+    def prompt_prefix_state(self, prompt_text_ids: Sequence[int]) -> bytes:
+        """llama.cpp state after ``[sos, prompt text]``: the only part of the prefill a voice can reuse,
+        because upstream puts the target text before the prompt speech tokens."""
+        c = self.constants
+        self.lm.reset()
+        self.lm.feed([int(c["sos"])])
+        self.lm.prefill(self.text_embedding.lookup(prompt_text_ids))
+        return self.lm.save_state()
+
+    def _prefill(self, text_ids: np.ndarray, prompt_text_ids: np.ndarray, prompt: PromptFeatures,
+                 prefix_state: bytes | None) -> np.ndarray:
+        from .llm import prefill_zero_shot
+
+        c = self.constants
+        if prefix_state is None:
+            self.lm.reset()
+            ids = np.concatenate([prompt_text_ids, text_ids])
+            return prefill_zero_shot(self.lm, self.text_embedding, ids, prompt.speech_tokens, c)
+        self.lm.load_state(prefix_state)
+        if self.lm.n_past != 1 + len(prompt_text_ids):
+            raise InputError(f"cached prompt state holds {self.lm.n_past} positions, the prompt text needs "
+                             f"{1 + len(prompt_text_ids)}; the voice preset must be recomputed")
+        self.lm.prefill(self.text_embedding.lookup(text_ids))
+        return self.lm.feed([int(c["task_id"]), *prompt.speech_tokens.tolist()])
+
     def generate_tokens(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
                         rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
-                        max_tokens: int | None = None, on_progress: Progress | None = None,
+                        max_tokens: int | None = None, prefix_state: bytes | None = None,
+                        on_progress: Progress | None = None,
                         should_stop: Callable[[], bool] | None = None) -> list[int]:
-        from .llm import prefill_zero_shot
         from .sampling import generate_tokens
 
         if len(text_ids) == 0:
             raise InputError("text is empty: nothing to say")
+        if not temperature > 0:
+            raise InputError(f"temperature must be > 0 (got {temperature}); 1.0 is upstream's sampling")
         rng = rng if rng is not None else np.random.default_rng()
-        ids = np.concatenate([np.asarray(prompt_text_ids, np.int64), np.asarray(text_ids, np.int64)])
-        self.lm.reset()
+        tids = np.asarray(text_ids, np.int64)
+        pids = np.asarray(prompt_text_ids, np.int64)
         if on_progress:
-            on_progress("prefill", {"positions": len(ids) + len(prompt.speech_tokens) + 2})
-        logits = prefill_zero_shot(self.lm, self.text_embedding, ids, prompt.speech_tokens, self.constants)
+            on_progress("prefill", {"positions": len(tids) + len(pids) + len(prompt.speech_tokens) + 2,
+                                    "cached": prefix_state is not None})
+        logits = self._prefill(tids, pids, prompt, prefix_state)
 
         def tick(i: int, tok: int) -> None:
             if on_progress:
                 on_progress("tokens", {"n": i + 1})
 
-        return generate_tokens(self.lm, logits, n_tts_text_tokens=len(text_ids), constants=self.constants,
+        return generate_tokens(self.lm, logits, n_tts_text_tokens=len(tids), constants=self.constants,
                                rng=rng, temperature=temperature, sampler=sampler, max_tokens=max_tokens,
                                on_token=tick, should_stop=should_stop)
 
     def synthesize(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
                    rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
                    flow_noise: np.ndarray | None = None, hift_noise: np.ndarray | None = None,
-                   on_progress: Progress | None = None,
+                   prefix_state: bytes | None = None, on_progress: Progress | None = None,
                    should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
         """Non-streaming zero-shot synthesis of one text segment; returns float32 audio at the bundle's rate."""
         from .sampling import filter_silent
@@ -129,7 +157,7 @@ class Engine:
         t0 = time.perf_counter()
         tokens = self.generate_tokens(text_ids, prompt_text_ids, prompt, rng=rng, temperature=temperature,
                                       sampler=sampler, max_tokens=self.max_new_tokens(len(prompt.speech_tokens)),
-                                      on_progress=on_progress, should_stop=should_stop)
+                                      prefix_state=prefix_state, on_progress=on_progress, should_stop=should_stop)
         timings["llm"] = time.perf_counter() - t0
         kept = filter_silent(tokens, c["silent_tokens"], c["max_silent_run"])
         if not kept:

@@ -19,3 +19,7 @@ class InputError(CosyVoiceRKError):
 
 class BackendError(CosyVoiceRKError):
     """A runtime backend (llama.cpp, ONNX Runtime, RKNN) is unavailable or failed."""
+
+
+class PresetError(CosyVoiceRKError):
+    """A saved voice is missing, corrupt, or a name is not allowed."""

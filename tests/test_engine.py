@@ -68,3 +68,14 @@ def test_bad_inputs(engine, goldens):
     tok = goldens["in_prompt_speech_token"]
     with pytest.raises(InputError, match="exactly 2 per token"):
         PromptFeatures(tok, goldens["in_prompt_feat"][0][:-3], goldens["in_embedding"])
+
+
+def test_cached_prompt_prefix_gives_the_same_tokens(engine, goldens):
+    from pipeline.sampling import greedy
+
+    text, prompt_text = _split_text(goldens)
+    state = engine.prompt_prefix_state(prompt_text)
+    res = engine.synthesize(text, prompt_text, _prompt(goldens), sampler=greedy, prefix_state=state)
+    assert res.tokens == goldens["llm_greedy_tokens"].tolist()
+    with pytest.raises(InputError, match="recomputed"):
+        engine.synthesize(text, prompt_text[:-1], _prompt(goldens), sampler=greedy, prefix_state=state)
