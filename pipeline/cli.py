@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -55,6 +56,123 @@ def cmd_verify(a: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _default_bundle() -> Path:
+    return Path(os.environ.get("COSYVOICE_RK_BUNDLE", "models/bundle"))
+
+
+def _default_speakers() -> Path:
+    return Path(os.environ.get("COSYVOICE_RK_SPEAKERS", "speakers"))
+
+
+def _open_tts(a: argparse.Namespace):
+    from .tts import CosyVoiceRK
+
+    return CosyVoiceRK(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads)
+
+
+def write_wav(path: Path, audio, sr: int) -> None:
+    import io
+
+    import soundfile as sf
+
+    from .fsutil import atomic_write_bytes
+
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def cmd_say(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .errors import InputError
+
+    if not a.output.suffix.lower() == ".wav":
+        raise InputError(f"output {a.output} must end in .wav")
+    with _open_tts(a) as tts:
+        if a.speaker:
+            voice = tts.load_voice(a.speaker)
+        else:
+            if not (a.prompt_wav and a.prompt_text):
+                raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT")
+            voice = tts.voice_from_audio(a.prompt_wav, a.prompt_text, language=a.language)
+        for w in voice.warnings:
+            _log(f"warning: {w}")
+        parts, total_rt = [], 0.0
+
+        def progress(stage: str, info: dict) -> None:
+            if stage in ("prefill", "flow", "vocoder"):
+                _log(f"[{info['segment']}/{info['segments']}] {stage}")
+
+        for seg in tts.create_stream(a.text, voice, language=a.language, temperature=a.temperature, seed=a.seed,
+                                     on_progress=progress):
+            r = seg.result
+            total_rt += sum(r.timings.values())
+            _log(f"[{seg.index + 1}/{seg.total}] {len(r.tokens)} tokens, {r.duration:.2f} s audio, RTF {r.rtf:.2f} "
+                 f"({', '.join(f'{k} {v:.2f}s' for k, v in r.timings.items())}): {seg.text}")
+            parts.append(seg.audio)
+        audio = np.concatenate(parts)
+        write_wav(a.output, audio, tts.sample_rate)
+        dur = len(audio) / tts.sample_rate
+        _log(f"wrote {a.output}: {dur:.2f} s at {tts.sample_rate} Hz, RTF {total_rt / max(dur, 1e-9):.2f}")
+    return 0
+
+
+def cmd_speakers(a: argparse.Namespace) -> int:
+    from .presets import SpeakerStore
+
+    store = SpeakerStore(a.speakers_dir)
+    if a.action == "list":
+        voices = store.list()
+        if a.json:
+            print(json.dumps(voices, ensure_ascii=False, indent=1))
+        elif not voices:
+            print(f"no voices in {store.root}; add one with "
+                  "`cosyvoice-rk speakers add NAME --prompt-wav F --prompt-text T`")
+        for v in voices:
+            if "error" in v:
+                print(f"{v['slug']}: UNREADABLE ({v['error']})")
+            else:
+                print(f"{v['name']}  [{v['slug']}]  {v.get('language', '')}  {v['transcript'][:60]}")
+        return 0
+    if a.action == "rename":
+        print(store.rename(a.name, a.new_name))
+        return 0
+    if a.action == "delete":
+        store.delete(a.name)
+        _log(f"deleted {a.name}")
+        return 0
+    if a.action == "export":
+        print(store.export(a.name, a.file or Path(".")))
+        return 0
+    with _open_tts(a) as tts:
+        if a.action == "add":
+            p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=a.language, overwrite=a.overwrite)
+            if info.get("warning"):
+                _log(f"warning: {info['warning']}")
+            print(f"saved {p.name} [{p.slug}]: {info.get('prompt_tokens')} prompt tokens, "
+                  f"{info.get('duration', 0):.2f} s")
+        elif a.action == "import":
+            p = tts.import_voice(a.file, name=a.name, overwrite=a.overwrite)
+            print(f"imported {p.name} [{p.slug}]")
+    return 0
+
+
+def cmd_make_random_bundle(a: argparse.Namespace) -> int:
+    from .convert.random_bundle import make_random_bundle
+
+    make_random_bundle(a.out, size=a.size, seed=a.seed, quants=a.quant, overwrite=a.overwrite, log=_log)
+    return 0
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, default=_default_bundle(), help="model bundle (env COSYVOICE_RK_BUNDLE)")
+    p.add_argument("--speakers-dir", type=Path, default=_default_speakers(),
+                   help="where voices are saved (env COSYVOICE_RK_SPEAKERS, default ./speakers)")
+    p.add_argument("--quant", default=None, help="GGUF variant to run (default: the bundle's default)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp and ONNX Runtime")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice-rk", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -83,6 +201,53 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--hift-noise-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     v.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("say", help="speak text in a saved voice or a one-off prompt, to a WAV file")
+    _runtime_args(s)
+    who = s.add_mutually_exclusive_group()
+    who.add_argument("--speaker", help="name of a saved voice")
+    who.add_argument("--prompt-wav", type=Path, help="a 3–10 s recording of the voice")
+    s.add_argument("--prompt-text", help="exactly what --prompt-wav says")
+    s.add_argument("--text", required=True, help="what to say")
+    s.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (drives text normalisation)")
+    s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0 = upstream)")
+    s.add_argument("--seed", type=int, default=None, help="fix the sampling for a repeatable result")
+    s.add_argument("-o", "--output", type=Path, required=True, help="output .wav (24 kHz)")
+    s.set_defaults(func=cmd_say)
+
+    sp = sub.add_parser("speakers", help="manage saved voices")
+    ssub = sp.add_subparsers(dest="action", required=True)
+    lst = ssub.add_parser("list")
+    lst.add_argument("--json", action="store_true")
+    add = ssub.add_parser("add", help="save a voice from a prompt recording and its transcript")
+    add.add_argument("name")
+    add.add_argument("--prompt-wav", type=Path, required=True)
+    add.add_argument("--prompt-text", required=True)
+    add.add_argument("--language", default="auto")
+    add.add_argument("--overwrite", action="store_true")
+    ren = ssub.add_parser("rename")
+    ren.add_argument("name")
+    ren.add_argument("new_name")
+    dele = ssub.add_parser("delete")
+    dele.add_argument("name")
+    exp = ssub.add_parser("export", help="write the voice as one .cvvoice file")
+    exp.add_argument("name")
+    exp.add_argument("file", type=Path, nargs="?")
+    imp = ssub.add_parser("import", help="import a .cvvoice file")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--name", default=None, help="save under another name")
+    imp.add_argument("--overwrite", action="store_true")
+    for q in (lst, add, ren, dele, exp, imp):
+        _runtime_args(q)
+    sp.set_defaults(func=cmd_speakers)
+
+    r = sub.add_parser("make-random-bundle", help="a bundle with random weights (tests, benchmarks; not speech)")
+    r.add_argument("out", type=Path)
+    r.add_argument("--size", choices=["tiny", "full"], default="tiny")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny, f32,q4_k_m for full)")
+    r.add_argument("--overwrite", action="store_true")
+    r.set_defaults(func=cmd_make_random_bundle)
     return p
 
 

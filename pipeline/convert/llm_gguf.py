@@ -32,37 +32,8 @@ _PREFIX = "llm.model.model."
 _FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
            "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
 
-# Qwen2 pre-tokenizer split pattern (the one Qwen2's tokenizer.json ships).
-QWEN2_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-    r"\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Qwen2's own added tokens (what CosyVoice-BlankEN's tokenizer_config.json declares).
 QWEN2_ADDED = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}
-
-# cosyvoice/tokenizer/tokenizer.py CosyVoice3Tokenizer additional_special_tokens (commit ace7c47), in order.
-# <|im_start|>/<|im_end|> already exist, so new ids start at 151646 with <|endofprompt|>.
-_CMU = (
-    "AA AA0 AA1 AA2 AE AE0 AE1 AE2 AH AH0 AH1 AH2 AO AO0 AO1 AO2 AW AW0 AW1 AW2 AY AY0 AY1 AY2 B CH D DH "
-    "EH EH0 EH1 EH2 ER ER0 ER1 ER2 EY EY0 EY1 EY2 F G HH IH IH0 IH1 IH2 IY IY0 IY1 IY2 JH K L M N NG "
-    "OW OW0 OW1 OW2 OY OY0 OY1 OY2 P R S SH T TH UH UH0 UH1 UH2 UW UW0 UW1 UW2 V W Y Z ZH"
-)
-_PINYIN = (
-    "a ai an ang ao b c ch d e ei en eng f g h i ian in ing iu ià iàn iàng iào iá ián iáng iáo iè ié iòng "
-    "ióng iù iú iā iān iāng iāo iē iě iōng iū iǎ iǎn iǎng iǎo iǒng iǔ j k l m n o ong ou p q r s sh t u "
-    "uang ue un uo uà uài uàn uàng uá uái uán uáng uè ué uì uí uò uó uā uāi uān uāng uē uě uī uō uǎ uǎi "
-    "uǎn uǎng uǐ uǒ vè w x y z zh à ài àn àng ào á ái án áng áo è èi èn èng èr é éi én éng ér ì ìn ìng "
-    "í ín íng ò òng òu ó óng óu ù ùn ú ún ā āi ān āng āo ē ēi ēn ēng ě ěi ěn ěng ěr ī īn īng ō ōng ōu "
-    "ū ūn ǎ ǎi ǎn ǎng ǎo ǐ ǐn ǐng ǒ ǒng ǒu ǔ ǔn ǘ ǚ ǜ"
-)
-COSYVOICE3_SPECIAL_TOKENS: tuple[str, ...] = (
-    "<|im_start|>", "<|im_end|>", "<|endofprompt|>",
-    "[breath]", "<strong>", "</strong>", "[noise]", "[laughter]", "[cough]", "[clucking]", "[accent]",
-    "[quick_breath]", "<laughter>", "</laughter>", "[hissing]", "[sigh]", "[vocalized-noise]",
-    "[lipsmack]", "[mn]", "<|endofsystem|>",
-    *(f"[{p}]" for p in _CMU.split()),
-    *(f"[{p}]" for p in _PINYIN.split()),
-)
 
 
 def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
@@ -201,46 +172,12 @@ def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None
 
 
 def build_text_tokenizer(blank_en: Path):
-    """CosyVoice3's text tokenizer (``tokenizers.Tokenizer``) from CosyVoice-BlankEN's vocab.json/merges.txt.
+    """CosyVoice3's text tokenizer from CosyVoice-BlankEN, honouring the added tokens its
+    tokenizer_config.json declares (as ``AutoTokenizer.from_pretrained`` does)."""
+    from ..tokenizer import build_tokenizer
 
-    Mirrors ``AutoTokenizer.from_pretrained`` (Qwen2 byte-level BPE plus the added tokens that
-    tokenizer_config.json declares) followed by CosyVoice3Tokenizer's ``add_special_tokens``.
-    """
-    from tokenizers import (
-        AddedToken,
-        Regex,
-        Tokenizer,
-        decoders,
-        models,
-        normalizers,
-        pre_tokenizers,
-        processors,
-    )
-
-    try:
-        bpe = models.BPE.from_file(str(blank_en / "vocab.json"), str(blank_en / "merges.txt"),
-                                   dropout=None, unk_token=None, continuing_subword_prefix="",
-                                   end_of_word_suffix="", fuse_unk=False, byte_fallback=False)
-    except Exception as e:  # tokenizers raises plain Exception for unreadable files
-        raise SourceError(f"{blank_en}: vocab.json / merges.txt are not a BPE vocabulary ({e})") from e
-    tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.decoder = decoders.ByteLevel()
-
-    base = _declared_added_tokens(blank_en)
-    for tid, (content, flags) in sorted(base.items()):
-        tok.add_special_tokens([AddedToken(content, **flags)])
-        if tok.token_to_id(content) != tid:
-            raise SourceError(f"{blank_en}: added token {content!r} should be id {tid} but lands at "
-                              f"{tok.token_to_id(content)} (vocab.json has {bpe.get_vocab_size()} entries)")
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False, lstrip=False, rstrip=False,
-                                       single_word=False) for t in COSYVOICE3_SPECIAL_TOKENS])
-    return tok
+    declared = [spec for _, spec in sorted(_declared_added_tokens(blank_en).items())]
+    return build_tokenizer(blank_en / "vocab.json", blank_en / "merges.txt", added_tokens=declared)
 
 
 def _declared_added_tokens(blank_en: Path) -> dict[int, tuple[str, dict]]:

@@ -1,0 +1,195 @@
+"""``CosyVoiceRK``: the one class a user needs (voices in, speech out).
+
+    tts = CosyVoiceRK("models/bundle", speakers_dir="speakers")
+    tts.add_voice("Anna", "anna.wav", "Привет, меня зовут Анна.", language="ru")
+    audio, sr = tts.create("Съешь ещё этих мягких французских булок.", voice="Anna", language="ru", seed=1)
+    for seg in tts.create_stream(long_text, voice="Anna"): play(seg.audio)
+
+Long text is split into segments (each one LLM run with the same prompt, as upstream does) and the
+segments are joined without cross-fade, as upstream does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .audio import AudioSource, prepare_prompt
+from .bundle import Bundle
+from .engine import Engine, PromptFeatures, SynthesisResult
+from .errors import InputError, PresetError
+from .presets import Preset, SpeakerStore
+
+Progress = Callable[[str, dict], None]
+
+
+@dataclass
+class Segment:
+    index: int
+    total: int
+    text: str
+    audio: np.ndarray
+    sample_rate: int
+    result: SynthesisResult
+
+
+@dataclass
+class Voice:
+    """Prompt features plus the prompt text ids and, for saved voices, the cached LLM prefix state."""
+
+    name: str
+    transcript: str
+    features: PromptFeatures
+    prompt_ids: list[int]
+    prefix_state: bytes | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+class CosyVoiceRK:
+    def __init__(self, bundle: Bundle | Path | str, *, speakers_dir: Path | str = "speakers",
+                 quant: str | None = None, n_threads: int | None = None) -> None:
+        from .speaker import PromptModels
+        from .text import TextFrontend
+        from .tokenizer import TextTokenizer
+
+        self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads)
+        self.tokenizer = TextTokenizer.from_bundle(self.bundle)
+        self.text = TextFrontend(self.tokenizer)
+        self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)
+        self.store = SpeakerStore(speakers_dir)
+        self._gguf_key = self._prefix_key_base(quant)
+
+    def _prefix_key_base(self, quant: str | None) -> str:
+        llm = self.bundle.manifest["llm"]
+        name = llm["gguf"][quant or llm["default_quant"]]
+        return self.bundle.manifest["files"][name]["sha256"][:16]
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.bundle.constants["sample_rate"])
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> CosyVoiceRK:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # voices -------------------------------------------------------------------------------------
+    def features_from_audio(self, audio: AudioSource, **limits: Any) -> tuple[PromptFeatures, dict[str, Any]]:
+        from .speaker import extract_prompt_features
+
+        prepared = prepare_prompt(audio, **limits)
+        return extract_prompt_features(prepared, self.prompt_models, bundle=self.bundle)
+
+    def voice_from_audio(self, audio: AudioSource, transcript: str, *, language: str = "auto",
+                         name: str = "(one-off prompt)", **limits: Any) -> Voice:
+        """A voice that is not saved: prompt audio + its transcript."""
+        if not transcript or not transcript.strip():
+            raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+        feats, info = self.features_from_audio(audio, **limits)
+        return Voice(name, transcript, feats, self.text.prompt_ids(transcript, language),
+                     warnings=[info["warning"]] if info.get("warning") else [])
+
+    def add_voice(self, name: str, audio: AudioSource, transcript: str, *, language: str = "auto",
+                  overwrite: bool = False, **limits: Any) -> tuple[Preset, dict[str, Any]]:
+        """Validate the prompt, compute its features and cached LLM prefix, and save it as a preset."""
+        if self.store.exists(name) and not overwrite:
+            raise PresetError(f"a voice named {name!r} already exists; choose another name or replace it")
+        if not transcript or not transcript.strip():
+            raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+        data, ext = _audio_bytes(audio)
+        feats, info = self.features_from_audio(data, **limits)
+        preset = self.store.create(name, data, ext, transcript, language=language, features=feats,
+                                   bundle_fingerprint=self.bundle.fingerprint, info=_jsonable(info),
+                                   overwrite=overwrite)
+        self._ensure_prefix(preset)
+        return preset, info
+
+    def import_voice(self, src: Path | str | bytes, *, name: str | None = None, overwrite: bool = False) -> Preset:
+        """Import an exported voice file; its features are recomputed when they came from another bundle."""
+        meta, audio, feats = self.store.read_export(src)
+        name = name or meta["name"]
+        if self.store.exists(name) and not overwrite:
+            raise PresetError(f"a voice named {name!r} already exists; import it under another name")
+        if feats is None or meta.get("bundle_fingerprint") != self.bundle.fingerprint:
+            feats, _ = self.features_from_audio(audio)
+        preset = self.store.create(name, audio, Path(meta["audio"]).suffix, meta["transcript"],
+                                   language=meta.get("language", "auto"), features=feats,
+                                   bundle_fingerprint=self.bundle.fingerprint, info=meta.get("info", {}),
+                                   overwrite=overwrite)
+        self._ensure_prefix(preset)
+        return preset
+
+    def load_voice(self, name: str) -> Voice:
+        """A saved voice; stale features (another bundle) are recomputed from its prompt audio and saved."""
+        p = self.store.load(name)
+        if not p.fits(self.bundle.fingerprint):
+            feats, _ = self.features_from_audio(p.audio_path.read_bytes())
+            self.store.update_features(p, feats, self.bundle.fingerprint)
+        ids = self._ensure_prefix(p)
+        return Voice(p.name, p.transcript, p.features, ids, p.prefix_state)
+
+    def _ensure_prefix(self, p: Preset) -> list[int]:
+        ids = self.text.prompt_ids(p.transcript, p.meta.get("language", "auto"))
+        key = self._gguf_key + hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
+        if not p.prefix_fits(key):
+            self.store.update_prefix(p, self.engine.prompt_prefix_state(ids), key)
+        return ids
+
+    # speech -------------------------------------------------------------------------------------
+    def create_stream(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
+                      seed: int | None = None, top_k: int | None = None, top_p: float | None = None,
+                      on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[Segment]:
+        """Synthesize ``text`` segment by segment; each segment is yielded as soon as it is ready."""
+        from .sampling import make_ras_sampler
+
+        v = self.load_voice(voice) if isinstance(voice, str) else voice
+        pieces = self.text.split(text, language)
+        if not pieces:
+            raise InputError("text has nothing to say after normalisation (only punctuation?)")
+        rng = np.random.default_rng(seed)
+        sampling = dict(self.bundle.constants["sampling"])
+        if top_k is not None:
+            sampling["top_k"] = int(top_k)
+        if top_p is not None:
+            sampling["top_p"] = float(top_p)
+        sampler = make_ras_sampler(sampling)
+        for i, piece in enumerate(pieces):
+            ids = self.tokenizer.encode(piece)
+
+            def progress(stage: str, info: dict, i: int = i) -> None:
+                if on_progress:
+                    on_progress(stage, {**info, "segment": i + 1, "segments": len(pieces)})
+
+            res = self.engine.synthesize(ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
+                                         sampler=sampler, prefix_state=v.prefix_state, on_progress=progress,
+                                         should_stop=should_stop)
+            yield Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
+
+    def create(self, text: str, voice: Voice | str, **kw: Any) -> tuple[np.ndarray, int]:
+        parts = [s.audio for s in self.create_stream(text, voice, **kw)]
+        return np.concatenate(parts).astype(np.float32), self.sample_rate
+
+
+def _audio_bytes(audio: AudioSource) -> tuple[bytes, str]:
+    if isinstance(audio, (bytes, bytearray)):
+        return bytes(audio), ".wav"
+    p = Path(audio)
+    try:
+        return p.read_bytes(), p.suffix or ".wav"
+    except FileNotFoundError:
+        raise InputError(f"prompt file {p} does not exist") from None
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}
