@@ -28,3 +28,16 @@ def tiny_bundle(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return convert_checkpoint(TINY, out, quants=["f32", "q8_0"], hift_noise_seconds=4.0, log=lambda m: None)
+
+
+PROMPTS = FIXTURES / "prompts"
+ZH_PROMPT_TEXT = "希望你以后能够做的比我还好呦。"  # transcript of zero_shot_prompt.wav (upstream asset)
+
+
+@pytest.fixture(scope="session")
+def random_bundle(tmp_path_factory):
+    """A tiny random-weight bundle made by the product's own `make-random-bundle` path."""
+    from pipeline.convert.random_bundle import make_random_bundle
+
+    out = tmp_path_factory.mktemp("rnd") / "tiny"
+    return make_random_bundle(out, size="tiny", seed=0, hift_noise_seconds=30.0, log=lambda m: None)

@@ -120,6 +120,7 @@ def convert_checkpoint(
             **(extra_manifest or {}),
         }
         atomic_write_json(work / MANIFEST, manifest)
+        os.chmod(work, 0o755)  # mkdtemp makes it 0700; a bundle is shared read-only data
         _replace_dir(work, out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

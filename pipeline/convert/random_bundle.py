@@ -30,7 +30,7 @@ def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0,
     with tempfile.TemporaryDirectory(prefix=".random-ckpt-", dir=out.parent) as tmp:
         ckpt = Path(tmp) / "ckpt"
         log(f"random {size} checkpoint (seed {seed})")
-        make_random_checkpoint(ckpt, size=size, seed=seed)
+        make_random_checkpoint(ckpt, size=size, seed=seed, log=log)
         # stand-ins with the real signatures of the shipped prompt models (test models, not CAMPPlus/S3)
         make_test_campplus(ckpt / "campplus.onnx", seed=seed)
         make_test_speech_tokenizer(ckpt / "speech_tokenizer_v3.onnx", seed=seed)
