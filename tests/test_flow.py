@@ -300,7 +300,7 @@ def test_wrong_estimator_onnx(tiny_src: Path, tmp_path: Path):
         convert_flow(src, tmp_path / "out", cfg)
     # a valid ONNX that is not the estimator (no DiT weights)
     _replace(src, ESTIMATOR_SRC, _onnx_identity(["a", "b"]))
-    with pytest.raises(SourceError, match=r"flow\.decoder\.estimator\.fp32\.onnx: none of its weights"):
+    with pytest.raises(SourceError, match=r"flow\.decoder\.estimator\.fp32\.onnx has inputs \['a', 'b'\]"):
         convert_flow(src, tmp_path / "out", cfg)
     (src / ESTIMATOR_SRC).unlink()
     with pytest.raises(SourceError, match=r"flow\.decoder\.estimator\.fp32\.onnx is missing"):
@@ -333,3 +333,31 @@ def test_estimator_from_another_checkpoint(tiny_src: Path, tmp_path: Path):
     _replace(src, ESTIMATOR_SRC, model.SerializeToString())
     with pytest.raises(SourceError, match=r"fp32\.onnx: weight proj_out\.bias differs from flow\.pt"):
         convert_flow(src, tmp_path / "out", load_source_config(tiny_src))
+
+
+def _renamed(model):
+    """The same graph with every initializer renamed (as an exporter that drops PyTorch names would)."""
+    names = {init.name: f"w{i}" for i, init in enumerate(model.graph.initializer)}
+    for init in model.graph.initializer:
+        init.name = names[init.name]
+    for node in model.graph.node:
+        for j, n in enumerate(node.input):
+            if n in names:
+                node.input[j] = names[n]
+    return model
+
+
+def test_estimator_without_pytorch_names_is_checked_numerically(tiny_src: Path, tmp_path: Path):
+    import onnx
+    from onnx import numpy_helper
+
+    cfg = load_source_config(tiny_src)
+    model = _renamed(onnx.load(str(tiny_src / ESTIMATOR_SRC)))
+    src = _source_copy(tiny_src, tmp_path / "src")
+    _replace(src, ESTIMATOR_SRC, model.SerializeToString())
+    convert_flow(src, tmp_path / "ok", cfg)  # same computation, no names: accepted
+    big = max(model.graph.initializer, key=lambda i: int(np.prod(i.dims)))
+    big.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(big) * 1.5, big.name))
+    _replace(src, ESTIMATOR_SRC, model.SerializeToString())
+    with pytest.raises(SourceError, match=r"does not compute flow\.pt's estimator"):
+        convert_flow(src, tmp_path / "bad", cfg)

@@ -303,6 +303,22 @@ def check_estimator_onnx(
         raise SourceError(f"{name} returned shape {out.shape}, expected (2, {mel_bins}, {frames})")
     if not np.isfinite(out).all():
         raise SourceError(f"{name} returned non-finite values on random inputs")
+    if state_dict is not None:
+        _check_against_torch_dit(name, out, feeds, state_dict)
+
+
+def _check_against_torch_dit(name: str, out: np.ndarray, feeds: dict, sd: dict) -> None:
+    """The ONNX must compute what flow.pt's estimator computes (our torch DiT matches upstream exactly)."""
+    import torch
+
+    from .dit_torch import load_dit
+
+    with torch.no_grad():
+        ref = load_dit(sd)(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    err = float(np.max(np.abs(out - ref)))
+    if err > 1e-3 * max(1.0, float(np.max(np.abs(ref)))):
+        raise SourceError(f"{name} does not compute {FLOW_PT}'s estimator (max abs diff {err:.3g} on random "
+                          "inputs); the ONNX belongs to another checkpoint")
 
 
 def _check_onnx_weights(name: str, model: Any, sd: dict) -> None:
@@ -328,8 +344,4 @@ def _check_onnx_weights(name: str, model: Any, sd: dict) -> None:
                 "the ONNX was exported from another checkpoint"
             )
         matched += 1
-    if matched == 0:
-        raise SourceError(
-            f"{name}: none of its weights carry the DiT names of {FLOW_PT}; "
-            "expected upstream's flow.decoder.estimator export"
-        )
+    # matched == 0 is not an error by itself: the numeric check against the torch DiT decides.
