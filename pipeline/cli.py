@@ -165,6 +165,27 @@ def cmd_make_random_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import BenchOptions, format_report, report_json, run_bench
+
+    opts = BenchOptions(
+        bundle=a.bundle, quant=a.quant, threads=a.threads, llm_threads=a.llm_threads, flow_threads=a.flow_threads,
+        hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=a.prompt_tokens,
+        prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
+        seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
+        flow_steps=a.flow_steps,
+    )
+    report = run_bench(opts, log=_log)
+    print(report_json(report) if a.json else format_report(report))
+    return 0
+
+
+def cmd_webui(a: argparse.Namespace) -> int:
+    from webui.serve import serve
+
+    return serve(a)
+
+
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, default=_default_bundle(), help="model bundle (env COSYVOICE_RK_BUNDLE)")
     p.add_argument("--speakers-dir", type=Path, default=_default_speakers(),
@@ -248,6 +269,51 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny, f32,q4_k_m for full)")
     r.add_argument("--overwrite", action="store_true")
     r.set_defaults(func=cmd_make_random_bundle)
+
+    b = sub.add_parser("bench", help="time every stage at fixed shapes (prefill, decode, flow, HiFT, RTF, RSS)")
+    b.add_argument("--bundle", type=Path, default=_default_bundle(), help="model bundle (env COSYVOICE_RK_BUNDLE)")
+    b.add_argument("--quant", default=None, help="GGUF variant (default: the bundle's default)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for every stage (default: CPUs in this process's affinity, at most 4)")
+    b.add_argument("--llm-threads", type=int, default=None, help="llama.cpp threads (default --threads)")
+    b.add_argument("--flow-threads", type=int, default=None, help="flow ONNX Runtime threads (default --threads)")
+    b.add_argument("--hift-threads", type=int, default=None, help="HiFT ONNX Runtime threads (default --threads)")
+    b.add_argument("--kv-type", choices=["f16", "q8_0", "f32"], default="f16", help="llama.cpp KV-cache type")
+    b.add_argument("--prompt-tokens", type=int, default=50, help="prompt speech tokens (2 mel frames each)")
+    b.add_argument("--prompt-text-tokens", type=int, default=20,
+                   help="prompt text tokens incl. the system prefix (cached with the speaker prefix)")
+    b.add_argument("--text-tokens", type=int, default=20, help="target text tokens")
+    b.add_argument("--tokens", type=int, default=150, help="speech tokens to generate (forced: no early stop)")
+    b.add_argument("--repeat", type=int, default=3, help="runs; min / median / max are reported")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--flow-fast", action="store_true",
+                   help="also run the fast flow (INT8 estimator) and report its speed-up and mel error")
+    b.add_argument("--fast-estimator", choices=["int8", "fp32"], default="int8",
+                   help="estimator of the fast flow (fp32: only fewer steps)")
+    b.add_argument("--flow-steps", type=int, default=None,
+                   help="Euler steps of the fast flow (default: the bundle's, 10); implies --flow-fast")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_bench)
+
+    w = sub.add_parser("webui", help="the studio: a web page for voices and speech (this machine or the LAN)")
+    _runtime_args(w)
+    w.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                   "only); 0.0.0.0 serves the LAN")
+    w.add_argument("--port", type=int, default=7860)
+    w.add_argument("--auth", action="append", metavar="USER:PASSWORD",
+                   default=[os.environ["COSYVOICE_RK_AUTH"]] if os.environ.get("COSYVOICE_RK_AUTH") else None,
+                   help="require a login; repeat for more users (env COSYVOICE_RK_AUTH)")
+    w.add_argument("--results-dir", type=Path, default=Path(os.environ.get("COSYVOICE_RK_RESULTS", "results")),
+                   help="where results and their history are kept (env COSYVOICE_RK_RESULTS, default ./results)")
+    w.add_argument("--history", type=int, default=20, help="how many recent results to keep (default 20)")
+    w.add_argument("--queue-size", type=int, default=8, help="jobs that may wait for the worker (default 8)")
+    w.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted (default 20 MB)")
+    w.add_argument("--https", action="store_true",
+                   help="serve HTTPS with a self-signed certificate (browsers on other machines allow the "
+                        "microphone only on HTTPS pages)")
+    w.add_argument("--ssl-certfile", type=Path, default=None, help="your own certificate (with --ssl-keyfile)")
+    w.add_argument("--ssl-keyfile", type=Path, default=None)
+    w.set_defaults(func=cmd_webui)
     return p
 
 

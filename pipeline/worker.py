@@ -1,0 +1,654 @@
+"""Background worker: one process that loads the bundle once and owns every model.
+
+The web process (or any other caller) talks to it through :class:`Worker`, which lives in the caller's
+process and never imports a model runtime:
+
+    w = Worker(WorkerConfig("models/bundle", "speakers"))
+    job = w.submit("speak", {"text": "Привет!", "voice": "Anna", "language": "ru"})
+    for ev in job.events_until_done():   # queued / started / progress / segment / done | error | cancelled
+        ...
+
+- One job at a time, in order; at most ``max_queue`` jobs wait (``submit`` refuses more with a clear message).
+- ``cancel`` removes a waiting job, or asks the running one to stop at its next step (every LLM token and
+  flow step checks a shared flag). A job that does not stop within ``cancel_grace`` seconds (stuck in
+  native code) has its process killed and restarted.
+- If the process dies (native crash, OOM kill), the running job ends with an error that says so, a fresh
+  process is started, and the queue carries on. Everything the worker saves (voices) is written atomically,
+  so a death leaves no half-written files behind.
+- A bundle the worker cannot load (missing, corrupt) puts it in state ``unavailable`` with the loader's
+  message; :meth:`Worker.restart` tries again (e.g. after the bundle was converted).
+
+Job kinds and their payloads (all plain Python data; audio travels as bytes):
+
+- ``speak``: ``text``, ``language``, ``voice`` (saved voice name) or ``prompt`` (``{"audio": bytes,
+  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``.
+  Events: ``progress`` (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``), one
+  ``segment`` per text segment (``audio`` float32, ``sample_rate``, ``text``, stats), then ``done``.
+- ``add_voice``: ``name``, ``audio`` (bytes), ``ext``, ``transcript``, ``language``, ``overwrite``.
+- ``import_voice``: ``data`` (bytes of a ``.cvvoice`` file), ``name``, ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import itertools
+import multiprocessing as mp
+import os
+import queue
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import wait as _mp_wait
+from typing import Any
+
+from .errors import CosyVoiceRKError
+
+JOB_KINDS = ("speak", "add_voice", "import_voice")
+TERMINAL = frozenset({"done", "error", "cancelled"})
+_TOKEN_EVENT_INTERVAL = 0.25  # seconds between "tokens" progress events (a token takes ~20-40 ms on a board)
+_START_RETRIES = 3
+
+
+class WorkerError(CosyVoiceRKError):
+    """The worker cannot take a job (no bundle, queue full, shutting down) or died while running one."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    bundle: str
+    speakers_dir: str
+    quant: str | None = None
+    n_threads: int | None = None
+
+
+class Job:
+    """A submitted job: its events arrive on :attr:`events` in order; the last one is terminal."""
+
+    def __init__(self, worker: Worker, job_id: int, kind: str, payload: dict[str, Any]) -> None:
+        self.id = job_id
+        self.kind = kind
+        self.payload = payload
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.state = "queued"
+        self.final: dict[str, Any] | None = None
+        self.submitted = time.time()
+        self.cancel_requested: float | None = None
+        self.meta: dict[str, Any] = {}  # the caller's notes (e.g. what to label the result with)
+        self.ahead: int | None = None
+        self._worker = worker
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
+
+    def cancel(self) -> bool:
+        return self._worker.cancel(self.id)
+
+    def _emit(self, ev: dict[str, Any]) -> None:
+        if self.final is not None:
+            return
+        t = ev["type"]
+        if t in TERMINAL:
+            self.state = t
+            self.final = ev
+        elif t == "started":
+            self.state = "running"
+        self.events.put(ev)
+
+    def events_until_done(self, poll: float | None = None) -> Iterator[dict[str, Any]]:
+        """Events up to and including the terminal one. With ``poll``, yields ``{"type": "idle"}`` when
+        nothing arrived for that many seconds (so a UI loop can refresh or notice a closed page)."""
+        while True:
+            try:
+                ev = self.events.get(timeout=poll)
+            except queue.Empty:
+                yield {"type": "idle"}
+                continue
+            yield ev
+            if ev["type"] in TERMINAL:
+                return
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Block until the job ends, consuming its events; returns the terminal event.
+
+        Raises ``WorkerError`` when ``timeout`` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.final is not None and self.events.empty():
+                return self.final
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ev = self.events.get(timeout=left)
+            except queue.Empty:
+                raise WorkerError(f"job {self.id} did not finish within {timeout:g} s") from None
+            if ev["type"] in TERMINAL:
+                return ev
+
+
+class Worker:
+    """Parent-side supervisor of the worker process (thread-safe)."""
+
+    def __init__(self, config: WorkerConfig, *, max_queue: int = 8, cancel_grace: float = 30.0,
+                 start: bool = True) -> None:
+        self.config = config
+        self.max_queue = max_queue
+        self.cancel_grace = cancel_grace
+        self._ctx = mp.get_context("spawn")
+        # Id of the job the child should stop; written here, polled by the child between steps.
+        self._cancel_id = self._ctx.Value("q", 0, lock=False)
+        self._cond = threading.Condition()
+        self._queue: collections.deque[Job] = collections.deque()
+        self._running: Job | None = None
+        self._ids = itertools.count(1)
+        self._proc: Any = None
+        self._conn: Any = None
+        self._send_lock = threading.Lock()
+        self._state = "stopped"
+        self._info: dict[str, Any] = {}
+        self._last_error = ""
+        self._last_crash = ""
+        self._closing = False
+        self._restart_requested = False
+        self._since = 0.0
+        self._stats = {"restarts": 0, "crashes": 0, "done": 0, "failed": 0, "cancelled": 0}
+        self._thread: threading.Thread | None = None
+        if start:
+            self.start()
+
+    # public ---------------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None:
+                return
+            self._state = "starting"
+            self._thread = threading.Thread(target=self._loop, name="cosyvoice-rk-worker-supervisor", daemon=True)
+            self._thread.start()
+
+    def submit(self, kind: str, payload: dict[str, Any]) -> Job:
+        if kind not in JOB_KINDS:
+            raise ValueError(f"unknown job kind {kind!r}; one of {', '.join(JOB_KINDS)}")
+        with self._cond:
+            if self._closing:
+                raise WorkerError("the studio is shutting down")
+            if self._state in ("unavailable", "failed"):
+                raise WorkerError(self._last_error or "the worker is not running")
+            if len(self._queue) >= self.max_queue:
+                raise WorkerError(f"the queue is full ({len(self._queue)} jobs waiting); "
+                                  "try again when one has finished")
+            job = Job(self, next(self._ids), kind, payload)
+            self._queue.append(job)
+            self._announce_positions()
+            self._cond.notify_all()
+            return job
+
+    def cancel(self, job_id: int) -> bool:
+        """Cancel a waiting or running job; False if it is unknown or already finished."""
+        with self._cond:
+            for job in self._queue:
+                if job.id == job_id:
+                    self._queue.remove(job)
+                    self._stats["cancelled"] += 1
+                    job._emit({"type": "cancelled", "while": "queued"})
+                    self._announce_positions()
+                    return True
+            job = self._running
+            if job is not None and job.id == job_id and not job.finished:
+                if job.cancel_requested is None:
+                    job.cancel_requested = time.monotonic()
+                    self._cancel_id.value = job_id
+                    self._cond.notify_all()
+                return True
+        return False
+
+    def restart(self) -> None:
+        """Start a fresh worker process (e.g. after the bundle was fixed). A running job ends with an error."""
+        with self._cond:
+            self._restart_requested = True
+            if self._state in ("unavailable", "failed"):
+                self._state, self._last_error = "restarting", ""
+            proc = self._proc
+            self._cond.notify_all()
+        if proc is not None and proc.is_alive():
+            proc.kill()
+
+    def wait_ready(self, timeout: float | None = None) -> str:
+        """Block until the worker is ready, unavailable or failed; returns the state."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._state in ("starting", "restarting", "stopped") and not self._closing:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._state
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def last_error(self) -> str:
+        return self._last_error
+
+    @property
+    def pid(self) -> int | None:
+        p = self._proc
+        return p.pid if p is not None and p.is_alive() else None
+
+    def status(self) -> dict[str, Any]:
+        with self._cond:
+            running = self._running
+            st: dict[str, Any] = {
+                "state": self._state, "pid": self.pid, "queued": len(self._queue), "max_queue": self.max_queue,
+                "running": None if running is None else {"id": running.id, "kind": running.kind,
+                                                         "seconds": round(time.time() - running.submitted, 1)},
+                "uptime_s": round(time.monotonic() - self._since, 1) if self._state in ("ready", "busy") else None,
+                "last_error": self._last_error, "last_crash": self._last_crash, **self._stats,
+                "backends": dict(self._info.get("backends", {})), "bundle": dict(self._info.get("bundle", {})),
+            }
+        st["rss_mb"] = _rss_mb(st["pid"])
+        return st
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            if self._closing:
+                return
+            self._closing = True
+            for job in list(self._queue):
+                job._emit({"type": "error", "message": "the studio is shutting down", "kind": "WorkerError"})
+            self._queue.clear()
+            if self._running is not None:
+                self._cancel_id.value = self._running.id
+            self._cond.notify_all()
+        proc, conn = self._proc, self._conn
+        if conn is not None:
+            try:
+                with self._send_lock:
+                    conn.send(None)
+            except (OSError, ValueError):
+                pass
+        if proc is not None:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        with self._cond:
+            self._state = "stopped"
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # supervisor thread ----------------------------------------------------------------------------
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        with self._cond:
+            self._state = state
+            if error is not None:
+                self._last_error = error
+            self._cond.notify_all()
+
+    def _announce_positions(self) -> None:
+        """Tell each waiting job whose place changed how many jobs are ahead of it (the running one included)."""
+        first = 1 if self._running is not None else 0
+        for i, job in enumerate(self._queue):
+            if job.ahead != first + i:
+                job.ahead = first + i
+                job._emit({"type": "queued", "ahead": job.ahead, "waiting": len(self._queue)})
+
+    def _loop(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                if self._restart_requested:
+                    self._restart_requested = False
+                    failures = 0
+                if self._state in ("unavailable", "failed"):
+                    self._cond.wait()
+                    continue
+            if self._proc is None or not self._proc.is_alive():
+                if self._proc is not None:
+                    self._stats["restarts"] += 1
+                ok = self._spawn()
+                if ok:
+                    failures = 0
+                elif self._state == "crashed":
+                    failures += 1
+                    if failures >= _START_RETRIES:
+                        self._fail_queue(self._last_error)
+                        self._set_state("failed")
+                    else:
+                        with self._cond:
+                            self._cond.wait(min(2.0 ** failures, 10.0))
+                continue
+            with self._cond:
+                while not self._queue and not self._closing and not self._restart_requested \
+                        and self._proc is not None and self._proc.is_alive():
+                    self._cond.wait(1.0)
+                if self._closing or self._restart_requested or not self._queue:
+                    continue
+                job = self._queue.popleft()
+                self._cancel_id.value = 0  # before the job is visible as running: cancel() may set it next
+                self._running = job
+                self._state = "busy"
+                self._announce_positions()
+            try:
+                self._run(job)
+            except Exception as e:  # noqa: BLE001 - the supervisor must survive anything a job does
+                traceback.print_exc()
+                job._emit({"type": "error", "message": f"internal error in the worker supervisor: {e}",
+                           "kind": type(e).__name__})
+            with self._cond:
+                self._running = None
+                self._count(job)
+                if self._state == "busy":
+                    self._state = "ready"
+                self._announce_positions()
+                self._cond.notify_all()
+
+    def _count(self, job: Job) -> None:
+        t = job.final["type"] if job.final else "error"
+        self._stats["done" if t == "done" else "cancelled" if t == "cancelled" else "failed"] += 1
+
+    def _fail_queue(self, message: str) -> None:
+        with self._cond:
+            for job in list(self._queue):
+                job._emit({"type": "error", "message": message, "kind": "WorkerError"})
+            self._queue.clear()
+
+    def _spawn(self) -> bool:
+        """Start a child and wait for it to load the bundle. Sets the state; True when ready."""
+        self._set_state("restarting" if self._stats["restarts"] else "starting")
+        self._cancel_id.value = 0
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_child_main, args=(child, self.config, self._cancel_id),
+                                 name="cosyvoice-rk-worker", daemon=True)
+        proc.start()
+        child.close()
+        with self._cond:
+            old, self._proc, self._conn = self._conn, proc, parent
+        if old is not None:
+            old.close()
+        msg = None
+        while msg is None:
+            ready = _mp_wait([parent, proc.sentinel])
+            if parent in ready:
+                try:
+                    msg = parent.recv()
+                except (EOFError, OSError):
+                    break
+            elif not proc.is_alive():
+                break
+        if msg is None or msg.get("type") not in ("ready", "fatal"):
+            proc.join(5)
+            if self._closing or self._restart_requested:
+                self._set_state("restarting")
+                return False
+            why = f"the worker process died while loading the models ({describe_exit(proc.exitcode)})"
+            self._last_crash = f"{time.strftime('%H:%M:%S')}: {why}"
+            self._set_state("crashed", why)
+            self._stats["crashes"] += 1
+            return False
+        if msg["type"] == "fatal":
+            proc.join(10)
+            self._fail_queue(msg["message"])
+            self._set_state("unavailable", msg["message"])
+            return False
+        with self._cond:
+            self._info = msg
+            self._since = time.monotonic()
+            self._last_error = ""
+        self._set_state("ready")
+        return True
+
+    def _run(self, job: Job) -> None:
+        proc, conn = self._proc, self._conn
+        if job.cancel_requested is not None:
+            job._emit({"type": "cancelled", "while": "queued"})
+            return
+        job._emit({"type": "started", "pid": proc.pid})
+        try:
+            with self._send_lock:
+                conn.send((job.id, job.kind, job.payload))
+        except (OSError, ValueError):
+            self._child_died(job, proc)
+            return
+        while True:
+            timeout = 1.0
+            if job.cancel_requested is not None:
+                left = job.cancel_requested + self.cancel_grace - time.monotonic()
+                if left <= 0:
+                    proc.kill()
+                    proc.join(5)
+                    job._emit({"type": "cancelled", "while": "running",
+                               "note": f"the worker did not stop within {self.cancel_grace:g} s and was restarted"})
+                    return
+                timeout = min(timeout, left)
+            ready = _mp_wait([conn, proc.sentinel], timeout)
+            if conn in ready or conn.poll():
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    self._child_died(job, proc)
+                    return
+                if msg.pop("job", None) != job.id:
+                    continue  # a late event of an earlier (killed) job
+                job._emit(msg)
+                if msg["type"] in TERMINAL:
+                    return
+            elif proc.sentinel in ready:
+                self._child_died(job, proc)
+                return
+
+    def _child_died(self, job: Job, proc: Any) -> None:
+        proc.join(5)
+        with self._cond:
+            restarting = self._restart_requested
+            if not restarting:
+                self._stats["crashes"] += 1
+        if restarting:
+            msg = "the worker was restarted while running this job; run it again"
+        else:
+            msg = (f"the worker process died while running this job ({describe_exit(proc.exitcode)}); "
+                   "it is being restarted: run the job again. Saved voices are not affected")
+            self._last_crash = f"{time.strftime('%H:%M:%S')}: {msg}"
+        job._emit({"type": "error", "message": msg, "kind": "WorkerCrashed"})
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = ", often the out-of-memory killer" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
+
+
+def _rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
+    except Exception:  # noqa: BLE001 - psutil missing or the process just ended
+        return None
+
+
+# child process ------------------------------------------------------------------------------------
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when the thread that started it exits (a killed web server leaves no orphan)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+
+
+def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the server, which shuts the worker down
+    try:
+        from .tts import CosyVoiceRK
+
+        tts = CosyVoiceRK(config.bundle, speakers_dir=config.speakers_dir, quant=config.quant,
+                          n_threads=config.n_threads)
+    except CosyVoiceRKError as e:
+        conn.send({"type": "fatal", "message": str(e), "kind": type(e).__name__})
+        return
+    except Exception as e:  # noqa: BLE001 - report, do not crash-loop silently
+        traceback.print_exc()
+        conn.send({"type": "fatal", "message": f"could not load the models ({type(e).__name__}: {e})",
+                   "kind": type(e).__name__})
+        return
+    b = tts.bundle
+    llm = b.manifest["llm"]
+    conn.send({
+        "type": "ready", "pid": os.getpid(), "backends": tts.engine.backends, "config": asdict(config),
+        "bundle": {"location": str(b.root), "fingerprint": b.fingerprint, "random_weights": b.is_random,
+                   "quant": config.quant or llm.get("default_quant"), "sample_rate": tts.sample_rate,
+                   "sampling": dict(b.constants.get("sampling", {}))},
+    })
+    runner = _Runner(tts, conn, cancel_id)
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            if msg is None:
+                break
+            runner.run(*msg)
+    finally:
+        tts.close()
+
+
+class _Runner:
+    def __init__(self, tts: Any, conn: Any, cancel_id: Any) -> None:
+        self.tts = tts
+        self.conn = conn
+        self.cancel_id = cancel_id
+        self._voices: collections.OrderedDict[str, Any] = collections.OrderedDict()  # one-off prompt cache
+
+    def run(self, job_id: int, kind: str, payload: dict[str, Any]) -> None:
+        from .sampling import Cancelled
+
+        def send(ev: dict[str, Any]) -> None:
+            self.conn.send({"job": job_id, **ev})
+
+        def should_stop() -> bool:
+            return self.cancel_id.value == job_id
+
+        try:
+            if should_stop():
+                raise Cancelled("cancelled before it started")
+            if kind == "speak":
+                self._speak(payload, send, should_stop)
+            elif kind == "add_voice":
+                preset, info = self.tts.add_voice(payload["name"], payload["audio"], payload["transcript"],
+                                                  language=payload.get("language", "auto"),
+                                                  overwrite=bool(payload.get("overwrite")))
+                send({"type": "done", "result": {"name": preset.name, "slug": preset.slug, "info": _plain(info)}})
+            elif kind == "import_voice":
+                preset = self.tts.import_voice(payload["data"], name=payload.get("name") or None,
+                                               overwrite=bool(payload.get("overwrite")))
+                send({"type": "done", "result": {"name": preset.name, "slug": preset.slug}})
+            else:
+                raise WorkerError(f"unknown job kind {kind!r}")
+        except Cancelled:
+            send({"type": "cancelled", "while": "running"})
+        except CosyVoiceRKError as e:
+            send({"type": "error", "message": str(e), "kind": type(e).__name__})
+        except MemoryError:
+            send({"type": "error", "message": "the worker ran out of memory on this job; use shorter text",
+                  "kind": "MemoryError"})
+        except Exception as e:  # noqa: BLE001 - any other failure is reported, the worker lives on
+            traceback.print_exc()
+            send({"type": "error", "message": f"internal error ({type(e).__name__}: {e})", "kind": type(e).__name__})
+
+    def _one_off(self, prompt: dict[str, Any]) -> Any:
+        audio = bytes(prompt["audio"])
+        key = hashlib.sha256(audio + b"\0" + prompt["transcript"].encode() + b"\0"
+                             + prompt.get("language", "auto").encode()).hexdigest()
+        if key in self._voices:
+            self._voices.move_to_end(key)
+            return self._voices[key]
+        voice = self.tts.voice_from_audio(audio, prompt["transcript"], language=prompt.get("language", "auto"))
+        self._voices[key] = voice
+        while len(self._voices) > 4:
+            self._voices.popitem(last=False)
+        return voice
+
+    def _speak(self, p: dict[str, Any], send: Any, should_stop: Any) -> None:
+        t_start = time.perf_counter()
+        send({"type": "progress", "stage": "voice"})
+        if p.get("voice"):
+            voice = self.tts.load_voice(p["voice"])
+        elif p.get("prompt"):
+            voice = self._one_off(p["prompt"])
+        else:
+            raise WorkerError("choose a saved voice or give a prompt recording with its transcript")
+        seed = p.get("seed")
+        seed = random.randrange(2**31) if seed is None else int(seed)
+        last_tokens = [0.0]
+
+        def progress(stage: str, info: dict[str, Any]) -> None:
+            now = time.monotonic()
+            if stage == "tokens":
+                if now - last_tokens[0] < _TOKEN_EVENT_INTERVAL:
+                    return
+                last_tokens[0] = now
+            send({"type": "progress", "stage": stage, **_plain(info)})
+
+        n_seg, duration, tokens = 0, 0.0, 0
+        timings: dict[str, float] = {}
+        backends: dict[str, str] = {}
+        for seg in self.tts.create_stream(p["text"], voice, language=p.get("language", "auto"),
+                                          temperature=float(p.get("temperature", 1.0)), seed=seed,
+                                          top_k=p.get("top_k"), top_p=p.get("top_p"),
+                                          on_progress=progress, should_stop=should_stop):
+            r = seg.result
+            n_seg += 1
+            duration += r.duration
+            tokens += len(r.tokens)
+            for k, v in r.timings.items():
+                timings[k] = timings.get(k, 0.0) + v
+            backends.update(r.backends)
+            send({"type": "segment", "index": seg.index, "total": seg.total, "text": seg.text,
+                  "audio": seg.audio, "sample_rate": seg.sample_rate, "tokens": len(r.tokens),
+                  "duration": r.duration, "rtf": r.rtf, "timings": dict(r.timings), "backends": dict(r.backends)})
+        compute = sum(timings.values())
+        send({"type": "done", "result": {
+            "segments": n_seg, "duration": duration, "tokens": tokens, "timings": timings, "backends": backends,
+            "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed,
+            "wall_s": time.perf_counter() - t_start, "warnings": list(voice.warnings),
+            "sample_rate": self.tts.sample_rate}})
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON-friendly copy (numpy scalars → Python numbers; other objects dropped)."""
+    out = {}
+    for k, v in d.items():
+        if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
+            v = v.item()
+        if isinstance(v, (str, int, float, bool, type(None))):
+            out[k] = v
+    return out

@@ -1,0 +1,396 @@
+"""The studio on a tiny random bundle: in a real browser (Debian's chromium driven by Playwright), through
+gradio_client (the README example, run as written), a worker killed mid-job, and the page without a bundle.
+
+Needs `chromium` (`apt-get install chromium`; `.ci/run` installs it). Set COSYVOICE_RK_SKIP_BROWSER=1 to skip the
+browser tests on a machine without it; otherwise a missing browser is a failure, not a skip.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import PROMPTS, ZH_PROMPT_TEXT
+
+PROMPT = PROMPTS / "zero_shot_prompt.wav"
+DOCS = Path(__file__).resolve().parents[1] / "README.md"
+SHORT = "Привет! Это мой голос."
+MEDIUM = "Раз, два, три. Четыре, пять! " * 20  # 4 segments
+LONG = MEDIUM * 2  # 8 segments; its first four are MEDIUM's, so MEDIUM's seed starts it well
+KNOWN_SEEDS = {"short": 1, "medium": 2}  # see tests/test_worker.py: the `seeds` fixture checks or replaces them
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--autoplay-policy=no-user-gesture-required",
+                 # a fake microphone (a beeping tone) that needs no permission prompt
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+T = 120_000  # ms; generous: CI has 2 cores and the tiny model still shares them with the browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path:
+        return path
+    if os.environ.get("COSYVOICE_RK_SKIP_BROWSER") == "1":
+        pytest.skip("COSYVOICE_RK_SKIP_BROWSER=1 and no chromium")
+    pytest.fail("the browser tests need Debian's chromium: apt-get install chromium "
+                "(or set COSYVOICE_RK_SKIP_BROWSER=1 to skip them)")
+
+
+def find_seed(st, voice: str, text: str, first: int) -> int:
+    """A seed that gives speech in every segment of ``text`` (random weights stop at once for some seeds)."""
+    for seed in [first, *range(100, 130)]:
+        if [s.phase for s in st.follow(st.speak(text, voice=voice, language="ru", seed=seed), poll=None)][-1] == "done":
+            return seed
+    raise AssertionError("no seed in 30 gives speech in every segment with this random bundle")
+
+
+@pytest.fixture(scope="module")
+def studio(random_bundle, tmp_path_factory):
+    from webui.app import launch
+    from webui.client import Studio
+
+    root = tmp_path_factory.mktemp("studio")
+    st = Studio(random_bundle.root, root / "speakers", root / "results", n_threads=1, history_size=5)
+    assert st.worker.wait_ready(120) == "ready", st.worker.last_error
+    job = st.add_voice("Анна", PROMPT, ZH_PROMPT_TEXT, "zh")
+    assert st.run_voice_job(job)["name"] == "Анна"
+    demo, url = launch(st, port=_free_port(), block=False, quiet=True)
+    st.url = url
+
+    st.seeds = {name: find_seed(st, "Анна", text, KNOWN_SEEDS[name])
+                for name, text in (("short", SHORT), ("medium", MEDIUM))}
+    yield st
+    demo.close()
+    st.close()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from playwright.sync_api import sync_playwright
+
+    exe = _chromium()
+    with sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=exe, headless=True,
+            args=CHROMIUM_ARGS, locale="en-US", viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        ctx.set_default_timeout(T)
+        yield ctx
+        ctx.close()
+
+
+@pytest.fixture
+def page(browser, studio):
+    pg = browser.new_page()
+    pg.goto(studio.url)
+    pg.wait_for_selector("#cv-generate")
+    pg.wait_for_function("document.querySelector('#cv-badge').innerText.includes('ready')")
+    yield pg
+    pg.close()
+
+
+def field(pg, elem_id: str):
+    return pg.locator(f"#{elem_id} :is(input, textarea)").first
+
+
+def choose(pg, elem_id: str, option: str) -> None:
+    pg.click(f"#{elem_id} input")
+    pg.click(f"li[role=option][aria-label='{option}']")
+
+
+def open_tab(pg, label: str) -> None:
+    pg.get_by_role("tab", name=label).click()
+
+
+def test_upload_save_generate_play_and_download(page, studio, tmp_path):
+    pg = page
+    open_tab(pg, "Voices")
+    pg.set_input_files("#cv-v-audio input[type=file]", str(PROMPT))
+    assert "s of speech" in pg.wait_for_selector("#cv-v-audio-msg .cv-ok").inner_text()
+    field(pg, "cv-v-transcript").fill(ZH_PROMPT_TEXT)
+    field(pg, "cv-v-name").fill("Вера")
+    choose(pg, "cv-v-lang", "中文 (zh)")
+    pg.click("#cv-v-save")
+    assert "Saved “Вера”" in pg.wait_for_selector("#cv-v-save-msg .cv-ok").inner_text()
+    assert studio.voice("Вера")["language"] == "zh"
+
+    open_tab(pg, "Speak")
+    choose(pg, "cv-voice", "Вера")
+    field(pg, "cv-text").fill(MEDIUM)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
+    pg.click("#cv-generate")
+    # the first part plays while the others are still being made, then the next follows
+    pg.wait_for_function("Number(document.querySelector('#cv-live-audio').dataset.played || 0) >= 1")
+    done = pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
+    assert "Done" in done
+    pg.wait_for_function("Number(document.querySelector('#cv-live-audio').dataset.played || 0) >= 2")
+    assert pg.evaluate("window.cvLive.seen.size") == 4
+    info = pg.inner_text("#cv-info")
+    assert "RTF" in info and "llama.cpp (CPU)" in info and "ONNX Runtime (CPU)" in info and "4 part(s)" in info
+    assert "Вера" in pg.inner_text("#cv-history")
+    assert not pg.is_disabled("#cv-generate")
+
+    with pg.expect_download() as dl:
+        pg.click("#cv-download")
+    path = tmp_path / "result.wav"
+    dl.value.save_as(path)
+    audio, sr = sf.read(path)
+    entry = studio.history.list()[0]
+    assert sr == 24000 and len(audio) / sr == pytest.approx(entry["duration"], abs=0.01)
+    assert entry["voice"] == "Вера" and entry["segments"] == 4 and entry["seed"] == studio.seeds["medium"]
+
+    pg.locator("#cv-history .cell-wrap", has_text="Вера").filter(visible=True).first.click()  # replay it
+    pg.wait_for_selector("#cv-h-player")
+    assert "RTF" in pg.inner_text("#cv-h-info")
+
+
+def test_record_a_voice_from_the_microphone(page, studio):
+    pg = page
+    open_tab(pg, "Voices")
+    pg.click("#cv-v-audio button[aria-label='Record audio']")
+    pg.locator("#cv-v-audio button", has_text="Record").first.click()
+    pg.wait_for_timeout(4500)  # the fake microphone records in real time
+    pg.locator("#cv-v-audio button", has_text="Stop").first.click()
+    assert "s of speech" in pg.wait_for_selector("#cv-v-audio-msg .cv-ok").inner_text()
+    field(pg, "cv-v-transcript").fill("Бип, бип, бип.")
+    field(pg, "cv-v-name").fill("Микрофон")
+    pg.click("#cv-v-save")
+    assert "Saved “Микрофон”" in pg.wait_for_selector("#cv-v-save-msg .cv-ok").inner_text()
+    assert studio.voice("Микрофон")["duration"] >= 3.0
+
+
+def test_invalid_inputs_show_their_message_next_to_the_input(page, tmp_path):
+    pg = page
+    tone = tmp_path / "short.wav"
+    sf.write(tone, 0.3 * np.sin(np.arange(24000) * 2 * np.pi * 220 / 24000), 24000)
+    open_tab(pg, "Voices")
+    pg.set_input_files("#cv-v-audio input[type=file]", str(tone))
+    msg = pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
+    assert "1.0 s of speech" in msg and "record 3–10 s" in msg
+    pg.click("#cv-v-save")
+    assert "exactly what the recording says" in pg.wait_for_selector("#cv-v-transcript-msg .cv-err").inner_text()
+    assert "name is empty" in pg.wait_for_selector("#cv-v-name-msg .cv-err").inner_text()
+    assert pg.inner_text("#cv-v-save-msg") == ""
+
+    big = tmp_path / "big.wav"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)  # over the 20 MB upload limit
+    pg.click("#cv-v-audio button[aria-label='Clear']")
+    pg.set_input_files("#cv-v-audio input[type=file]", str(big))
+    toast = pg.wait_for_selector("[data-testid=toast-body]:has-text('maximum allowed size')").inner_text()
+    assert "20.0 Mb" in toast and "big.wav" in toast
+
+    open_tab(pg, "Speak")
+    field(pg, "cv-text").fill("а" * 5001)
+    assert pg.inner_text("#cv-count") == "5001 / 5000"
+    pg.click("#cv-generate")
+    assert "5001 characters, the limit is 5000" in pg.wait_for_selector("#cv-text-msg .cv-err").inner_text()
+
+
+def test_cancel_a_running_job(page, studio):
+    pg = page
+    done_before = studio.worker.status()["done"]
+    field(pg, "cv-text").fill(LONG)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
+    pg.click("#cv-generate")
+    pg.wait_for_function("window.cvLive && window.cvLive.seen.size >= 1")
+    pg.click("#cv-cancel")
+    pg.wait_for_function("document.querySelector('#cv-progress').innerText.includes('Cancelled')")
+    assert re.search(r"Cancelled after \d of 8", pg.inner_text("#cv-progress"))
+    assert not pg.is_disabled("#cv-generate")
+    st = studio.worker.status()
+    assert st["cancelled"] >= 1 and st["done"] == done_before
+
+
+def test_russian_interface_is_remembered(page, studio, tmp_path):
+    pg = page
+    pg.click("#cv-lang label:has-text('Русский')")
+    pg.get_by_role("tab", name="Озвучить").wait_for()
+    assert pg.inner_text("#cv-generate") == "Озвучить"
+    try:
+        open_tab(pg, "Голоса")
+        tone = tmp_path / "short.wav"
+        sf.write(tone, 0.3 * np.sin(np.arange(24000) * 2 * np.pi * 220 / 24000), 24000)
+        pg.set_input_files("#cv-v-audio input[type=file]", str(tone))
+        assert "в образце 1.0 с речи после обрезки тишины; запишите 3–10 с" in \
+            pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
+        pg.click("#cv-v-save")
+        assert "Введите дословно" in pg.wait_for_selector("#cv-v-transcript-msg .cv-err").inner_text()
+        pg.reload()
+        pg.get_by_role("tab", name="Голоса").wait_for()
+        open_tab(pg, "Состояние")
+        status = pg.inner_text("#cv-status")
+        assert "Пакет модели" in status and "llama.cpp (CPU)" in status and "готов" in status
+    finally:
+        pg.click("#cv-lang label:has-text('English')")
+        pg.get_by_role("tab", name="Speak").wait_for()
+
+
+def test_page_language_helpers():
+    from webui.i18n import _S, localize, pick_language
+
+    assert pick_language("ru-RU,ru;q=0.9,en;q=0.8") == "ru"
+    assert pick_language("en-US,en;q=0.9,ru;q=0.5") == "en"
+    assert pick_language("de-DE") == "en" and pick_language(None) == "en"
+    assert all(en and ru for en, ru in _S.values())  # every string has both languages
+    assert localize("no voice named 'Bob'; saved voices: Anna", "ru") == "нет голоса «Bob»; сохранённые голоса: Anna"
+    assert localize("prompt is 13.7 s; cut it to 3–10 s", "en") == "prompt is 13.7 s; cut it to 3–10 s"
+    assert localize("something new", "ru") == "something new"
+
+
+def test_gradio_client_example_from_the_docs(studio, tmp_path, capsys):
+    from gradio_client import Client, handle_file
+
+    code = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", DOCS.read_text(encoding="utf-8"), re.S)
+    assert code, f"{DOCS} lost its API example"
+    anna = tmp_path / "anna.wav"
+    shutil.copy(PROMPT, anna)
+    # the same voice as the example makes, to pick a seed that speaks with random weights (the docs say 1)
+    studio.run_voice_job(studio.add_voice("Anna", anna, "Что говорится в записи.", "ru", overwrite=True))
+    seed = find_seed(studio, "Anna", "Привет! Это мой голос.", 1)
+    src = (code.group(1).replace("http://127.0.0.1:7860/", studio.url).replace('"anna.wav"', repr(str(anna)))
+           .replace("seed=1,", f"seed={seed},"))
+    ns: dict = {}
+    exec(compile(src, str(DOCS), "exec"), ns)  # the example exactly as documented
+    audio, sr = sf.read(ns["wav"])
+    assert sr == 24000 and len(audio) / sr == pytest.approx(ns["info"]["duration"], abs=0.01)
+    assert ns["info"]["backends"]["llm"] == "llama.cpp"
+    assert "Anna" in capsys.readouterr().out
+
+    client = Client(studio.url, verbose=False)
+    with pytest.raises(Exception, match="no voice named 'Bob'"):
+        client.predict(text="Привет!", voice="Bob", language="ru", api_name="/synthesize")
+    exported = client.predict(name="Anna", api_name="/export_voice")
+    assert client.predict(file=handle_file(exported), name="Anna 2", overwrite=False,
+                          api_name="/import_voice")["name"] == "Anna 2"
+    assert client.predict(name="Anna 2", new_name="Анна 3", api_name="/rename_voice") == "Анна 3"
+    client.predict(name="Анна 3", api_name="/delete_voice")
+    names = [v["name"] for v in client.predict(api_name="/voices")]
+    assert "Anna" in names and "Анна 3" not in names and "Anna 2" not in names
+    wav, info = client.predict(text=SHORT, prompt_audio=handle_file(str(PROMPT)), prompt_text=ZH_PROMPT_TEXT,
+                               prompt_language="zh", language="ru", seed=studio.seeds["short"],
+                               api_name="/synthesize_with_prompt")
+    assert info["voice"] == "" and sf.info(wav).samplerate == 24000
+    st = client.predict(api_name="/status")
+    assert st["worker"]["backends"]["flow"] == "onnxruntime-cpu" and st["bundle"]["random_weights"] is True
+
+
+def test_worker_killed_during_a_web_job_recovers(studio):
+    from gradio_client import Client
+
+    client = Client(studio.url, verbose=False)
+    voices_before = studio.voices()
+    crashes = studio.worker.status()["crashes"]
+    seen = set(studio.live_dir.glob("*.wav"))
+    job = client.submit(text=LONG, voice="Анна", language="ru", seed=studio.seeds["medium"], api_name="/synthesize")
+    deadline = time.monotonic() + 60
+    while not set(studio.live_dir.glob("*.wav")) - seen:  # the job's first part is out: it is mid-job
+        assert time.monotonic() < deadline, "the job never produced a part"
+        time.sleep(0.05)
+    os.kill(studio.worker.pid, signal.SIGKILL)
+    with pytest.raises(Exception, match="worker process died while running this job .*SIGKILL"):
+        job.result(timeout=60)
+    wav, info = client.predict(text=SHORT, voice="Анна", language="ru", seed=studio.seeds["short"],
+                               api_name="/synthesize")
+    assert info["segments"] == 1 and Path(wav).is_file()
+    st = studio.worker.status()
+    assert st["crashes"] == crashes + 1 and st["state"] in ("ready", "busy")
+    assert studio.voices() == voices_before
+
+
+def test_voices_and_history_survive_a_restart(studio, tmp_path):
+    from webui.client import Studio
+
+    again = Studio(tmp_path / "no-bundle", studio.store.root, studio.results_dir)  # a new server, same folders
+    try:
+        assert again.voices() == studio.voices() and "Анна" in again.voice_names()
+        assert [e["id"] for e in again.history.list()] == [e["id"] for e in studio.history.list()]
+        assert all(Path(e["path"]).is_file() for e in again.history.list())
+    finally:
+        again.close()
+
+
+def test_web_process_imports_no_model_runtime(random_bundle, tmp_path):
+    code = textwrap.dedent(f"""
+        import json, sys
+        from webui.app import launch
+        from webui.client import Studio
+        st = Studio({str(random_bundle.root)!r}, {str(tmp_path / "spk")!r}, {str(tmp_path / "res")!r}, n_threads=1)
+        assert st.worker.wait_ready(120) == "ready", st.worker.last_error
+        demo, url = launch(st, port={_free_port()}, block=False, quiet=True)
+        for seed in [1, *range(100, 130)]:  # random weights stop at once for some seeds
+            job = st.speak({SHORT!r}, prompt_audio={str(PROMPT)!r}, prompt_text={ZH_PROMPT_TEXT!r}, seed=seed)
+            phases = [s.phase for s in st.follow(job)]
+            if phases[-1] == "done":
+                break
+        demo.close(); st.close()
+        print(json.dumps({{"phase": phases[-1], "modules": sorted({{m.split(".")[0] for m in sys.modules}})}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["phase"] == "done"
+    assert not set(out["modules"]) & {"onnxruntime", "llama_cpp", "rknnlite", "rknn", "torch"}
+    assert "gradio" in out["modules"]
+
+
+def test_cli_without_a_bundle_serves_a_page_that_says_how_to_get_one(browser, tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "webui", "--bundle", str(tmp_path / "missing"), "--port", str(port),
+         "--speakers-dir", str(tmp_path / "spk"), "--results-dir", str(tmp_path / "res"), "--auth", "anna:secret"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the studio did not start"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        pg = browser.new_page()
+        pg.goto(f"http://127.0.0.1:{port}/")
+        pg.locator("input[type=text], input:not([type])").first.fill("anna")
+        pg.locator("input[type=password]").fill("secret")
+        pg.get_by_role("button", name=re.compile("login", re.I)).click()
+        banner = pg.wait_for_selector("#cv-banner").inner_text()
+        assert "No model bundle" in banner and "does not exist" in banner
+        assert "./cv download" in banner and "./cv convert" in banner
+        field(pg, "cv-text").fill(SHORT)
+        pg.click("#cv-generate")
+        voice_msg = pg.wait_for_selector("#cv-voice-msg .cv-err").inner_text()
+        assert "Choose a saved voice" in voice_msg
+        pg.click("label:has-text('One-off recording')")
+        pg.set_input_files("#cv-s-audio input[type=file]", str(PROMPT))
+        pg.wait_for_selector("#cv-s-audio-msg .cv-ok")
+        field(pg, "cv-s-ptext").fill(ZH_PROMPT_TEXT)
+        pg.click("#cv-generate")
+        assert "no model bundle" in pg.wait_for_selector("#cv-progress .cv-err").inner_text()
+        pg.close()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    assert "the page starts anyway" in err and "Traceback" not in err

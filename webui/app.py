@@ -1,0 +1,859 @@
+"""The studio page: Gradio Blocks over :class:`webui.client.Studio`.
+
+This process serves the page and never touches a model (see ``pipeline/worker.py``). Every handler catches
+its errors and shows a message next to the input that caused it; nothing reaches the page as a traceback.
+Named API endpoints (for ``gradio_client``): ``/synthesize``, ``/synthesize_with_prompt``, ``/add_voice``,
+``/voices``, ``/rename_voice``, ``/delete_voice``, ``/export_voice``, ``/import_voice``, ``/status``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import gradio as gr
+
+from pipeline.errors import CosyVoiceRKError
+from pipeline.text import LANGUAGES
+from pipeline.worker import WorkerError
+
+from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
+from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
+
+LANGUAGE_NAMES = {"auto": "auto", "ru": "русский (ru)", "en": "English (en)", "zh": "中文 (zh)", "ja": "日本語 (ja)"}
+BACKEND_NAMES = {"llama.cpp": "llama.cpp (CPU)", "onnxruntime-cpu": "ONNX Runtime (CPU)",
+                 "rknn": "RKNN (NPU)", "rknn-npu": "RKNN (NPU)"}
+STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))
+
+CSS = """
+.cv-msg p { margin: 2px 0 !important; }
+.cv-err { color: var(--error-text-color, #dc2626); font-weight: 600; }
+.cv-ok { color: var(--color-green-600, #16a34a); }
+.cv-mic-hint { display: none; }
+body.cv-insecure .cv-mic-hint { display: block; }
+#cv-live audio { width: 100%; }
+#cv-badge { text-align: right; }
+.cv-dot { color: #9ca3af; }
+.cv-dot.cv-ready { color: #16a34a; }
+.cv-dot.cv-busy { color: #ea580c; }
+.cv-dot.cv-starting, .cv-dot.cv-restarting { color: #ca8a04; }
+.cv-dot.cv-crashed, .cv-dot.cv-unavailable, .cv-dot.cv-failed { color: #dc2626; }
+.cv-refresh { align-self: center; }
+.cv-inline-btn { align-self: end; }
+"""
+
+# The live player: plays each finished segment in order, as soon as it is on the server (Gradio's own streaming
+# audio re-encodes and buffers; here a segment starts the moment its WAV exists).
+HEAD = """
+<script>
+(() => {
+  if (window.cvLive) return;
+  const live = {
+    job: null, queue: [], seen: new Set(), playing: false, played: 0,
+    audio() {
+      const a = document.querySelector('#cv-live-audio');
+      if (a && !a._cvBound) {
+        a._cvBound = true;
+        a.addEventListener('ended', () => live.next());
+        a.addEventListener('playing', () => { live.played += 1; a.dataset.played = String(live.played); });
+      }
+      return a;
+    },
+    update(v) {
+      if (!v) return;
+      let d; try { d = JSON.parse(v); } catch (e) { return; }
+      const a = this.audio();
+      if (d.job !== this.job) {
+        this.job = d.job; this.queue = []; this.seen = new Set(); this.playing = false; this.played = 0;
+        if (a) { a.pause(); a.removeAttribute('src'); a.dataset.played = '0'; a.dataset.job = String(d.job); }
+      }
+      for (const f of d.files || []) {
+        if (!this.seen.has(f)) { this.seen.add(f); this.queue.push(f); }
+      }
+      if (!this.playing) this.next();
+    },
+    next() {
+      const a = this.audio();
+      const f = this.queue.shift();
+      if (!a || !f) { this.playing = false; return; }
+      this.playing = true;
+      a.src = new URL('gradio_api/file=' + encodeURI(f), window.location.href).href;
+      const p = a.play();
+      if (p) p.catch(() => { live.playing = false; });
+    },
+  };
+  window.cvLive = live;
+  const mark = () => { if (!window.isSecureContext) document.body.classList.add('cv-insecure'); };
+  if (document.body) mark(); else document.addEventListener('DOMContentLoaded', mark);
+})();
+</script>
+"""
+LIVE_JS = "(v) => { if (window.cvLive) window.cvLive.update(v); }"
+LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"></audio></div>'
+
+
+def _esc(s: str) -> str:
+    return html.escape(str(s), quote=False)
+
+
+def _err(msg: str) -> str:
+    return f'<span class="cv-err">✗ {_esc(msg)}</span>'
+
+
+def _ok(msg: str) -> str:
+    return f'<span class="cv-ok">✓ {_esc(msg)}</span>'
+
+
+def _msg(e: BaseException, lang: str) -> str:
+    """User-facing text of an error: our own keys are translated, pipeline messages shown as they are."""
+    if isinstance(e, FieldError) and e.key:
+        return t(e.key, lang, **e.params)
+    if isinstance(e, CosyVoiceRKError):
+        return localize(str(e), lang)
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    return t("err_internal", lang, error=f"{type(e).__name__}: {e}")
+
+
+class _Tr:
+    """Components whose text depends on the page language, and the keys of each translated property."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, dict[str, Any]]] = []
+
+    def __call__(self, comp: Any, **keys: Any) -> Any:
+        self.items.append((comp, keys))
+        return comp
+
+    @property
+    def components(self) -> list[Any]:
+        return [c for c, _ in self.items]
+
+    def updates(self, lang: str) -> list[Any]:
+        out = []
+        for _, keys in self.items:
+            kw: dict[str, Any] = {}
+            for prop, key in keys.items():
+                if callable(key):
+                    kw[prop] = key(lang)
+                elif prop == "choices":
+                    kw["choices"] = [(t(k, lang), v) for k, v in key]
+                elif prop == "headers":
+                    kw["headers"] = [t(k, lang) for k in key]
+                else:
+                    kw[prop] = t(key, lang)
+            out.append(gr.update(**kw))
+        return out
+
+
+def title_md(lang: str) -> str:
+    return f"## {t('title', lang)}\n{t('subtitle', lang)}"
+
+
+def heading(key: str, level: str = "###", lang: str = "en") -> str:
+    return f"**{t(key, lang)}**" if level == "**" else f"{level} {t(key, lang)}"
+
+
+def _lang_choices() -> list[tuple[str, str]]:
+    return [(LANGUAGE_NAMES[c], c) for c in LANGUAGES]
+
+
+def _ordinal_stage(st: SpeakState, lang: str) -> str:
+    info = st.info
+    what = {
+        "prefill": lambda: t("p_prefill", lang, positions=info.get("positions", "?"),
+                             cached=t("p_cached", lang) if info.get("cached") else ""),
+        "tokens": lambda: t("p_tokens", lang, n=info.get("n", 0)),
+        "flow": lambda: t("p_flow", lang, tokens=info.get("tokens", "?")),
+        "vocoder": lambda: t("p_vocoder", lang),
+    }.get(st.stage)
+    if what is None:
+        return t("p_voice", lang) if st.stage == "voice" else t("p_starting", lang)
+    return t("p_segment", lang, i=info.get("segment", st.segments_done + 1),
+             n=info.get("segments", st.segments_total or "?"), what=what())
+
+
+def progress_md(st: SpeakState, lang: str) -> str:
+    if st.phase == "queued":
+        return t("p_queued", lang, ahead=st.ahead) if st.ahead else t("p_queued_next", lang)
+    ready = (t("p_ready", lang, k=st.segments_done, n=st.segments_total, secs=st.audio_seconds)
+             if st.segments_done else "")
+    if st.phase == "running":
+        return f"▶ {_ordinal_stage(st, lang)}\n\n{ready}"
+    if st.phase == "done":
+        return _ok(t("p_done", lang, secs=st.audio_seconds))
+    if st.phase == "cancelled":
+        text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
+                else t("p_cancelled", lang))
+        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "")
+    return _err(t("p_error", lang, error=localize(st.error, lang)))
+
+
+def result_md(e: dict[str, Any] | None, lang: str) -> str:
+    if not e:
+        return ""
+    lines = [t("r_summary", lang, secs=e["duration"], compute=e.get("compute_s", 0.0), rtf=e["rtf"],
+               tokens=e["tokens"], segments=e["segments"], seed=e.get("seed", "?")), "",
+             f"| {t('r_stage', lang)} | {t('r_backend', lang)} | {t('r_time', lang)} |", "|---|---|---|"]
+    backends, timings = e.get("backends", {}), e.get("timings", {})
+    for key, label in STAGES:
+        b = backends.get(key, "?")
+        lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
+    for w in e.get("warnings", []) or []:
+        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
+    return "\n".join(lines)
+
+
+def history_rows(studio: Studio, lang: str) -> list[list[Any]]:
+    return [[e["id"], e["created"].replace("T", " ")[5:16], e.get("voice") or t("one_off", lang),
+             (e.get("text", "")[:40] + ("…" if len(e.get("text", "")) > 40 else "")), round(e["duration"], 1),
+             round(e["rtf"], 2)] for e in studio.history.list()]
+
+
+def _state_name(state: str, lang: str) -> str:
+    key = f"state_{state}"
+    try:
+        return t(key, lang)
+    except KeyError:
+        return state
+
+
+def badge_md(s: dict[str, Any], lang: str) -> str:
+    st = s["worker"]
+    return (f'<span class="cv-dot cv-{st["state"]}">●</span> '
+            + t("badge", lang, state=_state_name(st["state"], lang), queued=st.get("queued", 0)))
+
+
+def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
+    """(text, show the banner, show "check again") for a ``Studio.status()``."""
+    b, w = s["bundle"], s["worker"]
+    if not b["found"]:
+        text = t("no_bundle", lang, error=_esc(b["error"])) + "\n\n" + t("how_to_get", lang, bundle=_esc(b["location"]))
+        return text, True, True
+    if w.get("state") in ("unavailable", "failed"):
+        text = t("worker_unavailable", lang, error=_esc(w.get("last_error", ""))) + "\n\n" + \
+            t("how_to_get", lang, bundle=_esc(b["location"]))
+        return text, True, True
+    if b.get("random_weights"):
+        return "⚠ " + t("random_bundle", lang), True, False
+    return "", False, False
+
+
+def status_md(s: dict[str, Any], lang: str) -> str:
+    b, w = s["bundle"], s["worker"]
+
+    def item(key: str, value: Any) -> str:
+        return f"- **{t(key, lang)}:** {value}"
+
+    rows = [f"### {t('s_bundle', lang)}", "", item("s_path", f"`{_esc(b['location'])}`")]
+    if b["found"]:
+        quant = w.get("bundle", {}).get("quant") or ", ".join(b.get("quants", []))
+        rows += [item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
+                 item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
+                 item("s_quant", quant)]
+    else:
+        rows.append(f"- {_err(b['error'])}")
+    rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
+    for key, label in STAGES:
+        be = w.get("backends", {}).get(key)
+        rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
+    rows += ["", f"### {t('s_worker', lang)}", "", item("s_state", _state_name(w["state"], lang))]
+    if w["state"] != "stopped":
+        running = w.get("running")
+        run_text = (t("s_running", lang, kind=running["kind"], id=running["id"], secs=running["seconds"])
+                    if running else t("s_idle", lang))
+        mem = t("u_mb", lang, n=w["rss_mb"]) if w.get("rss_mb") else "—"
+        up = t("u_s", lang, n=w["uptime_s"]) if w.get("uptime_s") is not None else "—"
+        rows += [item("s_pid", w.get("pid") or "—"), item("s_memory", mem), item("s_uptime", up),
+                 item("s_queue", t("s_queue_value", lang, running=run_text, waiting=w["queued"],
+                                   max=w["max_queue"])),
+                 item("s_jobs", f"{w['done']} / {w['failed']} / {w['cancelled']}"),
+                 item("s_restarts", f"{w['restarts']} ({w['crashes']})")]
+        if w.get("last_crash"):
+            rows.append(item("s_last_crash", _esc(w["last_crash"])))
+        if w.get("last_error") and w["state"] in ("unavailable", "failed", "crashed"):
+            rows.append(f"- {_err(w['last_error'])}")
+    rows += ["", f"### {t('s_folders', lang)}", "", item("s_voices", f"`{_esc(s['speakers_dir'])}` ({s['voices']})"),
+             item("history", f"`{_esc(s['results_dir'])}`")]
+    return "\n".join(rows)
+
+
+def voice_details_md(studio: Studio, name: str | None, lang: str) -> tuple[str, str | None]:
+    if not name:
+        return (t("no_voices_yet", lang) if not studio.voice_names() else ""), None
+    try:
+        v = studio.voice(name)
+    except CosyVoiceRKError as e:
+        return _err(t("voice_unreadable", lang, error=str(e))), None
+    secs = t("u_sec1", lang, n=v["duration"]) if isinstance(v.get("duration"), (int, float)) else ""
+    md = t("voice_details", lang, name=_esc(v["name"]), language=LANGUAGE_NAMES.get(v["language"], v["language"]),
+           secs=secs, created=v["created"].replace("T", " ")[:16], transcript=_esc(v["transcript"]))
+    return md, v["audio"]
+
+
+def build_app(studio: Studio) -> gr.Blocks:
+    tr = _Tr()
+    sampling = studio.sampling_defaults()
+
+    # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
+    with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
+        saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=4):
+                tr(gr.Markdown(title_md("en")), value=title_md)
+            with gr.Column(scale=2, min_width=240):
+                lang = tr(gr.Radio(LANG_CHOICES, value="en", label=t("ui_language"), elem_id="cv-lang"),
+                          label="ui_language")
+                badge = gr.Markdown(badge_md(studio.status(), "en"), elem_id="cv-badge")
+        with gr.Group(visible=False) as banner_box:
+            banner = gr.Markdown("", elem_id="cv-banner")
+            check_again = tr(gr.Button(t("check_again"), size="sm", visible=False, elem_id="cv-check-again"),
+                             value="check_again")
+
+        with gr.Tabs():
+            # ---------------------------------------------------------------------------------- Speak
+            with tr(gr.Tab(t("tab_speak"), id="speak"), label="tab_speak") as tab_speak:
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        s_mode = tr(gr.Radio([(t("src_saved"), "saved"), (t("src_prompt"), "prompt")], value="saved",
+                                             label=t("voice_source"), elem_id="cv-mode"),
+                                    label="voice_source", choices=[("src_saved", "saved"), ("src_prompt", "prompt")])
+                        with gr.Row(equal_height=False) as s_saved_row:
+                            s_voice = tr(gr.Dropdown(studio.voice_names(), label=t("saved_voice"), scale=4,
+                                                     elem_id="cv-voice"), label="saved_voice")
+                            s_refresh = tr(gr.Button(t("refresh"), size="sm", scale=1, min_width=80,
+                                                     elem_classes="cv-refresh"), value="refresh")
+                        s_voice_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-voice-msg")
+                        with gr.Group(visible=False) as s_prompt_box:
+                            s_audio = tr(gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                                  label=t("prompt_audio"), elem_id="cv-s-audio"),
+                                         label="prompt_audio")
+                            s_audio_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-s-audio-msg")
+                            s_ptext = tr(gr.Textbox(label=t("prompt_text"), placeholder=t("prompt_text_ph"), lines=2,
+                                                    elem_id="cv-s-ptext"),
+                                         label="prompt_text", placeholder="prompt_text_ph")
+                            s_ptext_msg = gr.Markdown("", elem_classes="cv-msg")
+                            s_plang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("prompt_language")),
+                                         label="prompt_language")
+                        s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
+                                               elem_id="cv-text"), label="text", placeholder="text_ph")
+                        s_count = gr.Markdown(f"0 / {studio.max_text_chars}", elem_classes="cv-msg",
+                                              elem_id="cv-count")
+                        s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
+                        with gr.Row():
+                            s_lang = tr(gr.Dropdown(_lang_choices(), value="ru", label=t("language"),
+                                                    elem_id="cv-language"), label="language")
+                            s_temp = tr(gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label=t("temperature"),
+                                                  info=t("temperature_info"), elem_id="cv-temperature"),
+                                        label="temperature", info="temperature_info")
+                        with tr(gr.Accordion(t("advanced"), open=False), label="advanced"):
+                            with gr.Row():
+                                s_seed = tr(gr.Number(-1, precision=0, minimum=-1, label=t("seed"), info=t("seed_info"),
+                                                      elem_id="cv-seed"), label="seed", info="seed_info")
+                                s_topk = tr(gr.Slider(*TOP_K_RANGE, value=sampling["top_k"], step=1, label=t("top_k")),
+                                            label="top_k")
+                                s_topp = tr(gr.Slider(*TOP_P_RANGE, value=sampling["top_p"], step=0.05,
+                                                      label=t("top_p")), label="top_p")
+                        with gr.Row():
+                            s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate"),
+                                      value="generate")
+                            s_cancel = tr(gr.Button(t("cancel"), variant="stop", elem_id="cv-cancel"), value="cancel")
+                    with gr.Column(scale=2):
+                        s_progress = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-progress")
+                        tr(gr.Markdown(heading("live", "**")), value=lambda lg: heading("live", "**", lg))
+                        gr.HTML(LIVE_HTML, js_on_load=None)
+                        s_live = gr.Textbox("", visible="hidden", elem_id="cv-live-data")
+                        s_result = tr(gr.Audio(label=t("result"), type="filepath", interactive=False,
+                                               elem_id="cv-result"), label="result")
+                        s_download = tr(gr.DownloadButton(t("download_wav"), visible=False, elem_id="cv-download"),
+                                        label="download_wav")
+                        s_info = gr.Markdown("", elem_id="cv-info")
+                        tr(gr.Markdown(heading("history", "####")), value=lambda lg: heading("history", "####", lg))
+                        h_cols = ("#", "h_time", "h_voice", "h_text", "h_seconds", "h_rtf")
+                        s_history = gr.Dataframe(history_rows(studio, "en"),
+                                                 headers=["#"] + [t(k) for k in h_cols[1:]], interactive=False,
+                                                 wrap=True, elem_id="cv-history",
+                                                 column_widths=["7%", "18%", "16%", "35%", "13%", "11%"])
+                        h_player = tr(gr.Audio(label=t("history_player"), type="filepath", interactive=False,
+                                               visible=False, elem_id="cv-h-player"), label="history_player")
+                        h_info = gr.Markdown("", elem_id="cv-h-info")
+
+            # ---------------------------------------------------------------------------------- Voices
+            with tr(gr.Tab(t("tab_voices"), id="voices"), label="tab_voices") as tab_voices:
+                with gr.Row():
+                    with gr.Column():
+                        tr(gr.Markdown(heading("new_voice")), value=lambda lg: heading("new_voice", "###", lg))
+                        v_audio = tr(gr.Audio(sources=["upload", "microphone"], type="filepath",
+                                              label=t("voice_audio"), elem_id="cv-v-audio"), label="voice_audio")
+                        tr(gr.Markdown(t("mic_hint"), elem_classes="cv-mic-hint"), value="mic_hint")
+                        v_audio_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-audio-msg")
+                        v_transcript = tr(gr.Textbox(label=t("transcript"), placeholder=t("transcript_ph"), lines=2,
+                                                     elem_id="cv-v-transcript"),
+                                          label="transcript", placeholder="transcript_ph")
+                        v_transcript_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-transcript-msg")
+                        with gr.Row():
+                            v_name = tr(gr.Textbox(label=t("voice_name"), placeholder=t("voice_name_ph"),
+                                                   elem_id="cv-v-name"), label="voice_name",
+                                        placeholder="voice_name_ph")
+                            v_lang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("voice_language"),
+                                                    elem_id="cv-v-lang"), label="voice_language")
+                        v_name_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-name-msg")
+                        v_overwrite = tr(gr.Checkbox(False, label=t("replace")), label="replace")
+                        v_save = tr(gr.Button(t("save_voice"), variant="primary", elem_id="cv-v-save"),
+                                    value="save_voice")
+                        v_save_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-save-msg")
+                    with gr.Column():
+                        tr(gr.Markdown(heading("saved_voices")), value=lambda lg: heading("saved_voices", "###", lg))
+                        names = studio.voice_names()
+                        v_list = tr(gr.Dropdown(names, value=names[0] if names else None, label=t("voice_list"),
+                                                elem_id="cv-v-list"), label="voice_list")
+                        details, audio0 = voice_details_md(studio, names[0] if names else None, "en")
+                        v_details = gr.Markdown(details, elem_id="cv-v-details")
+                        v_player = tr(gr.Audio(audio0, label=t("voice_player"), type="filepath", interactive=False),
+                                      label="voice_player")
+                        with gr.Row(equal_height=False):
+                            v_rename_to = tr(gr.Textbox(names[0] if names else "", label=t("rename_to"), scale=3,
+                                                        elem_id="cv-v-rename-to"), label="rename_to")
+                            v_rename = tr(gr.Button(t("rename"), scale=1, elem_id="cv-v-rename",
+                                                    elem_classes="cv-inline-btn"), value="rename")
+                        with gr.Row():
+                            v_export = tr(gr.Button(t("export"), elem_id="cv-v-export"), value="export")
+                            v_delete = tr(gr.Button(t("delete"), variant="stop", elem_id="cv-v-delete"),
+                                          value="delete")
+                        with gr.Row(visible=False) as v_confirm_row:
+                            v_confirm_text = gr.Markdown("")
+                            v_delete_yes = tr(gr.Button(t("delete_yes"), variant="stop", size="sm",
+                                                        elem_id="cv-v-delete-yes"), value="delete_yes")
+                            v_delete_no = tr(gr.Button(t("delete_no"), size="sm"), value="delete_no")
+                        v_manage_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-manage-msg")
+                        v_export_file = tr(gr.File(label=t("export_file"), visible=False, interactive=False,
+                                                   elem_id="cv-v-export-file"), label="export_file")
+                        tr(gr.Markdown(heading("import_title", "####")),
+                           value=lambda lg: heading("import_title", "####", lg))
+                        v_import_file = tr(gr.File(label=t("import_file"), file_types=[".cvvoice", ".zip"],
+                                                   type="filepath", elem_id="cv-v-import-file"), label="import_file")
+                        with gr.Row(equal_height=False):
+                            v_import_name = tr(gr.Textbox(label=t("import_name"), scale=3), label="import_name")
+                            v_import = tr(gr.Button(t("import"), scale=1, elem_id="cv-v-import",
+                                                    elem_classes="cv-inline-btn"), value="import")
+                        v_import_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-import-msg")
+
+            # ---------------------------------------------------------------------------------- Status
+            with tr(gr.Tab(t("tab_status"), id="status"), label="tab_status"):
+                st_md = gr.Markdown(status_md(studio.status(), "en"), elem_id="cv-status")
+                with gr.Row():
+                    st_refresh = tr(gr.Button(t("status_refresh"), size="sm"), value="status_refresh")
+                    st_restart = tr(gr.Button(t("restart_worker"), size="sm", variant="stop",
+                                              elem_id="cv-restart"), value="restart_worker")
+        timer = gr.Timer(4.0)
+
+        # ---------------------------------------------------------------------------------- language
+        def translations(lang_: str) -> list[Any]:
+            return tr.updates(lang_ if lang_ in LANGS else "en")
+
+        def live_view(lang_: str) -> list[Any]:
+            s = studio.status()
+            text, show, fixable = banner_md(s, lang_)
+            return [badge_md(s, lang_), gr.update(value=text), gr.update(visible=show),
+                    gr.update(visible=fixable), status_md(s, lang_)]
+
+        live_outputs = [badge, banner, banner_box, check_again, st_md]
+
+        def on_lang(lang_: str, name: str | None) -> list[Any]:
+            details_, _ = voice_details_md(studio, name, lang_)
+            return [*translations(lang_), *live_view(lang_), lang_, details_,
+                    gr.update(value=history_rows(studio, lang_), headers=["#"] + [t(k, lang_) for k in h_cols[1:]])]
+
+        lang.change(on_lang, [lang, v_list], [*tr.components, *live_outputs, saved_lang, v_details, s_history],
+                    api_visibility="private", show_progress="hidden")
+
+        def on_load(saved: str, request: gr.Request) -> list[Any]:
+            # ?lang=ru in the address, else the choice this browser made before, else its preferred language
+            q = request.query_params.get("lang") if request else None
+            if q in LANGS:
+                choice = q
+            elif saved in LANGS:
+                choice = saved
+            else:
+                choice = pick_language(request.headers.get("accept-language") if request else "")
+            return [choice, voice_choices(None), *live_view(choice)]
+
+        demo.load(on_load, [saved_lang], [lang, s_voice, *live_outputs], api_visibility="private",
+                  show_progress="hidden")
+        timer.tick(live_view, [lang], live_outputs, api_visibility="private", show_progress="hidden",
+                   concurrency_limit=None)
+        st_refresh.click(live_view, [lang], live_outputs, api_visibility="private", concurrency_limit=None)
+
+        def on_check_again(lang_: str) -> list[Any]:
+            studio.refresh_bundle()
+            return live_view(lang_)
+
+        check_again.click(on_check_again, [lang], live_outputs, api_visibility="private")
+
+        def on_restart(lang_: str) -> list[Any]:
+            studio.restart_worker()
+            return live_view(lang_)
+
+        st_restart.click(on_restart, [lang], live_outputs, api_visibility="private")
+
+        # ---------------------------------------------------------------------------------- prompt checks
+        def prompt_feedback(lang_: str, path: str | None) -> str:
+            if not path:
+                return ""
+            try:
+                c = studio.check_prompt(path)
+            except Exception as e:  # noqa: BLE001 - shown next to the input
+                return _err(_msg(e, lang_))
+            return _ok(t("prompt_ok", lang_, secs=c.duration, trimmed=c.trimmed, rate=c.sample_rate))
+
+        v_audio.change(prompt_feedback, [lang, v_audio], [v_audio_msg], api_visibility="private",
+                       show_progress="hidden")
+        s_audio.change(prompt_feedback, [lang, s_audio], [s_audio_msg], api_visibility="private",
+                       show_progress="hidden")
+        s_text.change(None, [s_text], [s_count], js=f"(t) => `${{(t || '').length}} / {studio.max_text_chars}`",
+                      api_visibility="private")
+
+        def on_mode(mode: str) -> list[Any]:
+            return [gr.update(visible=mode == "saved"), gr.update(visible=mode == "prompt")]
+
+        s_mode.change(on_mode, [s_mode], [s_saved_row, s_prompt_box], api_visibility="private",
+                      show_progress="hidden")
+
+        def voice_choices(selected: str | None = None) -> Any:
+            names_ = studio.voice_names()
+            return gr.update(choices=names_, value=selected if selected in names_ else (names_[0] if names_ else None))
+
+        s_refresh.click(lambda v: voice_choices(v), [s_voice], [s_voice], api_visibility="private")
+        tab_speak.select(lambda v: voice_choices(v), [s_voice], [s_voice], api_visibility="private",
+                         show_progress="hidden")
+        tab_voices.select(lambda v: voice_choices(v), [v_list], [v_list], api_visibility="private",
+                          show_progress="hidden")
+
+        # ---------------------------------------------------------------------------------- generate
+        gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
+                       s_audio_msg, s_ptext_msg, s_go]
+
+        def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
+                        text: str, language: str, temperature: float, seed: float | None, top_k: float,
+                        top_p: float, request: gr.Request) -> Iterator[list[Any]]:
+            keep = gr.update()
+            # stale errors go; the prompt check next to the recording describes the recording, so it stays
+            msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
+
+            def out(progress: Any = keep, live: Any = keep, result: Any = keep, download: Any = keep,
+                    info: Any = keep, history: Any = keep, go: Any = keep) -> list[Any]:
+                return [progress, live, result, download, info, history, msgs["text"], msgs["voice"],
+                        msgs["audio"], msgs["transcript"], go]
+
+            try:
+                job = studio.speak(text, voice=voice if mode == "saved" else None,
+                                   prompt_audio=p_audio if mode == "prompt" else None, prompt_text=p_text,
+                                   prompt_language=p_lang, language=language, temperature=temperature,
+                                   seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
+                                   session=request.session_hash if request else None)
+            except FieldError as e:
+                if e.field in msgs:  # shown next to the input it is about
+                    msgs[e.field] = _err(_msg(e, lang_))
+                    yield out(progress="")
+                else:
+                    yield out(progress=_err(_msg(e, lang_)))
+                return
+            except Exception as e:  # noqa: BLE001 - shown on the page
+                yield out(progress=_err(_msg(e, lang_)))
+                return
+            yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps({"job": job.id, "files": []}),
+                      result=None, download=gr.update(visible=False, value=None), info="",
+                      go=gr.update(interactive=False))
+            last: tuple[str, int] = ("", -1)
+            try:
+                for st in studio.follow(job):
+                    md = progress_md(st, lang_)
+                    if st.phase in ("queued", "running") and (md, len(st.segment_files)) == last:
+                        continue
+                    live = (json.dumps({"job": job.id, "files": st.segment_files})
+                            if len(st.segment_files) != last[1] else keep)
+                    last = (md, len(st.segment_files))
+                    if st.phase == "done" and st.result:
+                        yield out(progress=md, live=live, result=st.result["path"],
+                                  download=gr.update(value=st.result["path"], visible=True),
+                                  info=result_md(st.result, lang_), history=history_rows(studio, lang_),
+                                  go=gr.update(interactive=True))
+                    elif st.phase in ("error", "cancelled"):
+                        yield out(progress=md, live=live, go=gr.update(interactive=True))
+                    else:
+                        yield out(progress=md, live=live)
+            except Exception as e:  # noqa: BLE001
+                yield out(progress=_err(_msg(e, lang_)), go=gr.update(interactive=True))
+
+        s_go.click(on_generate, [lang, s_mode, s_voice, s_audio, s_ptext, s_plang, s_text, s_lang, s_temp, s_seed,
+                                 s_topk, s_topp], gen_outputs, api_visibility="private", show_progress="hidden",
+                   concurrency_limit=None)
+        s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
+
+        def on_cancel(lang_: str, request: gr.Request) -> Any:
+            if not studio.cancel_session(request.session_hash if request else ""):
+                gr.Info(t("p_nothing_to_cancel", lang_))
+
+        s_cancel.click(on_cancel, [lang], None, api_visibility="private", concurrency_limit=None,
+                       show_progress="hidden")
+
+        def on_history(lang_: str, evt: gr.SelectData) -> list[Any]:
+            row = evt.row_value if evt is not None else None
+            e = studio.history.get(int(row[0])) if row else None
+            if not e:
+                return [gr.update(visible=False, value=None), ""]
+            return [gr.update(value=e["path"], visible=True), result_md(e, lang_)]
+
+        s_history.select(on_history, [lang], [h_player, h_info], api_visibility="private")
+
+        # ---------------------------------------------------------------------------------- voices
+        def on_save_voice(lang_: str, name: str, audio: str | None, transcript: str, language: str,
+                          overwrite: bool) -> Iterator[list[Any]]:
+            keep = gr.update()
+            errors = studio.validate_new_voice(name, audio, transcript, language, overwrite)
+            by_field = {e.field: _err(_msg(e, lang_)) for e in reversed(errors)}
+            audio_ok = "" if "audio" in by_field else prompt_feedback(lang_, audio)
+            fields = [by_field.get("audio", audio_ok), by_field.get("transcript", ""), by_field.get("name", "")]
+            if errors:
+                yield [*fields, by_field.get("language", ""), keep, keep]
+                return
+            try:
+                job = studio.add_voice(name, audio, transcript, language, overwrite)
+                yield [*fields, t("saving", lang_), keep, keep]
+                for ev in job.events_until_done():
+                    if ev["type"] == "queued" and ev["ahead"]:
+                        yield [*fields, t("saving_queued", lang_, ahead=ev["ahead"]), keep, keep]
+                    elif ev["type"] == "started":
+                        yield [*fields, t("saving", lang_), keep, keep]
+                final = job.final or {}
+                if final.get("type") != "done":
+                    raise CosyVoiceRKError(final.get("message") or t("p_cancelled", lang_))
+                res = final["result"]
+                info = res.get("info", {})
+                msg = _ok(t("saved", lang_, name=res["name"], secs=info.get("duration", 0.0),
+                            tokens=info.get("prompt_tokens", "?")))
+                if info.get("warning"):
+                    msg += "\n\n⚠ " + _esc(info["warning"])
+                yield [*fields, msg, voice_choices(res["name"]), voice_choices(None)]
+            except Exception as e:  # noqa: BLE001 - shown next to the save button
+                yield [*fields, _err(_msg(e, lang_)), keep, keep]
+
+        v_save.click(on_save_voice, [lang, v_name, v_audio, v_transcript, v_lang, v_overwrite],
+                     [v_audio_msg, v_transcript_msg, v_name_msg, v_save_msg, v_list, s_voice],
+                     api_visibility="private", show_progress="minimal")
+
+        def on_pick(lang_: str, name: str | None) -> list[Any]:
+            md, audio = voice_details_md(studio, name, lang_)
+            return [md, audio, gr.update(value=name or ""), gr.update(visible=False, value=None),
+                    gr.update(visible=False), ""]
+
+        v_list.change(on_pick, [lang, v_list], [v_details, v_player, v_rename_to, v_export_file, v_confirm_row,
+                                                v_manage_msg], api_visibility="private", show_progress="hidden")
+
+        def guarded(fn: Callable[..., list[Any]], n_out: int, msg_index: int) -> Callable[..., list[Any]]:
+            def run(lang_: str, *args: Any) -> list[Any]:
+                try:
+                    return fn(lang_, *args)
+                except Exception as e:  # noqa: BLE001 - shown next to the input
+                    out = [gr.update()] * n_out
+                    out[msg_index] = _err(_msg(e, lang_))
+                    return out
+            return run
+
+        def on_rename(lang_: str, name: str | None, new: str) -> list[Any]:
+            if not name:
+                return [_err(t("choose_voice", lang_)), gr.update(), gr.update()]
+            new_name = studio.rename_voice(name, new)
+            return [_ok(t("renamed", lang_, name=new_name)), voice_choices(new_name), voice_choices(None)]
+
+        v_rename.click(guarded(on_rename, 3, 0), [lang, v_list, v_rename_to], [v_manage_msg, v_list, s_voice],
+                       api_visibility="private")
+
+        def on_delete_ask(lang_: str, name: str | None) -> list[Any]:
+            if not name:
+                return [gr.update(visible=False), "", _err(t("choose_voice", lang_))]
+            return [gr.update(visible=True), t("delete_confirm", lang_, name=_esc(name)), ""]
+
+        v_delete.click(on_delete_ask, [lang, v_list], [v_confirm_row, v_confirm_text, v_manage_msg],
+                       api_visibility="private", show_progress="hidden")
+        v_delete_no.click(lambda: gr.update(visible=False), None, [v_confirm_row], api_visibility="private",
+                          show_progress="hidden")
+
+        def on_delete(lang_: str, name: str | None) -> list[Any]:
+            if not name:
+                return [_err(t("choose_voice", lang_)), gr.update(), gr.update(), gr.update(visible=False)]
+            studio.delete_voice(name)
+            return [_ok(t("deleted", lang_, name=name)), voice_choices(None), voice_choices(None),
+                    gr.update(visible=False)]
+
+        v_delete_yes.click(guarded(on_delete, 4, 0), [lang, v_list], [v_manage_msg, v_list, s_voice, v_confirm_row],
+                           api_visibility="private")
+
+        def on_export(lang_: str, name: str | None) -> list[Any]:
+            if not name:
+                return [gr.update(visible=False), _err(t("choose_voice", lang_))]
+            path = studio.export_voice(name)
+            return [gr.update(value=str(path), visible=True), _ok(t("exported", lang_))]
+
+        v_export.click(guarded(on_export, 2, 1), [lang, v_list], [v_export_file, v_manage_msg],
+                       api_visibility="private")
+
+        def on_import(lang_: str, path: str | None, name: str, overwrite: bool) -> Iterator[list[Any]]:
+            keep = gr.update()
+            if not path:
+                yield [_err(t("choose_file", lang_)), keep, keep]
+                return
+            try:
+                job = studio.import_voice(path, name or None, overwrite)
+                yield [t("saving", lang_), keep, keep]
+                res = studio.run_voice_job(job)
+                yield [_ok(t("imported", lang_, name=res["name"])), voice_choices(res["name"]), voice_choices(None)]
+            except Exception as e:  # noqa: BLE001 - shown next to the input
+                yield [_err(_msg(e, lang_)), keep, keep]
+
+        v_import.click(on_import, [lang, v_import_file, v_import_name, v_overwrite], [v_import_msg, v_list, s_voice],
+                       api_visibility="private")
+
+        _api(studio)
+    demo.queue(max_size=64, default_concurrency_limit=4)
+    return demo
+
+
+def _api_error(e: BaseException) -> gr.Error:
+    if isinstance(e, CosyVoiceRKError):
+        return gr.Error(str(e), print_exception=False)
+    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
+    return gr.Error(t("err_internal", "en", error=f"{type(e).__name__}: {e}"), print_exception=False)
+
+
+def _api(studio: Studio) -> None:
+    """Named endpoints for programs (``gradio_client``); they return data, not page updates."""
+
+    def voices() -> list[dict]:
+        """Saved voices: name, transcript, language, created, duration (s)."""
+        return [{k: v for k, v in d.items() if k != "audio"} for d in studio.voices()]
+
+    def status() -> dict:
+        """Bundle, backends per stage, worker state and queue."""
+        return studio.status()
+
+    def rename_voice(name: str, new_name: str) -> str:
+        """Rename a saved voice; returns the new name."""
+        try:
+            return studio.rename_voice(name, new_name)
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    def delete_voice(name: str) -> str:
+        """Delete a saved voice; returns its name."""
+        try:
+            studio.delete_voice(name)
+            return name
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    gr.api(voices, api_name="voices")
+    gr.api(status, api_name="status")
+    gr.api(rename_voice, api_name="rename_voice")
+    gr.api(delete_voice, api_name="delete_voice")
+
+    with gr.Column(visible=False):
+        a_text = gr.Textbox(label="text")
+        a_voice = gr.Textbox(label="voice")
+        a_language = gr.Textbox("auto", label="language")
+        a_temp = gr.Number(1.0, label="temperature")
+        a_seed = gr.Number(-1, label="seed", precision=0)
+        a_topk = gr.Number(0, label="top_k", precision=0)
+        a_topp = gr.Number(0.0, label="top_p")
+        a_paudio = gr.Audio(type="filepath", label="prompt_audio")
+        a_ptext = gr.Textbox("", label="prompt_text")
+        a_plang = gr.Textbox("auto", label="prompt_language")
+        a_wav = gr.Audio(type="filepath", label="audio", format="wav")
+        a_info = gr.JSON(label="info")
+        a_name = gr.Textbox(label="name")
+        a_transcript = gr.Textbox("", label="transcript")
+        a_overwrite = gr.Checkbox(False, label="overwrite")
+        a_file = gr.File(label="file", type="filepath")
+        a_go = gr.Button()
+
+    def run_speak(text: str, voice: str | None, prompt_audio: str | None, prompt_text: str, prompt_language: str,
+                  language: str, temperature: float, seed: float, top_k: float, top_p: float) -> tuple[str, dict]:
+        try:
+            job = studio.speak(text, voice=voice or None, prompt_audio=prompt_audio, prompt_text=prompt_text or "",
+                               prompt_language=prompt_language or "auto", language=language or "auto",
+                               temperature=float(temperature), seed=None if seed is None else int(seed),
+                               top_k=int(top_k) if top_k else None, top_p=float(top_p) if top_p else None)
+            last = None
+            for st in studio.follow(job, poll=None):
+                last = st
+            if last is None or last.phase != "done" or not last.result:
+                raise WorkerError(last.error if last and last.error else "cancelled")
+            e = last.result
+            return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
+                                                 "seed", "voice", "compute_s", "warnings") if k in e}
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    def synthesize(text: str, voice: str, language: str, temperature: float, seed: float, top_k: float,
+                   top_p: float) -> tuple[str, dict]:
+        """Speak ``text`` in a saved ``voice``. Returns (WAV file, info: duration, rtf, tokens, segments,
+        backends, timings, seed). ``seed`` -1 = random; ``top_k``/``top_p`` 0 = the bundle's defaults."""
+        return run_speak(text, voice, None, "", "auto", language, temperature, seed, top_k, top_p)
+
+    def synthesize_with_prompt(text: str, prompt_audio: str | None, prompt_text: str, prompt_language: str,
+                               language: str, temperature: float, seed: float, top_k: float,
+                               top_p: float) -> tuple[str, dict]:
+        """Speak ``text`` in the voice of a one-off recording (3–10 s) whose exact words are ``prompt_text``."""
+        return run_speak(text, None, prompt_audio, prompt_text, prompt_language, language, temperature, seed, top_k,
+                         top_p)
+
+    def add_voice(name: str, audio: str | None, transcript: str, language: str, overwrite: bool) -> dict:
+        """Save a voice from a 3–10 s recording and its exact transcript."""
+        try:
+            return studio.run_voice_job(studio.add_voice(name, audio, transcript, language or "auto", overwrite))
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    def export_voice(name: str) -> str:
+        """One .cvvoice file with the voice."""
+        try:
+            return str(studio.export_voice(name))
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    def import_voice(file: str | None, name: str, overwrite: bool) -> dict:
+        """Import a .cvvoice file (optionally under another name)."""
+        try:
+            if not file:
+                raise FieldError("import", "give a .cvvoice file")
+            return studio.run_voice_job(studio.import_voice(file, name or None, overwrite))
+        except Exception as e:  # noqa: BLE001
+            raise _api_error(e) from None
+
+    a_go.click(synthesize, [a_text, a_voice, a_language, a_temp, a_seed, a_topk, a_topp], [a_wav, a_info],
+               api_name="synthesize", concurrency_limit=None)
+    a_go.click(synthesize_with_prompt, [a_text, a_paudio, a_ptext, a_plang, a_language, a_temp, a_seed, a_topk, a_topp],
+               [a_wav, a_info], api_name="synthesize_with_prompt", concurrency_limit=None)
+    a_go.click(add_voice, [a_name, a_paudio, a_transcript, a_language, a_overwrite], [a_info], api_name="add_voice",
+               concurrency_limit=None)
+    a_go.click(export_voice, [a_name], [a_file], api_name="export_voice")
+    a_go.click(import_voice, [a_file, a_name, a_overwrite], [a_info], api_name="import_voice",
+               concurrency_limit=None)
+
+
+def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
+           max_upload_mb: float = 20, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+           block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, str]:
+    """Build the page and serve it. With ``block=False`` returns at once (tests); the caller closes it."""
+    demo = build_app(studio)
+    allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
+    _, url, _ = demo.launch(
+        server_name=host, server_port=port, auth=auth or None, max_file_size=f"{max_upload_mb}mb",
+        allowed_paths=allowed, prevent_thread_lock=not block, quiet=quiet, show_error=False,
+        ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
+        footer_links=["api", "settings"], head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
+    )
+    return demo, url

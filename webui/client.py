@@ -1,0 +1,431 @@
+"""The web side of the studio, without Gradio: voices on disk, jobs for the worker, results and their history.
+
+Nothing here imports a model runtime (onnxruntime, llama_cpp, rknn): the models live in the worker process
+(:mod:`pipeline.worker`). Saved voices are plain files handled by :class:`pipeline.presets.SpeakerStore`;
+prompt checks use :mod:`pipeline.audio` (soundfile + numpy).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import shutil
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.audio import prepare_prompt
+from pipeline.bundle import HOW_TO_GET, Bundle
+from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
+from pipeline.fsutil import atomic_write_bytes, atomic_write_json
+from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore, slugify
+from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
+from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
+
+TEMPERATURE_RANGE = (0.1, 2.0)
+TOP_K_RANGE = (1, 100)
+TOP_P_RANGE = (0.05, 1.0)
+_LIVE_JOBS_KEPT = 16
+
+
+class FieldError(InputError):
+    """A bad value in one input of the page; ``field`` names the input, ``key``/``params`` the message."""
+
+    def __init__(self, field: str, message: str, key: str | None = None, **params: Any) -> None:
+        super().__init__(message)
+        self.field = field
+        self.key = key
+        self.params = params
+
+
+@dataclass
+class PromptCheck:
+    duration: float  # seconds of speech kept after trimming
+    trimmed: float
+    sample_rate: int
+
+
+@dataclass
+class SpeakState:
+    """What a speech job looks like to the page after each worker event."""
+
+    job_id: int
+    phase: str = "queued"  # queued, running, done, error, cancelled
+    ahead: int = 0
+    stage: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    segments_done: int = 0
+    segments_total: int = 0
+    audio_seconds: float = 0.0
+    segment_files: list[str] = field(default_factory=list)
+    result: dict[str, Any] | None = None
+    error: str = ""
+    note: str = ""
+
+
+def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, np.float32), sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+class History:
+    """The last ``size`` results: WAV files plus ``history.json`` (newest first), written atomically."""
+
+    def __init__(self, root: Path | str, size: int = 20) -> None:
+        self.root = Path(root)
+        self.size = max(1, int(size))
+        self._lock = threading.Lock()
+        self._entries = self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
+        p = self.root / "history.json"
+        if not p.is_file():
+            return []
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return [e for e in data if isinstance(e, dict) and isinstance(e.get("file"), str)]
+        except (OSError, ValueError) as e:
+            print(f"cosyvoice-rk webui: {p} is unreadable ({e}); starting an empty history", file=sys.stderr)
+            return []
+
+    def add(self, audio: np.ndarray, sample_rate: int, meta: dict[str, Any]) -> dict[str, Any]:
+        now = _dt.datetime.now()
+        with self._lock:
+            n = max([int(e.get("id", 0)) for e in self._entries] + [0]) + 1
+            name = f"{now:%Y%m%d-%H%M%S}-{n:04d}.wav"
+            atomic_write_bytes(self.root / name, wav_bytes(audio, sample_rate))
+            entry = {"id": n, "created": now.isoformat(timespec="seconds"), "file": name, **meta}
+            self._entries.insert(0, entry)
+            dropped = self._entries[self.size:]
+            self._entries = self._entries[:self.size]
+            atomic_write_json(self.root / "history.json", self._entries)
+            for e in dropped:
+                (self.root / e["file"]).unlink(missing_ok=True)
+        return self._with_path(entry)
+
+    def _with_path(self, e: dict[str, Any]) -> dict[str, Any]:
+        return {**e, "path": str(self.root / e["file"])}
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._with_path(e) for e in self._entries if (self.root / e["file"]).is_file()]
+
+    def get(self, entry_id: int) -> dict[str, Any] | None:
+        return next((e for e in self.list() if e["id"] == entry_id), None)
+
+
+class Studio:
+    """Everything the page does. Thread-safe; one instance per server."""
+
+    def __init__(self, bundle: Path | str, speakers_dir: Path | str, results_dir: Path | str, *,
+                 quant: str | None = None, n_threads: int | None = None, history_size: int = 20,
+                 max_queue: int = 8, max_text_chars: int = MAX_TEXT_CHARS, cancel_grace: float = 30.0) -> None:
+        self.bundle_path = Path(bundle)
+        self.store = SpeakerStore(speakers_dir)
+        self.results_dir = Path(results_dir)
+        self.history = History(self.results_dir, history_size)
+        self.max_text_chars = max_text_chars
+        self.live_dir = Path(tempfile.mkdtemp(prefix="cosyvoice-rk-live-"))
+        self._worker_args = dict(quant=quant, n_threads=n_threads, max_queue=max_queue, cancel_grace=cancel_grace)
+        self.worker: Worker | None = None
+        self.bundle_error: str | None = None
+        self.manifest: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._sessions: dict[str, set[int]] = {}
+        self._jobs: dict[int, Job] = {}
+        self._live_jobs: list[int] = []
+        self.refresh_bundle()
+
+    # bundle and worker ----------------------------------------------------------------------------
+    def refresh_bundle(self) -> None:
+        """Look at the bundle folder (manifest only: the worker checks the files); start or restart the worker."""
+        with self._lock:
+            try:
+                b = Bundle.load(self.bundle_path, check="none")
+            except BundleError as e:
+                self.bundle_error, self.manifest = str(e), {}
+                return
+            self.bundle_error, self.manifest = None, b.manifest
+            if self.worker is None:
+                a = self._worker_args
+                self.worker = Worker(WorkerConfig(str(self.bundle_path), str(self.store.root), a["quant"],
+                                                  a["n_threads"]), max_queue=a["max_queue"],
+                                     cancel_grace=a["cancel_grace"])
+            elif self.worker.state in ("unavailable", "failed"):
+                self.worker.restart()
+
+    def restart_worker(self) -> None:
+        self.refresh_bundle()
+        if self.worker is not None and self.worker.state not in ("starting", "restarting"):
+            self.worker.restart()
+
+    def sampling_defaults(self) -> dict[str, float]:
+        s = self.manifest.get("constants", {}).get("sampling", {})
+        return {"top_k": int(s.get("top_k", 25)), "top_p": float(s.get("top_p", 0.8))}
+
+    def _worker(self) -> Worker:
+        if self.bundle_error:
+            raise WorkerError(f"no model bundle: {self.bundle_error}")
+        assert self.worker is not None
+        return self.worker
+
+    def status(self) -> dict[str, Any]:
+        m = self.manifest
+        bundle = {"location": str(self.bundle_path.resolve()), "found": not self.bundle_error,
+                  "error": self.bundle_error, "how_to_get": HOW_TO_GET}
+        if m:
+            bundle.update(fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
+                          created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})))
+        worker = self.worker.status() if self.worker is not None else {"state": "stopped"}
+        return {"bundle": bundle, "worker": worker, "speakers_dir": str(self.store.root.resolve()),
+                "results_dir": str(self.results_dir.resolve()), "voices": len(self.voice_names())}
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+        shutil.rmtree(self.live_dir, ignore_errors=True)
+
+    # voices ---------------------------------------------------------------------------------------
+    def voices(self) -> list[dict[str, Any]]:
+        """Every saved voice (``{"slug", "error"}`` for an unreadable one)."""
+        out = []
+        for v in self.store.list():
+            if "error" in v:
+                out.append({"slug": v["slug"], "name": v.get("name", v["slug"]), "error": v["error"]})
+                continue
+            info = v.get("info", {}) if isinstance(v.get("info"), dict) else {}
+            out.append({"name": v["name"], "slug": v["slug"], "transcript": v["transcript"],
+                        "language": v.get("language", "auto"), "created": v.get("created", ""),
+                        "duration": info.get("duration"), "audio": str(self.store.root / v["slug"] / v["audio"])})
+        return out
+
+    def voice_names(self) -> list[str]:
+        return [v["name"] for v in self.voices() if "error" not in v]
+
+    def voice(self, name: str) -> dict[str, Any]:
+        slug = self.store.find(name)
+        v = next((v for v in self.voices() if v["slug"] == slug), None)
+        if v is None:
+            raise PresetError(f"no voice named {name!r}")
+        if "error" in v:
+            raise PresetError(v["error"])
+        return v
+
+    def check_prompt(self, path: str | Path | None) -> PromptCheck:
+        """The checks a voice prompt must pass (length, rate, silence), run here so errors show at once."""
+        if not path:
+            raise FieldError("audio", "upload or record a 3–10 s prompt", "err_no_audio")
+        try:
+            p = prepare_prompt(str(path))
+        except InputError as e:
+            raise FieldError("audio", str(e)) from None
+        return PromptCheck(p.duration, p.trimmed_s, p.original_sr)
+
+    def validate_new_voice(self, name: str, audio: str | Path | None, transcript: str, language: str,
+                           overwrite: bool = False) -> list[FieldError]:
+        """Every problem with a new voice, one per input, so the page can show each next to its input."""
+        errors: list[FieldError] = []
+        try:
+            self.check_prompt(audio)
+        except FieldError as e:
+            errors.append(e)
+        if not (transcript or "").strip():
+            errors.append(FieldError("transcript", "type exactly what the prompt recording says", "err_transcript"))
+        elif len(transcript) > 1000:
+            errors.append(FieldError("transcript", "the transcript is longer than 1000 characters; use a 3–10 s "
+                                     "prompt and its exact words", "err_transcript_long"))
+        try:
+            slugify(name or "")
+            if self.store.exists(name) and not overwrite:
+                errors.append(FieldError("name", f"a voice named {name!r} already exists; choose another name "
+                                         "or tick “replace”", "err_name_taken", name=name))
+        except PresetError as e:
+            errors.append(FieldError("name", str(e)))
+        if language not in LANGUAGES:
+            errors.append(FieldError("language", f"unknown language {language!r}"))
+        return errors
+
+    def add_voice(self, name: str, audio: str | Path, transcript: str, language: str = "auto",
+                  overwrite: bool = False) -> Job:
+        errors = self.validate_new_voice(name, audio, transcript, language, overwrite)
+        if errors:
+            raise errors[0]
+        data = Path(audio).read_bytes()
+        return self._worker().submit("add_voice", {"name": name.strip(), "audio": data, "ext": Path(audio).suffix,
+                                                   "transcript": transcript.strip(), "language": language,
+                                                   "overwrite": bool(overwrite)})
+
+    def rename_voice(self, name: str, new_name: str) -> str:
+        if not (new_name or "").strip():
+            raise FieldError("rename", "type the new name", "err_new_name")
+        try:
+            slug = self.store.rename(name, new_name)
+        except PresetError as e:
+            raise FieldError("rename", str(e)) from None
+        return self.store.load(slug).name
+
+    def delete_voice(self, name: str) -> None:
+        self.store.delete(name)
+
+    def export_voice(self, name: str) -> Path:
+        out = self.live_dir / "exports"
+        out.mkdir(exist_ok=True)
+        return self.store.export(name, out)
+
+    def import_voice(self, path: str | Path, name: str | None = None, overwrite: bool = False) -> Job:
+        p = Path(path)
+        if p.stat().st_size > MAX_EXPORT_BYTES:
+            raise FieldError("import", f"voice file is {p.stat().st_size / 2**20:.1f} MB; exported voices are at "
+                             f"most {MAX_EXPORT_BYTES // 2**20} MB")
+        data = p.read_bytes()
+        try:
+            meta, _, _ = self.store.read_export(data)  # a bad file is refused here, without the worker
+        except PresetError as e:
+            raise FieldError("import", str(e)) from None
+        target = (name or "").strip() or meta["name"]
+        if self.store.exists(target) and not overwrite:
+            raise FieldError("import", f"a voice named {target!r} already exists; import it under another name",
+                             "err_name_taken", name=target)
+        return self._worker().submit("import_voice", {"data": data, "name": target, "overwrite": bool(overwrite)})
+
+    # speech ---------------------------------------------------------------------------------------
+    def speak(self, text: str, *, voice: str | None = None, prompt_audio: str | Path | None = None,
+              prompt_text: str = "", prompt_language: str = "auto", language: str = "auto",
+              temperature: float = 1.0, seed: int | None = None, top_k: int | None = None,
+              top_p: float | None = None, session: str | None = None) -> Job:
+        text = text or ""
+        if not text.strip():
+            raise FieldError("text", "type the text to speak", "err_text_empty")
+        if len(text) > self.max_text_chars:
+            raise FieldError("text", f"the text has {len(text)} characters, the limit is {self.max_text_chars}: "
+                             "split it into parts", "err_text_long", n=len(text), limit=self.max_text_chars)
+        if language not in LANGUAGES:
+            raise FieldError("language", f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)}")
+        if not TEMPERATURE_RANGE[0] <= float(temperature) <= TEMPERATURE_RANGE[1]:
+            raise FieldError("options", f"temperature must be within {TEMPERATURE_RANGE[0]}–{TEMPERATURE_RANGE[1]}")
+        if top_k is not None and not TOP_K_RANGE[0] <= int(top_k) <= TOP_K_RANGE[1]:
+            raise FieldError("options", f"top-k must be within {TOP_K_RANGE[0]}–{TOP_K_RANGE[1]}")
+        if top_p is not None and not TOP_P_RANGE[0] <= float(top_p) <= TOP_P_RANGE[1]:
+            raise FieldError("options", f"top-p must be within {TOP_P_RANGE[0]}–{TOP_P_RANGE[1]}")
+        payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
+                                   "seed": None if seed is None or int(seed) < 0 else int(seed),
+                                   "top_k": None if top_k is None else int(top_k),
+                                   "top_p": None if top_p is None else float(top_p)}
+        if voice:
+            try:
+                v = self.voice(voice)
+            except PresetError as e:
+                raise FieldError("voice", str(e)) from None
+            payload["voice"] = v["name"]
+            label = v["name"]
+        else:
+            if not prompt_audio:
+                raise FieldError("voice", "choose a saved voice, or give a one-off prompt recording",
+                                 "err_no_voice")
+            self.check_prompt(prompt_audio)
+            if not (prompt_text or "").strip():
+                raise FieldError("transcript", "type exactly what the prompt recording says", "err_transcript")
+            payload["prompt"] = {"audio": Path(prompt_audio).read_bytes(), "transcript": prompt_text.strip(),
+                                 "language": prompt_language if prompt_language in LANGUAGES else "auto"}
+            label = ""
+        job = self._worker().submit("speak", payload)
+        job.meta = {"voice": label, "text": text, "language": language,
+                    "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"]}
+        with self._lock:
+            self._jobs[job.id] = job
+            if session:
+                self._sessions.setdefault(session, set()).add(job.id)
+        return job
+
+    def cancel(self, job_id: int) -> bool:
+        job = self._jobs.get(job_id)
+        return job.cancel() if job is not None else False
+
+    def cancel_session(self, session: str) -> bool:
+        with self._lock:
+            ids = list(self._sessions.get(session, ()))
+        return any([self.cancel(i) for i in ids])
+
+    def follow(self, job: Job, *, poll: float | None = 1.0) -> Iterator[SpeakState]:
+        """Consume a speech job's events; yield the page's view after each one. The whole result is written
+        to the history when the job is done; each segment is written as soon as it arrives (live playback)."""
+        st = SpeakState(job.id)
+        parts: list[np.ndarray] = []
+        sr = 24000
+        try:
+            for ev in job.events_until_done(poll=poll):
+                t = ev["type"]
+                if t == "idle":
+                    yield st
+                    continue
+                if t == "queued":
+                    st.ahead = ev["ahead"]
+                elif t == "started":
+                    st.phase = "running"
+                elif t == "progress":
+                    st.phase = "running"
+                    st.stage = ev["stage"]
+                    st.info = ev
+                    st.segments_total = ev.get("segments", st.segments_total)
+                elif t == "segment":
+                    sr = int(ev["sample_rate"])
+                    parts.append(ev["audio"])
+                    st.segments_done = ev["index"] + 1
+                    st.segments_total = ev["total"]
+                    st.audio_seconds += float(ev["duration"])
+                    st.segment_files.append(self._write_segment(job.id, ev["index"], ev["audio"], sr))
+                elif t == "done":
+                    res = ev["result"]
+                    meta = job.meta
+                    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+                    st.result = self.history.add(audio, sr, {
+                        **meta, "text": meta.get("text", "")[:500], "duration": res["duration"], "rtf": res["rtf"],
+                        "tokens": res["tokens"], "segments": res["segments"], "backends": res["backends"],
+                        "timings": res["timings"], "compute_s": res["compute_s"], "seed": res["seed"],
+                        "warnings": res.get("warnings", [])})
+                    st.phase = "done"
+                elif t == "cancelled":
+                    st.phase = "cancelled"
+                    st.note = ev.get("note", "")
+                elif t == "error":
+                    st.phase = "error"
+                    st.error = ev["message"]
+                yield st
+        finally:
+            if not job.finished:  # the page went away: do not keep the worker busy for nobody
+                job.cancel()
+            with self._lock:
+                self._jobs.pop(job.id, None)
+                for ids in self._sessions.values():
+                    ids.discard(job.id)
+
+    def run_voice_job(self, job: Job) -> dict[str, Any]:
+        """Wait for an add/import job; returns its result or raises its error."""
+        final = job.wait()
+        if final["type"] == "done":
+            return final["result"]
+        if final["type"] == "cancelled":
+            raise WorkerError("cancelled")
+        raise CosyVoiceRKError(final["message"])
+
+    def _write_segment(self, job_id: int, index: int, audio: np.ndarray, sr: int) -> str:
+        path = self.live_dir / f"job{job_id}-{index:03d}.wav"
+        atomic_write_bytes(path, wav_bytes(audio, sr))
+        with self._lock:
+            if job_id not in self._live_jobs:
+                self._live_jobs.append(job_id)
+            old, self._live_jobs = self._live_jobs[:-_LIVE_JOBS_KEPT], self._live_jobs[-_LIVE_JOBS_KEPT:]
+        for j in old:
+            for f in self.live_dir.glob(f"job{j}-*.wav"):
+                f.unlink(missing_ok=True)
+        return str(path)

@@ -1,0 +1,291 @@
+"""Page text in English and Russian. ``t(key, lang, **params)``; a missing Russian string falls back to English.
+
+Messages that come from the pipeline (prompt checks, bundle and preset errors) are shown as the pipeline
+words them (English); everything the page itself says is here.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+LANGS = ("en", "ru")
+LANG_CHOICES = [("English", "en"), ("Русский", "ru")]
+
+_S: dict[str, tuple[str, str]] = {
+    # header
+    "title": ("CosyVoice-RK studio", "Студия CosyVoice-RK"),
+    "subtitle": ("Voice cloning with CosyVoice3 on this board: save a voice from a short recording, then make it "
+                 "speak any text.",
+                 "Клонирование голоса с CosyVoice3 на этой плате: сохраните голос по короткой записи и озвучьте им "
+                 "любой текст."),
+    "ui_language": ("Interface language", "Язык интерфейса"),
+    # no bundle
+    "no_bundle": ("**No model bundle.** {error}", "**Нет пакета модели.** {error}"),
+    "how_to_get": (
+        "To get one (the conversion needs an x86 computer with internet, ~3 GB download):\n\n"
+        "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
+        "Copy `{bundle}` to the board if you converted elsewhere, then press **Check again** (or restart "
+        "`cosyvoice-rk webui --bundle {bundle}`). To try the page without real weights: "
+        "`./cv make-random-bundle {bundle}` (it does not speak any language).",
+        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка ~3 ГБ):\n\n"
+        "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
+        "Если конвертировали на другом компьютере, скопируйте `{bundle}` на плату и нажмите **Проверить снова** "
+        "(или перезапустите `cosyvoice-rk webui --bundle {bundle}`). Посмотреть страницу без настоящих весов: "
+        "`./cv make-random-bundle {bundle}` (такой пакет не говорит ни на одном языке)."),
+    "worker_unavailable": ("**The models could not be loaded.** {error}", "**Не удалось загрузить модели.** {error}"),
+    "random_bundle": ("This bundle has **random weights** (a test bundle): every stage runs, but the result is "
+                      "noise, not speech.",
+                      "В этом пакете **случайные веса** (тестовый пакет): все этапы работают, но результат — шум, "
+                      "а не речь."),
+    "check_again": ("Check again", "Проверить снова"),
+    # tabs
+    "tab_speak": ("Speak", "Озвучить"),
+    "tab_voices": ("Voices", "Голоса"),
+    "tab_status": ("Status", "Состояние"),
+    # speak tab
+    "voice_source": ("Voice", "Голос"),
+    "src_saved": ("Saved voice", "Сохранённый голос"),
+    "src_prompt": ("One-off recording", "Разовая запись"),
+    "saved_voice": ("Saved voice", "Сохранённый голос"),
+    "refresh": ("Refresh", "Обновить"),
+    "no_voices_yet": ("No voices saved yet: add one on the **Voices** tab, or use a one-off recording.",
+                      "Сохранённых голосов пока нет: добавьте голос на вкладке **Голоса** или используйте разовую "
+                      "запись."),
+    "prompt_audio": ("Prompt recording (3–10 s of one person speaking)",
+                     "Образец голоса (3–10 с речи одного человека)"),
+    "prompt_text": ("What the recording says (exact words)", "Что сказано в записи (дословно)"),
+    "prompt_text_ph": ("Type or paste the transcript of the recording", "Введите или вставьте текст записи"),
+    "prompt_language": ("Language of the recording", "Язык записи"),
+    "text": ("Text to speak", "Текст для озвучивания"),
+    "text_ph": ("Type or paste text. Long text is split into sentences and plays as each part is ready.",
+                "Введите или вставьте текст. Длинный текст делится на части и звучит по мере готовности."),
+    "language": ("Language of the text", "Язык текста"),
+    "temperature": ("Temperature", "Температура"),
+    "temperature_info": ("1.0 = as upstream; lower is steadier, higher more varied",
+                         "1.0 — как в оригинале; ниже — ровнее, выше — разнообразнее"),
+    "advanced": ("Advanced", "Дополнительно"),
+    "seed": ("Seed", "Зерно"),
+    "seed_info": ("-1 = random; the same seed and settings repeat a result",
+                  "-1 — случайное; то же зерно и настройки повторяют результат"),
+    "top_k": ("Top-k", "Top-k"),
+    "top_p": ("Top-p", "Top-p"),
+    "generate": ("Generate", "Озвучить"),
+    "cancel": ("Cancel", "Отменить"),
+    "live": ("Playing as it is made", "Воспроизведение по мере готовности"),
+    "result": ("Result (whole text)", "Результат (весь текст)"),
+    "download_wav": ("Download WAV", "Скачать WAV"),
+    "history": ("Recent results", "Последние результаты"),
+    "history_player": ("Selected result", "Выбранный результат"),
+    "history_empty": ("Nothing generated yet.", "Пока ничего не создано."),
+    "h_time": ("Time", "Время"),
+    "h_voice": ("Voice", "Голос"),
+    "h_text": ("Text", "Текст"),
+    "h_seconds": ("Length, s", "Длина, с"),
+    "h_rtf": ("RTF", "RTF"),
+    "one_off": ("(one-off recording)", "(разовая запись)"),
+    "chars": ("{n} / {limit} characters", "{n} / {limit} символов"),
+    # progress
+    "p_queued": ("Waiting in the queue: {ahead} job(s) ahead of this one.",
+                 "Ожидание в очереди: впереди заданий — {ahead}."),
+    "p_queued_next": ("Next in the queue.", "Следующее в очереди."),
+    "p_starting": ("Starting…", "Запуск…"),
+    "p_voice": ("Preparing the voice…", "Подготовка голоса…"),
+    "p_prefill": ("reading the text and the prompt (prefill, {positions} positions{cached})",
+                  "чтение текста и образца (prefill, позиций: {positions}{cached})"),
+    "p_cached": (", prompt part cached", ", часть образца из кэша"),
+    "p_tokens": ("generating speech tokens: {n}", "генерация речевых токенов: {n}"),
+    "p_flow": ("flow: {tokens} speech tokens → mel spectrogram", "flow: {tokens} речевых токенов → мел-спектрограмма"),
+    "p_vocoder": ("vocoder: mel → audio", "вокодер: мел → звук"),
+    "p_segment": ("Part {i} of {n}: {what}", "Часть {i} из {n}: {what}"),
+    "p_ready": ("{k} of {n} part(s) ready, {secs:.1f} s of audio.", "Готово частей: {k} из {n}, звука {secs:.1f} с."),
+    "p_done": ("Done: {secs:.1f} s of audio.", "Готово: {secs:.1f} с звука."),
+    "p_cancelled": ("Cancelled.", "Отменено."),
+    "p_cancelled_after": ("Cancelled after {k} of {n} part(s).", "Отменено после частей: {k} из {n}."),
+    "p_cancelling": ("Cancelling…", "Отмена…"),
+    "p_nothing_to_cancel": ("Nothing is running.", "Ничего не выполняется."),
+    "p_error": ("Failed: {error}", "Ошибка: {error}"),
+    # result
+    "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "
+                  "tokens · {segments} part(s) · seed {seed}",
+                  "**{secs:.1f} с** звука · вычислено за {compute:.1f} с · **RTF {rtf:.2f}** · речевых токенов: "
+                  "{tokens} · частей: {segments} · зерно {seed}"),
+    "r_stage": ("Stage", "Этап"),
+    "r_backend": ("Backend", "Бэкенд"),
+    "r_time": ("Time", "Время"),
+    "stage_llm": ("LLM: text → speech tokens", "LLM: текст → речевые токены"),
+    "stage_flow": ("Flow: speech tokens → mel", "Flow: речевые токены → мел"),
+    "stage_vocoder": ("Vocoder: mel → 24 kHz audio", "Вокодер: мел → звук 24 кГц"),
+    "warning": ("Warning: {w}", "Предупреждение: {w}"),
+    # voices tab
+    "new_voice": ("New voice", "Новый голос"),
+    "saved_voices": ("Saved voices", "Сохранённые голоса"),
+    "voice_audio": ("Prompt recording: upload a file or record (3–10 s of one person, no music)",
+                    "Образец: загрузите файл или запишите (3–10 с речи одного человека, без музыки)"),
+    "mic_hint": ("The microphone works only over HTTPS or on this computer (localhost). On another machine of "
+                 "the network, upload a file recorded elsewhere, or start the studio with `--https`.",
+                 "Микрофон работает только по HTTPS или на этом же компьютере (localhost). На другом компьютере "
+                 "сети загрузите готовый файл или запустите студию с `--https`."),
+    "transcript": ("Transcript: exactly what the recording says", "Текст записи: дословно то, что в ней сказано"),
+    "transcript_ph": ("Type or paste the words spoken in the recording", "Введите или вставьте слова из записи"),
+    "voice_name": ("Name", "Имя"),
+    "voice_name_ph": ("e.g. Anna", "например, Анна"),
+    "voice_language": ("Language of the recording", "Язык записи"),
+    "replace": ("Replace a voice with the same name", "Заменить голос с тем же именем"),
+    "save_voice": ("Save voice", "Сохранить голос"),
+    "saving": ("Saving: computing the voice features…", "Сохранение: вычисление признаков голоса…"),
+    "saving_queued": ("Waiting for the worker ({ahead} job(s) ahead)…", "Ожидание обработчика (впереди: {ahead})…"),
+    "saved": ("Saved “{name}” ({secs:.1f} s of speech, {tokens} prompt tokens).",
+              "Голос «{name}» сохранён ({secs:.1f} с речи, токенов образца: {tokens})."),
+    "prompt_ok": ("{secs:.1f} s of speech ({trimmed:.1f} s of silence trimmed), {rate} Hz.",
+                  "{secs:.1f} с речи (обрезано тишины: {trimmed:.1f} с), {rate} Гц."),
+    "voice_list": ("Voice", "Голос"),
+    "voice_details": ("**{name}** · {language} · {secs} · saved {created}\n\n> {transcript}",
+                      "**{name}** · {language} · {secs} · сохранён {created}\n\n> {transcript}"),
+    "voice_unreadable": ("This voice cannot be read: {error}", "Этот голос не читается: {error}"),
+    "voice_player": ("Its recording", "Его запись"),
+    "rename_to": ("New name", "Новое имя"),
+    "rename": ("Rename", "Переименовать"),
+    "renamed": ("Renamed to “{name}”.", "Переименован в «{name}»."),
+    "delete": ("Delete", "Удалить"),
+    "delete_confirm": ("Delete “{name}” for good?", "Удалить «{name}» навсегда?"),
+    "delete_yes": ("Yes, delete", "Да, удалить"),
+    "delete_no": ("Keep it", "Оставить"),
+    "deleted": ("Deleted “{name}”.", "Голос «{name}» удалён."),
+    "export": ("Export", "Экспорт"),
+    "export_file": ("Exported voice file (.cvvoice)", "Файл голоса (.cvvoice)"),
+    "exported": ("Exported: download the file below. Import it on another studio or with "
+                 "`cosyvoice-rk speakers import`.",
+                 "Экспортировано: скачайте файл ниже. Импортируйте его в другой студии или командой "
+                 "`cosyvoice-rk speakers import`."),
+    "import_title": ("Import a voice file", "Импорт файла голоса"),
+    "import_file": ("Voice file (.cvvoice)", "Файл голоса (.cvvoice)"),
+    "import_name": ("Save as (empty: the name in the file)", "Сохранить как (пусто — имя из файла)"),
+    "import": ("Import", "Импортировать"),
+    "imported": ("Imported “{name}”.", "Голос «{name}» импортирован."),
+    "choose_voice": ("Choose a voice first.", "Сначала выберите голос."),
+    "choose_file": ("Choose a .cvvoice file first.", "Сначала выберите файл .cvvoice."),
+    # status
+    "status_refresh": ("Refresh", "Обновить"),
+    "restart_worker": ("Restart the worker", "Перезапустить обработчик"),
+    "restarting": ("Restarting the worker…", "Перезапуск обработчика…"),
+    "s_bundle": ("Model bundle", "Пакет модели"),
+    "s_path": ("Path", "Путь"),
+    "s_fingerprint": ("Fingerprint", "Отпечаток"),
+    "s_weights": ("Weights", "Веса"),
+    "s_random": ("random (test bundle)", "случайные (тестовый пакет)"),
+    "s_real": ("converted checkpoint", "сконвертированный чекпойнт"),
+    "s_quant": ("LLM variant", "Вариант LLM"),
+    "s_backends": ("Backends", "Бэкенды"),
+    "s_worker": ("Worker process", "Процесс-обработчик"),
+    "s_state": ("State", "Состояние"),
+    "s_pid": ("PID", "PID"),
+    "s_memory": ("Memory", "Память"),
+    "s_uptime": ("Up for", "Работает"),
+    "s_jobs": ("Jobs done / failed / cancelled", "Заданий выполнено / с ошибкой / отменено"),
+    "s_restarts": ("Restarts (crashes)", "Перезапусков (падений)"),
+    "s_last_crash": ("Last crash", "Последнее падение"),
+    "s_queue": ("Queue", "Очередь"),
+    "s_queue_value": ("{running}, {waiting} waiting (at most {max})", "{running}, ожидают {waiting} (не более {max})"),
+    "s_running": ("running: {kind} #{id} for {secs:.0f} s", "выполняется: {kind} #{id}, {secs:.0f} с"),
+    "s_idle": ("nothing running", "ничего не выполняется"),
+    "s_voices": ("Saved voices", "Сохранённые голоса"),
+    "u_s": ("{n:.0f} s", "{n:.0f} с"),
+    "u_sec1": ("{n:.1f} s", "{n:.1f} с"),
+    "u_sec2": ("{n:.2f} s", "{n:.2f} с"),
+    "u_mb": ("{n:.0f} MB", "{n:.0f} МБ"),
+    "s_folders": ("Folders", "Папки"),
+    "badge": ("Worker: {state} · queue {queued}", "Обработчик: {state} · очередь {queued}"),
+    "state_ready": ("ready", "готов"),
+    "state_busy": ("busy", "занят"),
+    "state_starting": ("loading the models", "загрузка моделей"),
+    "state_restarting": ("restarting", "перезапуск"),
+    "state_crashed": ("crashed, retrying", "упал, повтор"),
+    "state_unavailable": ("unavailable", "недоступен"),
+    "state_failed": ("failed", "сбой"),
+    "state_stopped": ("not started (no bundle)", "не запущен (нет пакета)"),
+    # errors
+    "err_no_audio": ("Upload or record a 3–10 s prompt.", "Загрузите или запишите образец длиной 3–10 с."),
+    "err_transcript": ("Type exactly what the recording says.", "Введите дословно то, что сказано в записи."),
+    "err_transcript_long": ("The transcript is longer than 1000 characters: use a 3–10 s recording and its exact "
+                            "words.", "Текст записи длиннее 1000 символов: используйте запись 3–10 с и её точный "
+                            "текст."),
+    "err_name_taken": ("A voice named “{name}” already exists: choose another name or tick “replace”.",
+                       "Голос «{name}» уже есть: выберите другое имя или отметьте «заменить»."),
+    "err_new_name": ("Type the new name.", "Введите новое имя."),
+    "err_text_empty": ("Type the text to speak.", "Введите текст для озвучивания."),
+    "err_text_long": ("The text has {n} characters, the limit is {limit}: split it into parts.",
+                      "В тексте {n} символов, предел — {limit}: разделите его на части."),
+    "err_no_voice": ("Choose a saved voice, or give a one-off recording.",
+                     "Выберите сохранённый голос или дайте разовую запись."),
+    "err_internal": ("Internal error ({error}); the details are in the server log.",
+                     "Внутренняя ошибка ({error}); подробности в журнале сервера."),
+}
+
+
+def t(key: str, lang: str = "en", **params: Any) -> str:
+    en, ru = _S[key]
+    s = ru if lang == "ru" and ru else en
+    return s.format(**params) if params else s
+
+
+def pick_language(accept_language: str | None) -> str:
+    """``ru`` when the browser prefers Russian (Accept-Language), else ``en``."""
+    best, best_q = "en", -1.0
+    for part in (accept_language or "").split(","):
+        tag, _, q = part.strip().partition(";q=")
+        try:
+            weight = float(q) if q else 1.0
+        except ValueError:
+            weight = 0.0
+        code = tag.split("-")[0].lower()
+        if code in LANGS and weight > best_q:
+            best, best_q = code, weight
+    return best
+
+
+# Russian for the pipeline's most common messages (prompt checks, voices, the worker). Anything not listed is
+# shown in English as the pipeline words it.
+_RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r in (
+    (r"^prompt is ([\d.]+) s of speech after trimming silence; record (.+)$",
+     "в образце {0} с речи после обрезки тишины; запишите {1}"),
+    (r"^prompt is ([\d.]+) s; cut it to (.+)$", "образец длится {0} с; обрежьте его до {1}"),
+    (r"^prompt is ([\d.]+) s long, the limit is ([\d.]+) s; cut it to (.+) of speech$",
+     "образец длится {0} с, предел — {1} с; обрежьте его до {2} речи"),
+    (r"^prompt is (\d+) Hz; record at (\d+) kHz or more$", "частота образца {0} Гц; записывайте с {1} кГц или выше"),
+    (r"^prompt is silent \(its loudest part is (-?[\d.]+) dBFS\); record (.+) of speech closer to the microphone$",
+     "образец беззвучен (самое громкое место {0} дБFS); запишите {1} речи ближе к микрофону"),
+    (r"^prompt file is ([\d.]+) MB, the limit is ([\d.]+) MB; upload a short clip \((.+) of speech\)$",
+     "файл образца {0} МБ, предел — {1} МБ; загрузите короткий фрагмент ({2} речи)"),
+    (r"^(.+) is not an audio file that can be read \((.*)\); use one of: (.+)$",
+     "это не читаемый звуковой файл ({1}); используйте один из форматов: {2}"),
+    (r"^prompt contains invalid samples", "образец содержит недопустимые отсчёты (NaN или бесконечность); "
+                                          "сохраните его заново как 16-битный WAV"),
+    (r"^no voice named '(.+)'; saved voices: (.+)$", "нет голоса «{0}»; сохранённые голоса: {1}"),
+    (r"^no voice named '(.+)'; no voices are saved yet$", "нет голоса «{0}»; сохранённых голосов пока нет"),
+    (r"^a voice named '(.+)' already exists.*$", "голос «{0}» уже есть; выберите другое имя"),
+    (r"^voice name is empty", "имя голоса пустое: дайте голосу имя"),
+    (r"^voice name is (\d+) characters; use at most (\d+)$", "имя голоса длиной {0} символов; не более {1}"),
+    (r"^the queue is full \((\d+) jobs waiting\)", "очередь заполнена (ожидают заданий: {0}); "
+                                                    "попробуйте, когда одно из них завершится"),
+    (r"^the worker process died while running this job \((.+)\); it is being restarted.*$",
+     "процесс-обработчик упал во время этого задания ({0}); он перезапускается — запустите задание снова. "
+     "Сохранённые голоса не затронуты"),
+    (r"^the worker was restarted while running this job", "обработчик перезапущен во время этого задания; "
+                                                          "запустите его снова"),
+    (r"^the LLM produced no speech tokens for this text", "LLM не выдала речевых токенов для этого текста; "
+                                                         "попробуйте другую температуру или зерно"),
+    (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
+    (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
+)]
+
+
+def localize(message: str, lang: str) -> str:
+    """A pipeline message in the page language (Russian for the messages above; English otherwise)."""
+    if lang != "ru":
+        return message
+    for pattern, template in _RU_MESSAGES:
+        m = pattern.match(message)
+        if m:
+            return template.format(*(re.sub(r"(\d) s\b", r"\1 с", g or "") for g in m.groups()))
+    return message
