@@ -32,17 +32,21 @@ class Estimator(Protocol):
 
 
 class OrtEstimator:
-    """The exported estimator ONNX on ONNX Runtime's CPU provider."""
+    """The exported estimator ONNX on ONNX Runtime's CPU provider (``variant``: fp32, or int8 for the fast mode)."""
 
     name = backend = "onnxruntime-cpu"
 
-    def __init__(self, path: Path | str, *, n_threads: int | None = None) -> None:
+    def __init__(self, path: Path | str, *, n_threads: int | None = None, variant: str = "fp32") -> None:
         import onnxruntime as ort
 
+        from .llm import default_threads
+
         self.path = Path(path)
+        self.variant = variant
+        self.n_threads = int(n_threads or default_threads())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = int(n_threads or 0)  # 0: ORT picks (one per physical core)
+        opts.intra_op_num_threads = self.n_threads
         opts.inter_op_num_threads = 1
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
@@ -178,8 +182,12 @@ class Flow:
 
     @classmethod
     def from_bundle(
-        cls, bundle: Any, estimator: Estimator | None = None, n_threads: int | None = None
+        cls, bundle: Any, estimator: Estimator | None = None, n_threads: int | None = None, *,
+        fast: bool = False, n_timesteps: int | None = None, log: Callable[[str], None] | None = None,
     ) -> Flow:
+        """The bundle's flow. ``fast`` runs the INT8 estimator (the bundle's, or one built once into the
+        cache, see :func:`int8_estimator_path`); ``n_timesteps`` overrides the bundle's Euler step count
+        (upstream: 10). Both change the mel: they are the opt-in fast mode, not full fidelity."""
         sec = bundle.manifest["flow"]
         try:
             frontend = FlowFrontend.load(
@@ -188,11 +196,17 @@ class Flow:
                 pre_lookahead_len=sec["pre_lookahead_len"],
             )
             noise_path = bundle.path(sec["noise"])
-            if estimator is None:
-                estimator = OrtEstimator(bundle.path(sec["estimator"]["onnx"]), n_threads=n_threads)
+            if estimator is None and fast:
+                estimator = OrtEstimator(int8_estimator_path(bundle, log=log), n_threads=n_threads, variant="int8")
+            elif estimator is None:
+                estimator = _fp32_estimator(bundle, n_threads)
             kw = {k: sec[k] for k in ("n_timesteps", "inference_cfg_rate", "t_scheduler")}
         except KeyError as e:
             raise BundleError(f"bundle {bundle.root}: manifest flow section lacks {e}; convert again") from e
+        if n_timesteps is not None:
+            if int(n_timesteps) < 1:
+                raise InputError(f"the flow needs at least 1 Euler step, not {n_timesteps}")
+            kw["n_timesteps"] = int(n_timesteps)
         try:
             noise = np.load(noise_path)
         except (OSError, ValueError) as e:
@@ -325,6 +339,55 @@ class Flow:
         x = self.solve(mu, mask, spks, cond, z, on_step=on_step, should_stop=should_stop)
         n_prompt = self.token_mel_ratio * np.asarray(prompt_tokens).size
         return np.ascontiguousarray(x[:, n_prompt:])
+
+
+def _fp32_estimator(bundle: Any, n_threads: int | None) -> OrtEstimator:
+    """The full-fidelity estimator: the graph with ONNX Runtime's fused attention when the bundle has it
+    (``flow.estimator.onnx_fused``, same weights, rounding-level differences), else the exported graph."""
+    est = bundle.manifest["flow"]["estimator"]
+    if est.get("onnx_fused"):
+        try:
+            return OrtEstimator(bundle.path(est["onnx_fused"]), n_threads=n_threads)
+        except BackendError:  # an ONNX Runtime without com.microsoft.MultiHeadAttention: the plain graph
+            pass
+    return OrtEstimator(bundle.path(est["onnx"]), n_threads=n_threads)
+
+
+def cache_dir() -> Path:
+    """Where derived model files are cached: ``$COSYVOICE_RK_CACHE``, else ``$XDG_CACHE_HOME/cosyvoice-rk``."""
+    import os
+
+    env = os.environ.get("COSYVOICE_RK_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cosyvoice-rk"
+
+
+def int8_estimator_path(bundle: Any, *, log: Callable[[str], None] | None = None) -> Path:
+    """The INT8 estimator of the fast mode: the bundle's (``flow.estimator.onnx_int8``, written by the
+    converter) or, for bundles without one, a copy quantized once into :func:`cache_dir` (needs ``onnx``),
+    keyed by the fp32 estimator's sha256."""
+    est = bundle.manifest["flow"]["estimator"]
+    if est.get("onnx_int8"):
+        return bundle.path(est["onnx_int8"])
+    import hashlib
+
+    src = bundle.path(est["onnx"])
+    files = bundle.manifest["files"]
+    # the graph file and, when its weights are external, their data file identify the weights
+    parts = [str(files[n].get("sha256") or "") for n in (est["onnx"], est["onnx"] + ".data") if n in files]
+    if not parts[0]:
+        raise BundleError(f"bundle {bundle.root}: no sha256 for {est['onnx']}; convert again")
+    key = hashlib.sha256("".join([*parts, "fused-attention"]).encode()).hexdigest()[:16]
+    dst = cache_dir() / "flow-int8" / f"{key}.onnx"
+    if not dst.is_file():
+        from .convert.flow_fast import attention_dims, quantize_estimator
+
+        if log:
+            log(f"building the INT8 flow estimator once into {dst} (the bundle has none)")
+        heads, dim_head = attention_dims(bundle.manifest["flow"])
+        quantize_estimator(src, dst, num_heads=heads, dim_head=dim_head)
+    return dst
 
 
 def _token_array(tokens: Any, what: str, vocab: int) -> np.ndarray:

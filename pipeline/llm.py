@@ -76,6 +76,20 @@ def llama_log_suffix() -> str:
     return f" (llama.cpp: {_recent_errors[-1]})" if _recent_errors else ""
 
 
+def default_threads() -> int:
+    """CPU threads for llama.cpp and ONNX Runtime when none are given: the CPUs this process may run on
+    (``taskset`` / cgroup affinity), at most 4. On an RK3588 run under ``taskset -c 4-7`` that is the four
+    A76 cores; unpinned it is still 4, not 8, because a thread on an A55 core holds back every barrier."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+# llama.cpp KV-cache element types by name (attribute names in the bindings)
+KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "f32": "GGML_TYPE_F32"}
+
 _STATE_MAGIC = b"CVRKLM01"
 _STATE_HEAD = struct.Struct("<8sqqqq")  # magic, n_past, n_vocab, n_embd, n_layer
 
@@ -84,7 +98,7 @@ class SpeechLM:
     """One llama.cpp context over a speech-vocab Qwen2 GGUF; a single sequence at positions 0..n_past-1."""
 
     def __init__(self, gguf_path: str | os.PathLike, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, exact: bool = False) -> None:
+                 n_batch: int = 512, exact: bool = False, kv_type: str = "f16") -> None:
         self._model = self._ctx = None
         self._tok_batch = self._emb_batch = None
         self._token_embd: np.ndarray | None = None
@@ -95,7 +109,9 @@ class SpeechLM:
             raise BackendError(f"LLM file {path} does not exist")
         if n_ctx < 1 or n_batch < 1:
             raise ValueError("n_ctx and n_batch must be positive")
-        threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type must be one of {', '.join(KV_TYPES)}, not {kv_type!r}")
+        threads = int(n_threads or default_threads())
 
         clear_llama_log()
         mp = lib.llama_model_default_params()
@@ -115,8 +131,9 @@ class SpeechLM:
         if exact:
             # F16 KV cache and CPU flash attention each cost 1e-4..1e-2 in the log-probs (tiny fixture:
             # 3e-3 and 1.3e-2); F32 KV + plain attention matches torch to ~1e-5.
-            cp.type_k = cp.type_v = lib.GGML_TYPE_F32
+            kv_type = "f32"
             cp.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        cp.type_k = cp.type_v = getattr(lib, KV_TYPES[kv_type])
         self._ctx = lib.llama_init_from_model(self._model, cp)
         if not self._ctx:
             self.close()
@@ -126,19 +143,22 @@ class SpeechLM:
         self.n_batch = int(min(n_batch, lib.llama_n_batch(self._ctx)))
         self.exact = exact
         self.path = path
+        self.n_threads = threads
+        self.kv_type = kv_type
+        self.flash_attn = "off" if exact else "auto"
         self._tok_batch = lib.llama_batch_init(self.n_batch, 0, 1)
         self._emb_batch = lib.llama_batch_init(self.n_batch, self.n_embd, 1)
         self.n_past = 0
 
     @classmethod
     def from_bundle(cls, bundle: Any, quant: str | None = None, n_threads: int | None = None,
-                    exact: bool = False, *, n_ctx: int = 4096) -> SpeechLM:
+                    exact: bool = False, *, n_ctx: int = 4096, kv_type: str = "f16") -> SpeechLM:
         llm = bundle.manifest["llm"]
         quant = quant or llm["default_quant"]
         files = llm["gguf"]
         if quant not in files:
             raise BundleError(f"bundle {bundle.root} has no {quant} LLM; it has {', '.join(files)}")
-        return cls(bundle.path(files[quant]), n_ctx=n_ctx, n_threads=n_threads, exact=exact)
+        return cls(bundle.path(files[quant]), n_ctx=n_ctx, n_threads=n_threads, exact=exact, kv_type=kv_type)
 
     # --- lifetime -------------------------------------------------------------------------------
 

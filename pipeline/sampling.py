@@ -40,6 +40,20 @@ def _draw(p: np.ndarray, rng: Any) -> int:
     return int(np.argmax(p.astype(np.float64) / q))
 
 
+def _top_stable(p: np.ndarray, k: int) -> np.ndarray:
+    """The first ``k`` ids of ``np.argsort(-p, kind="stable")`` (descending, ties lower id first), without
+    sorting all of ``p``: a partition finds the k-th largest value, only the ids at or above it are sorted.
+    Falls back to the full sort for non-finite values or when k covers most of ``p``."""
+    n = p.shape[0]
+    if k <= 0 or 4 * k >= n or not np.isfinite(p).all():
+        return np.argsort(-p, kind="stable")
+    kth = p[np.argpartition(-p, k - 1)[k - 1]]  # the k-th largest value
+    above = np.flatnonzero(p > kth)  # ascending ids, fewer than k of them
+    tied = np.flatnonzero(p == kth)[: k - above.size]  # the lowest ids among the ties come first
+    sel = np.concatenate([above, tied])  # every tie group in ascending id order
+    return sel[np.argsort(-p[sel], kind="stable")]
+
+
 def nucleus_candidates(logp: np.ndarray, top_p: float, top_k: int) -> tuple[np.ndarray, np.ndarray]:
     """Upstream ``nucleus_sampling``'s candidate set: (ids, probs) in descending-probability order.
 
@@ -47,7 +61,7 @@ def nucleus_candidates(logp: np.ndarray, top_p: float, top_k: int) -> tuple[np.n
     ones before it is < top_p and fewer than top_k are kept, so at least one is always kept.
     """
     p = _softmax32(logp)
-    order = np.argsort(-p, kind="stable")
+    order = _top_stable(p, int(top_k))
     ps = p[order]
     before = np.concatenate([np.zeros(1, np.float32), np.cumsum(ps, dtype=np.float32)[:-1]])
     n = int(np.count_nonzero(before < np.float32(top_p)))  # cumulative sums never decrease

@@ -101,6 +101,7 @@ class HiFT:
         self.f0_look_ahead = causal_padding(f0_weights["conv0_weight"].shape[2])
         self._session = session
         self.noise = self._as_table(noise)
+        self.n_threads: int | None = None  # ONNX Runtime intra-op threads, when known
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, n_threads: int | None = None) -> HiFT:
@@ -128,7 +129,12 @@ class HiFT:
             raise BundleError(f"bundle {bundle.root}: manifest 'hift' lacks {', '.join(missing)}; convert again")
         if noise.ndim != 3 or noise.shape[0] != 1 or noise.shape[2] != int(sec["nb_harmonics"]) + 1:
             raise BundleError(f"{noise_path}: sine_waves has shape {noise.shape}; convert again")
-        return cls(sec, f0w, _ort_session(onnx_path, n_threads), noise)
+        from .llm import default_threads
+
+        n_threads = int(n_threads or default_threads())
+        h = cls(sec, f0w, _ort_session(onnx_path, n_threads), noise)
+        h.n_threads = n_threads
+        return h
 
     @property
     def noise_samples(self) -> int:
