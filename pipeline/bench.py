@@ -9,8 +9,8 @@ with and without it, the LLM decodes exactly ``--tokens`` tokens (stop ids maske
 otherwise: no early stop), the flow turns them into mel (time per Euler step recorded), HiFT into audio.
 Every repeat uses the same seed, so every repeat does identical work. Peak RSS is the process's high-water
 mark (``VmHWM``) after the full-fidelity repeats. With ``--flow-fast`` the fast flow (INT8 estimator and/or
-``--flow-steps``) then replaces the full one (the full estimator is released and the high-water mark reset
-first), runs on the same tokens, and its mel is compared with the full-fidelity mel.
+``--flow-steps``) then replaces the full one (the full estimator is released first), runs on the same tokens,
+and its mel is compared with the full-fidelity mel of the last repeat.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ CONFIG_FIELDS = ("bundle", "random_weights", "fingerprint", "quant", "llm_thread
                  "tokens", "repeat", "seed", "flow_steps", "flow_estimator")
 SHAPE_FIELDS = ("prefill_positions", "prefill_cached_positions", "mel_frames", "generated_mel_frames",
                 "audio_s")
-FAST_FIELDS = ("estimator", "flow_steps", "flow_threads", "metrics", "speedup_flow", "mel_error", "peak_rss_mb")
+FAST_FIELDS = ("estimator", "flow_steps", "flow_threads", "metrics", "speedup_flow", "mel_error")
 MEL_ERROR_FIELDS = ("max_abs", "mean_abs", "rel_l2", "ref_std")
 
 Log = Callable[[str], None]
@@ -130,16 +130,6 @@ def peak_rss_mb() -> tuple[float, str]:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "ru_maxrss"
-
-
-def reset_peak_rss() -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False where that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def machine_info() -> dict[str, Any]:
@@ -379,7 +369,6 @@ def _run_fast(engine: Any, bundle: Bundle, opts: BenchOptions, flow_threads: int
     full_estimator_name = full.estimator.name
     del full
     gc.collect()
-    reset_ok = reset_peak_rss()
     fast = Flow.from_bundle(bundle, n_threads=flow_threads, fast=opts.fast_estimator == "int8",
                             n_timesteps=steps, log=log)
     engine.flow = fast
@@ -399,7 +388,6 @@ def _run_fast(engine: Any, bundle: Bundle, opts: BenchOptions, flow_threads: int
     for (k, unit, _) in FAST_METRICS:
         metrics[k]["unit"] = unit
     full_flow = statistics.median(run.values["flow_s"] for run in runs)
-    peak, _ = peak_rss_mb()
     return {
         "estimator": getattr(fast.estimator, "variant", opts.fast_estimator),
         "estimator_name": fast.estimator.name,
@@ -409,7 +397,6 @@ def _run_fast(engine: Any, bundle: Bundle, opts: BenchOptions, flow_threads: int
         "metrics": metrics,
         "speedup_flow": full_flow / metrics["flow_s"]["median"],
         "mel_error": mel_error(mel, ref.mel),
-        "peak_rss_mb": round(peak, 1) if reset_ok else None,
     }
 
 
@@ -457,8 +444,6 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"fast flow speed-up x{f['speedup_flow']:.2f}; mel error vs full fidelity: max abs "
                      f"{e['max_abs']:.4f}, mean abs {e['mean_abs']:.4f}, rel L2 {e['rel_l2']:.4f} "
                      f"(mel std {e['ref_std']:.3f})")
-        if f["peak_rss_mb"] is not None:
-            lines.append(f"peak RSS with the fast flow instead of the full one: {f['peak_rss_mb']:.0f} MiB")
     return "\n".join(lines)
 
 

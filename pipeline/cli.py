@@ -26,9 +26,13 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 def cmd_convert(a: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
+    from .errors import InputError
 
+    if a.flow_buckets is not None and not a.rknn:
+        raise InputError("--flow-buckets needs --rknn TARGET")
     convert_checkpoint(a.src, a.out, quants=a.quant, hift_noise_seconds=a.hift_noise_seconds,
-                       overwrite=a.overwrite, log=_log)
+                       overwrite=a.overwrite, rknn_target=a.rknn,
+                       flow_buckets=a.flow_buckets or "200,300,500,1000", log=_log)
     return 0
 
 
@@ -212,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--hift-noise-seconds", type=float, default=60.0,
                    help="seconds of HiFT source-noise table to keep (longest audio per segment)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle at OUT")
+    c.add_argument("--rknn", choices=["rk3588"], default=None,
+                   help="also build fixed-length RKNN flow estimators (needs scripts/setup-rknn-env.sh)")
+    c.add_argument("--flow-buckets", default=None, help="RKNN sequence lengths (default 200,300,500,1000)")
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("verify", help="run every stage on golden inputs and compare with golden outputs")

@@ -7,6 +7,7 @@ for the fixed tables (defaults: the bundle's, which are upstream's).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ class SynthesisResult:
         return sum(self.timings.values()) / max(self.duration, 1e-9)
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 class Engine:
     def __init__(self, bundle: Bundle, lm, text_embedding, flow, hift) -> None:
         self.bundle = bundle
@@ -64,18 +69,28 @@ class Engine:
         self.flow = flow
         self.hift = hift
         self.constants = bundle.constants
+        self.flow_backend_reason = ""
 
     @classmethod
     def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
-             exact: bool = False) -> Engine:
+             exact: bool = False, flow_backend: str = "auto", npu_cores: str = "auto",
+             log: Callable[[str], None] | None = None) -> Engine:
+        """``flow_backend``: auto (RKNN only when the bundle has RKNN graphs and the NPU is present), rknn or
+        onnx; the choice and its reason are logged and kept in ``flow_backend_reason``."""
         from .flow import Flow
+        from .flow_rknn import make_estimator
         from .llm import SpeechLM, TextEmbedding
         from .vocoder import HiFT
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+        est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores,
+                                     log=log or _stderr)
         lm = SpeechLM.from_bundle(b, quant=quant, n_threads=n_threads, exact=exact)
         temb = TextEmbedding(b.path(b.manifest["llm"]["text_embedding"]))
-        return cls(b, lm, temb, Flow.from_bundle(b, n_threads=n_threads), HiFT.from_bundle(b, n_threads=n_threads))
+        e = cls(b, lm, temb, Flow.from_bundle(b, estimator=est, n_threads=n_threads),
+                HiFT.from_bundle(b, n_threads=n_threads))
+        e.flow_backend_reason = reason
+        return e
 
     def close(self) -> None:
         self.lm.close()

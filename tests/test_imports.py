@@ -5,7 +5,8 @@ import sys
 
 RUNTIME = ["pipeline", "pipeline.engine", "pipeline.llm", "pipeline.sampling", "pipeline.flow", "pipeline.vocoder",
            "pipeline.features", "pipeline.audio", "pipeline.speaker", "pipeline.text", "pipeline.tokenizer",
-           "pipeline.presets", "pipeline.tts", "pipeline.verify", "pipeline.cli", "pipeline.download"]
+           "pipeline.presets", "pipeline.tts", "pipeline.verify", "pipeline.cli", "pipeline.download",
+           "pipeline.flow_rknn", "pipeline.cpu"]
 
 
 def _loaded_after(code: str) -> set[str]:

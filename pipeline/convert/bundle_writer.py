@@ -53,6 +53,8 @@ def convert_checkpoint(
     hift_noise_seconds: float = 60.0,
     overwrite: bool = False,
     random_weights: bool = False,
+    rknn_target: str | None = None,
+    flow_buckets: str | Sequence[int] = "200,300,500,1000",
     extra_manifest: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
@@ -64,6 +66,10 @@ def convert_checkpoint(
     src, out = Path(src), Path(out)
     quants = parse_quants(quants)
     cfg = check_source(src)
+    if rknn_target:
+        from .rknn_export import preflight
+
+        preflight(rknn_target, flow_buckets)  # fails before the long LLM conversion if the toolkit env is missing
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
             raise BundleError(f"{out} exists and is not a bundle; choose an empty or new folder")
@@ -76,6 +82,13 @@ def convert_checkpoint(
         llm = convert_llm(src, work, cfg, quants)
         log("flow → frontend arrays, noise table, estimator ONNX")
         flow = convert_flow(src, work, cfg)
+        if rknn_target:
+            from .rknn_export import convert_rknn
+
+            log(f"flow estimator → RKNN ({rknn_target}, buckets {flow_buckets})")
+            r = convert_rknn(src, work, cfg, flow, target=rknn_target, buckets=flow_buckets, log=log)
+            flow["estimator"]["rknn"] = r["rknn"]
+            flow["files"] = [*flow["files"], *r["files"]]
         log("HiFT → f0 weights, decoder ONNX, noise tables")
         hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
         frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}
