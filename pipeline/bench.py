@@ -4,9 +4,12 @@ Inputs are synthetic and sized by the options (prompt speech tokens, prompt text
 tokens, generated tokens): random ids, a random prompt mel and speaker embedding. A random-weight bundle
 (``make-random-bundle --size full``) costs exactly what the real model costs, so the numbers hold for it.
 
-Per repeat: the cached speaker prefix is built and timed (``Engine.prompt_prefix_state``), the prefill runs
-with and without it, the LLM decodes exactly ``--tokens`` tokens (stop ids masked, upstream's RAS sampler
-otherwise: no early stop), the flow turns them into mel (time per Euler step recorded), HiFT into audio.
+After an untimed warm-up of both prefill paths, per repeat: the cached speaker prefix is built and timed
+(``Engine.prompt_prefix_state``), the prefill runs with and without it, the LLM decodes exactly ``--tokens``
+tokens (stop ids masked, upstream's RAS sampler otherwise: no early stop), the flow turns them into mel (time
+per Euler step recorded), HiFT into audio. The flow estimator is chosen as ``Engine.load`` chooses it
+(``--flow-backend``, RKNN on a board with an NPU), and on an RK3588 the process pins itself to the A76 cores
+first (``--cpus``). The mel error of the fast mode is against the full run's estimator.
 Every repeat uses the same seed, so every repeat does identical work. Peak RSS is the process's high-water
 mark (``VmHWM``) after the full-fidelity repeats. With ``--flow-fast`` the fast flow (INT8 estimator and/or
 ``--flow-steps``) then replaces the full one (the full estimator is released first), runs on the same tokens,
@@ -65,7 +68,8 @@ MACHINE_FIELDS = ("cpu", "logical_cpus", "affinity", "loadavg_start", "loadavg_e
                   "onnxruntime", "llama_cpp", "platform")
 CONFIG_FIELDS = ("bundle", "random_weights", "fingerprint", "quant", "llm_threads", "flow_threads", "hift_threads",
                  "kv_type", "flash_attn", "n_ctx", "n_batch", "prompt_tokens", "prompt_text_tokens", "text_tokens",
-                 "tokens", "repeat", "seed", "flow_steps", "flow_estimator")
+                 "tokens", "repeat", "seed", "flow_steps", "flow_estimator", "flow_backend", "flow_backend_reason",
+                 "npu_cores", "cpus", "cpus_reason")
 SHAPE_FIELDS = ("prefill_positions", "prefill_cached_positions", "mel_frames", "generated_mel_frames",
                 "audio_s")
 FAST_FIELDS = ("estimator", "flow_steps", "flow_threads", "metrics", "speedup_flow", "mel_error")
@@ -83,6 +87,9 @@ class BenchOptions:
     flow_threads: int | None = None
     hift_threads: int | None = None
     kv_type: str = "f16"
+    flow_backend: str = "auto"
+    npu_cores: str = "auto"
+    cpus: str | None = None
     prompt_tokens: int = 50
     prompt_text_tokens: int = 20
     text_tokens: int = 20
@@ -230,34 +237,43 @@ def mel_error(mel: np.ndarray, ref: np.ndarray) -> dict[str, float]:
 
 def run_bench(opts: BenchOptions, log: Log = lambda m: None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-able report (see ``JSON_FIELDS``)."""
+    from .cpu import place_process
     from .engine import Engine
-    from .flow import Flow
+    from .flow import Flow, ort_estimator
+    from .flow_rknn import make_estimator
     from .llm import SpeechLM, TextEmbedding, default_threads
     from .vocoder import HiFT
 
     opts.validate()
-    machine = machine_info()
     bundle = opts.bundle if isinstance(opts.bundle, Bundle) else Bundle.load(opts.bundle)
-    base = opts.threads or default_threads()
+    # pin first (RK3588: the A76 cores), so that every thread pool starts on the right cores
+    cores, cpus_reason = place_process(opts.cpus, log=log)
+    machine = machine_info()
+    base = opts.threads or default_threads()  # after pinning: the pinned CPUs, at most 4
     llm_threads = opts.llm_threads or base
     flow_threads = opts.flow_threads or base
     hift_threads = opts.hift_threads or base
 
     t0 = time.perf_counter()
+    est, backend_reason = make_estimator(bundle, opts.flow_backend, n_threads=flow_threads, core_mask=opts.npu_cores,
+                                         log=log, onnx_factory=lambda: ort_estimator(bundle, flow_threads))
     lm = SpeechLM.from_bundle(bundle, quant=opts.quant, n_threads=llm_threads, kv_type=opts.kv_type)
     temb = TextEmbedding.from_bundle(bundle)
-    flow = Flow.from_bundle(bundle, n_threads=flow_threads)
+    flow = Flow.from_bundle(bundle, estimator=est, n_threads=flow_threads)
     hift = HiFT.from_bundle(bundle, n_threads=hift_threads)
     engine = Engine(bundle, lm, temb, flow, hift)
     load_s = time.perf_counter() - t0
+    placement = {"flow_backend": opts.flow_backend, "flow_backend_reason": backend_reason,
+                 "npu_cores": opts.npu_cores, "cpus": cores, "cpus_reason": cpus_reason}
     try:
-        return _run(engine, bundle, opts, machine, load_s, (llm_threads, flow_threads, hift_threads), log)
+        return _run(engine, bundle, opts, machine, load_s, (llm_threads, flow_threads, hift_threads), placement,
+                    log)
     finally:
         engine.close()
 
 
 def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s: float,
-         threads: tuple[int, int, int], log: Log) -> dict[str, Any]:
+         threads: tuple[int, int, int], placement: dict[str, Any], log: Log) -> dict[str, Any]:
     from .sampling import make_ras_sampler
 
     c = bundle.constants
@@ -278,6 +294,9 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
     log(f"bench: {opts.repeat} repeat(s) of {n_prefill} prefill positions, {opts.tokens} tokens, "
         f"{mel_frames} mel frames; threads llm/flow/hift {threads[0]}/{threads[1]}/{threads[2]}")
 
+    # untimed warm-up of both prefill paths (first-use allocations in llama.cpp, pages of the mmapped weights)
+    engine._prefill(text, ptext, prompt, engine.prompt_prefix_state(ptext))
+    engine._prefill(text, ptext, prompt, None)
     runs: list[_Run] = []
     state_bytes = 0
     for r in range(opts.repeat):
@@ -337,7 +356,7 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
             "kv_type": lm.kv_type, "flash_attn": lm.flash_attn, "n_ctx": lm.n_ctx, "n_batch": lm.n_batch,
             "prompt_tokens": opts.prompt_tokens, "prompt_text_tokens": opts.prompt_text_tokens,
             "text_tokens": opts.text_tokens, "tokens": opts.tokens, "repeat": opts.repeat, "seed": opts.seed,
-            "flow_steps": flow.n_timesteps, "flow_estimator": getattr(est, "variant", "fp32"),
+            "flow_steps": flow.n_timesteps, "flow_estimator": _estimator_kind(est), **placement,
         },
         "backends": engine.backends,
         "shapes": {"prefill_positions": n_prefill, "prefill_cached_positions": n_prefill - 1 - len(ptext),
@@ -355,6 +374,12 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
         report["fast"] = _run_fast(engine, bundle, opts, threads[1], prompt, ref, runs, audio_s, log)
     report["machine"]["loadavg_end"] = _loadavg()
     return report
+
+
+def _estimator_kind(est: Any) -> str:
+    """fp32 / int8 for ONNX Runtime graphs, the graph dtype (fp16) for the NPU."""
+    return str(getattr(est, "variant", None) or getattr(est, "dtype", None)
+               or ("fp16" if "rknn" in str(getattr(est, "backend", "")) else "fp32"))
 
 
 def _run_fast(engine: Any, bundle: Bundle, opts: BenchOptions, flow_threads: int, prompt: Any, ref: _Run,
@@ -415,7 +440,9 @@ def format_report(rep: dict[str, Any]) -> str:
         f"backends: llm {rep['backends']['llm']} {cfg['quant']} (KV {cfg['kv_type']}, flash-attn "
         f"{cfg['flash_attn']}), flow {rep['backends']['flow']} {cfg['flow_estimator']} x{cfg['flow_steps']} steps, "
         f"vocoder {rep['backends']['vocoder']}",
-        f"threads: llm {cfg['llm_threads']}, flow {cfg['flow_threads']}, hift {cfg['hift_threads']}",
+        f"threads: llm {cfg['llm_threads']}, flow {cfg['flow_threads']}, hift {cfg['hift_threads']}; "
+        f"{cfg['cpus_reason']}",
+        f"backend choice: {cfg['flow_backend_reason']}",
         f"shapes:  prefill {sh['prefill_positions']} positions ({sh['prefill_cached_positions']} after the cached "
         f"prefix), {cfg['tokens']} tokens -> {sh['mel_frames']} mel frames ({sh['generated_mel_frames']} generated)"
         f" -> {sh['audio_s']:.2f} s audio; {cfg['repeat']} repeat(s), load {rep['load_s']:.1f} s",

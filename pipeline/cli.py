@@ -177,7 +177,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=a.prompt_tokens,
         prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
-        flow_steps=a.flow_steps,
+        flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
     )
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
@@ -286,6 +286,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--flow-threads", type=int, default=None, help="flow ONNX Runtime threads (default --threads)")
     b.add_argument("--hift-threads", type=int, default=None, help="HiFT ONNX Runtime threads (default --threads)")
     b.add_argument("--kv-type", choices=["f16", "q8_0", "f32"], default="f16", help="llama.cpp KV-cache type")
+    b.add_argument("--flow-backend", choices=["auto", "rknn", "onnx"], default="auto",
+                   help="flow estimator: auto (the NPU when the bundle has RKNN graphs and the board has an NPU), "
+                        "rknn or onnx (ONNX Runtime CPU)")
+    b.add_argument("--npu-cores", default="auto", help="RKNN core mask: auto, 0, 1, 2, 0_1, 0_1_2, all")
+    b.add_argument("--cpus", default=None,
+                   help="CPUs to pin to: auto (RK3588: the A76 cores; elsewhere no pinning), all, or a list like 4-7 "
+                        "(env COSYVOICE_RK_CPUS)")
     b.add_argument("--prompt-tokens", type=int, default=50, help="prompt speech tokens (2 mel frames each)")
     b.add_argument("--prompt-text-tokens", type=int, default=20,
                    help="prompt text tokens incl. the system prefix (cached with the speaker prefix)")

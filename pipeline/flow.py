@@ -199,7 +199,7 @@ class Flow:
             if estimator is None and fast:
                 estimator = OrtEstimator(int8_estimator_path(bundle, log=log), n_threads=n_threads, variant="int8")
             elif estimator is None:
-                estimator = _fp32_estimator(bundle, n_threads)
+                estimator = ort_estimator(bundle, n_threads)
             kw = {k: sec[k] for k in ("n_timesteps", "inference_cfg_rate", "t_scheduler")}
         except KeyError as e:
             raise BundleError(f"bundle {bundle.root}: manifest flow section lacks {e}; convert again") from e
@@ -341,9 +341,10 @@ class Flow:
         return np.ascontiguousarray(x[:, n_prompt:])
 
 
-def _fp32_estimator(bundle: Any, n_threads: int | None) -> OrtEstimator:
-    """The full-fidelity estimator: the graph with ONNX Runtime's fused attention when the bundle has it
-    (``flow.estimator.onnx_fused``, same weights, rounding-level differences), else the exported graph."""
+def ort_estimator(bundle: Any, n_threads: int | None = None) -> OrtEstimator:
+    """The full-fidelity estimator on ONNX Runtime: the graph with fused attention when the bundle has it
+    (``flow.estimator.onnx_fused``, same weights, rounding-level differences, ~5-10 % faster per step), else
+    the exported graph. Use it wherever an ONNX Runtime estimator of a bundle is built."""
     est = bundle.manifest["flow"]["estimator"]
     if est.get("onnx_fused"):
         try:

@@ -63,6 +63,7 @@ def test_bench_json_has_every_field(random_bundle, cache):
     assert cfg["random_weights"] is True and cfg["quant"] == "f32" and cfg["llm_threads"] == 1
     assert cfg["flow_threads"] == 1 and cfg["hift_threads"] == 1 and cfg["kv_type"] == "f16"
     assert cfg["flow_steps"] == 10 and cfg["flow_estimator"] == "fp32"
+    assert cfg["flow_backend"] == "auto" and "ONNX Runtime" in cfg["flow_backend_reason"]
     assert rep["backends"] == {"llm": "llama.cpp", "flow": "onnxruntime-cpu", "vocoder": "onnxruntime-cpu"}
     # [sos] + prompt text + text + [task] + prompt speech; the cache covers [sos] + prompt text
     assert shapes["prefill_positions"] == 1 + 10 + 5 + 1 + 6
