@@ -239,7 +239,7 @@ def run_bench(opts: BenchOptions, log: Log = lambda m: None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-able report (see ``JSON_FIELDS``)."""
     from .cpu import place_process
     from .engine import Engine
-    from .flow import Flow, ort_estimator
+    from .flow import Flow
     from .flow_rknn import make_estimator
     from .llm import SpeechLM, TextEmbedding, default_threads
     from .vocoder import HiFT
@@ -256,7 +256,7 @@ def run_bench(opts: BenchOptions, log: Log = lambda m: None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     est, backend_reason = make_estimator(bundle, opts.flow_backend, n_threads=flow_threads, core_mask=opts.npu_cores,
-                                         log=log, onnx_factory=lambda: ort_estimator(bundle, flow_threads))
+                                         log=log)
     lm = SpeechLM.from_bundle(bundle, quant=opts.quant, n_threads=llm_threads, kv_type=opts.kv_type)
     temb = TextEmbedding.from_bundle(bundle)
     flow = Flow.from_bundle(bundle, estimator=est, n_threads=flow_threads)

@@ -32,7 +32,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
         raise InputError("--flow-buckets needs --rknn TARGET")
     convert_checkpoint(a.src, a.out, quants=a.quant, hift_noise_seconds=a.hift_noise_seconds,
                        overwrite=a.overwrite, rknn_target=a.rknn,
-                       flow_buckets=a.flow_buckets or "200,300,500,1000", log=_log)
+                       flow_buckets=a.flow_buckets or "200,300,500,1000", flow_int8=not a.no_flow_int8,
+                       log=_log)
     return 0
 
 
@@ -49,7 +50,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
             _log(f"converting {a.checkpoint} (F32 GGUF) into a temporary bundle")
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
-                                        hift_noise_seconds=a.hift_noise_seconds, log=_log)
+                                        hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, log=_log)
         results = run_verify(bundle, goldens, log=_log)
     ok = all(r.passed for r in results)
     if a.json:
@@ -71,7 +72,8 @@ def _default_speakers() -> Path:
 def _open_tts(a: argparse.Namespace):
     from .tts import CosyVoiceRK
 
-    return CosyVoiceRK(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads)
+    return CosyVoiceRK(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads,
+                       flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, log=_log)
 
 
 def write_wav(path: Path, audio, sr: int) -> None:
@@ -165,7 +167,8 @@ def cmd_speakers(a: argparse.Namespace) -> int:
 def cmd_make_random_bundle(a: argparse.Namespace) -> int:
     from .convert.random_bundle import make_random_bundle
 
-    make_random_bundle(a.out, size=a.size, seed=a.seed, quants=a.quant, overwrite=a.overwrite, log=_log)
+    make_random_bundle(a.out, size=a.size, seed=a.seed, quants=a.quant, overwrite=a.overwrite,
+                       flow_int8=not a.no_flow_int8, log=_log)
     return 0
 
 
@@ -195,7 +198,25 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speakers-dir", type=Path, default=_default_speakers(),
                    help="where voices are saved (env COSYVOICE_RK_SPEAKERS, default ./speakers)")
     p.add_argument("--quant", default=None, help="GGUF variant to run (default: the bundle's default)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp and ONNX Runtime")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for llama.cpp and ONNX Runtime (default: CPUs in this process's affinity, "
+                        "at most 4)")
+    _placement_args(p)
+
+
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--flow-backend", choices=["auto", "rknn", "onnx"], default="auto",
+                   help="flow estimator: auto (the NPU when the bundle has RKNN graphs and the board has an NPU), "
+                        "rknn or onnx (ONNX Runtime CPU)")
+    p.add_argument("--npu-cores", default="auto", help="RKNN core mask: auto, 0, 1, 2, 0_1, 0_1_2, all")
+    p.add_argument("--cpus", default=None,
+                   help="CPUs to pin to: auto (RK3588: the A76 cores; elsewhere no pinning), all, or a list like 4-7 "
+                        "(env COSYVOICE_RK_CPUS)")
+
+
+def _int8_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-flow-int8", action="store_true",
+                   help="skip the INT8 flow estimator of the opt-in fast mode (built on first use instead)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rknn", choices=["rk3588"], default=None,
                    help="also build fixed-length RKNN flow estimators (needs scripts/setup-rknn-env.sh)")
     c.add_argument("--flow-buckets", default=None, help="RKNN sequence lengths (default 200,300,500,1000)")
+    _int8_arg(c)
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("verify", help="run every stage on golden inputs and compare with golden outputs")
@@ -275,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny, f32,q4_k_m for full)")
     r.add_argument("--overwrite", action="store_true")
+    _int8_arg(r)
     r.set_defaults(func=cmd_make_random_bundle)
 
     b = sub.add_parser("bench", help="time every stage at fixed shapes (prefill, decode, flow, HiFT, RTF, RSS)")
@@ -286,13 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--flow-threads", type=int, default=None, help="flow ONNX Runtime threads (default --threads)")
     b.add_argument("--hift-threads", type=int, default=None, help="HiFT ONNX Runtime threads (default --threads)")
     b.add_argument("--kv-type", choices=["f16", "q8_0", "f32"], default="f16", help="llama.cpp KV-cache type")
-    b.add_argument("--flow-backend", choices=["auto", "rknn", "onnx"], default="auto",
-                   help="flow estimator: auto (the NPU when the bundle has RKNN graphs and the board has an NPU), "
-                        "rknn or onnx (ONNX Runtime CPU)")
-    b.add_argument("--npu-cores", default="auto", help="RKNN core mask: auto, 0, 1, 2, 0_1, 0_1_2, all")
-    b.add_argument("--cpus", default=None,
-                   help="CPUs to pin to: auto (RK3588: the A76 cores; elsewhere no pinning), all, or a list like 4-7 "
-                        "(env COSYVOICE_RK_CPUS)")
+    _placement_args(b)
     b.add_argument("--prompt-tokens", type=int, default=50, help="prompt speech tokens (2 mel frames each)")
     b.add_argument("--prompt-text-tokens", type=int, default=20,
                    help="prompt text tokens incl. the system prefix (cached with the speaker prefix)")

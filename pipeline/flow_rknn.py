@@ -27,7 +27,7 @@ import numpy as np
 
 from .cpu import DT_COMPATIBLE, rockchip_soc
 from .errors import BackendError, BundleError, InputError
-from .flow import Estimator, OrtEstimator
+from .flow import Estimator, ort_estimator
 
 RKNN_INPUTS = ("x", "mask", "mu", "t_freq", "spks", "cond")
 NPU_DEVICE = Path("/dev/rknpu")
@@ -284,7 +284,6 @@ def rknn_estimator_from_bundle(
     flow = bundle.manifest["flow"]
     try:
         graphs = {int(b["seq"]): bundle.path(b["file"]) for b in sec["buckets"]}
-        onnx_name = flow["estimator"]["onnx"]
         mel_bins = int(sec.get("mel_bins", flow["mel_bins"]))
         inputs = sec["inputs"]
         time_embedding = {k: float(sec["time_embedding"][k]) for k in ("dim", "scale", "max_period")}
@@ -294,7 +293,7 @@ def rknn_estimator_from_bundle(
     if preload not in ("smallest", "all", "none"):
         raise InputError(f"preload {preload!r}: choose smallest, all or none")
     pre = {"smallest": [min(graphs)] if graphs else [], "all": list(graphs), "none": []}[preload]
-    fallback = onnx_factory or (lambda: OrtEstimator(bundle.path(onnx_name), n_threads=n_threads))
+    fallback = onnx_factory or (lambda: ort_estimator(bundle, n_threads))
     return RknnEstimator(
         graphs, mel_bins=mel_bins, core_mask=core_mask, inputs=inputs, time_embedding=time_embedding,
         fallback=fallback, overflow=overflow,
@@ -331,7 +330,7 @@ def make_estimator(
 
     if onnx_factory is None:
         def onnx_factory() -> Estimator:
-            return OrtEstimator(bundle.path(bundle.manifest["flow"]["estimator"]["onnx"]), n_threads=n_threads)
+            return ort_estimator(bundle, n_threads)
 
     def onnx(why: str) -> tuple[Estimator, str]:
         est = onnx_factory()

@@ -12,6 +12,7 @@ segments are joined without cross-fade, as upstream does.
 from __future__ import annotations
 
 import hashlib
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,10 @@ from .errors import InputError, PresetError
 from .presets import Preset, SpeakerStore
 
 Progress = Callable[[str, dict], None]
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -52,13 +57,22 @@ class Voice:
 
 class CosyVoiceRK:
     def __init__(self, bundle: Bundle | Path | str, *, speakers_dir: Path | str = "speakers",
-                 quant: str | None = None, n_threads: int | None = None) -> None:
+                 quant: str | None = None, n_threads: int | None = None, flow_backend: str = "auto",
+                 npu_cores: str = "auto", cpus: str | None = None, log: Callable[[str], None] | None = None) -> None:
+        """``flow_backend`` auto|rknn|onnx and ``npu_cores`` go to :meth:`Engine.load`; ``cpus`` (auto: the A76
+        cores on an RK3588, no pinning elsewhere; ``all``; or a list like ``4-7``) pins this process first, so
+        every thread pool starts on those cores. The choices and their reasons are kept in ``placement``."""
+        from .cpu import place_process
         from .speaker import PromptModels
         from .text import TextFrontend
         from .tokenizer import TextTokenizer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads)
+        cores, cpus_reason = place_process(cpus, log=log or _stderr)
+        self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads, flow_backend=flow_backend,
+                                  npu_cores=npu_cores, log=log)
+        self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "flow_backend": flow_backend,
+                          "flow_backend_reason": self.engine.flow_backend_reason, "npu_cores": npu_cores}
         self.tokenizer = TextTokenizer.from_bundle(self.bundle)
         self.text = TextFrontend(self.tokenizer)
         self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)

@@ -65,6 +65,9 @@ class WorkerConfig:
     speakers_dir: str
     quant: str | None = None
     n_threads: int | None = None
+    flow_backend: str = "auto"
+    npu_cores: str = "auto"
+    cpus: str | None = None
 
 
 class Job:
@@ -251,6 +254,7 @@ class Worker:
                 "uptime_s": round(time.monotonic() - self._since, 1) if self._state in ("ready", "busy") else None,
                 "last_error": self._last_error, "last_crash": self._last_crash, **self._stats,
                 "backends": dict(self._info.get("backends", {})), "bundle": dict(self._info.get("bundle", {})),
+                "placement": dict(self._info.get("placement", {})),
             }
         st["rss_mb"] = _rss_mb(st["pid"])
         return st
@@ -510,7 +514,8 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
         from .tts import CosyVoiceRK
 
         tts = CosyVoiceRK(config.bundle, speakers_dir=config.speakers_dir, quant=config.quant,
-                          n_threads=config.n_threads)
+                          n_threads=config.n_threads, flow_backend=config.flow_backend,
+                          npu_cores=config.npu_cores, cpus=config.cpus)
     except CosyVoiceRKError as e:
         conn.send({"type": "fatal", "message": str(e), "kind": type(e).__name__})
         return
@@ -523,6 +528,7 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
     llm = b.manifest["llm"]
     conn.send({
         "type": "ready", "pid": os.getpid(), "backends": tts.engine.backends, "config": asdict(config),
+        "placement": dict(tts.placement),
         "bundle": {"location": str(b.root), "fingerprint": b.fingerprint, "random_weights": b.is_random,
                    "quant": config.quant or llm.get("default_quant"), "sample_rate": tts.sample_rate,
                    "sampling": dict(b.constants.get("sampling", {}))},

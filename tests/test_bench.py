@@ -42,6 +42,16 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("cache")
 
 
+@pytest.fixture(scope="module")
+def no_int8_bundle(tmp_path_factory):
+    """A random bundle converted with ``flow_int8=False``: the fast mode builds its INT8 graph on first use."""
+    from pipeline.convert.random_bundle import make_random_bundle
+
+    out = tmp_path_factory.mktemp("noint8") / "tiny"
+    return make_random_bundle(out, size="tiny", seed=0, hift_noise_seconds=30.0, flow_int8=False,
+                              log=lambda m: None)
+
+
 def _bench(random_bundle, cache, *extra: str) -> dict:
     env = {**os.environ, "COSYVOICE_RK_CACHE": str(cache)}
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "bench", "--bundle", str(random_bundle.root), *SMALL,
@@ -74,8 +84,8 @@ def test_bench_json_has_every_field(random_bundle, cache):
     assert rep["peak_rss_mb"] > 0 and rep["prefix_state_bytes"] > 0 and rep["fast"] is None
 
 
-def test_bench_fast_flow_reports_mel_error(random_bundle, cache):
-    rep = _bench(random_bundle, cache, "--flow-fast", "--flow-steps", "5")
+def test_bench_fast_flow_reports_mel_error(no_int8_bundle, cache):
+    rep = _bench(no_int8_bundle, cache, "--flow-fast", "--flow-steps", "5")
     f = rep["fast"]
     assert set(FAST_FIELDS) <= set(f)
     assert f["estimator"] == "int8" and f["flow_steps"] == 5
@@ -84,6 +94,13 @@ def test_bench_fast_flow_reports_mel_error(random_bundle, cache):
     assert set(f["mel_error"]) == set(MEL_ERROR_FIELDS)
     assert 0 < f["mel_error"]["max_abs"] < 10 and f["speedup_flow"] > 0
     assert any(cache.rglob("*.onnx")), "the INT8 estimator is built once into the cache"
+
+
+def test_converted_bundle_carries_its_int8_estimator(random_bundle, tmp_path):
+    cache = tmp_path / "cache"
+    rep = _bench(random_bundle, cache, "--flow-fast")
+    assert rep["fast"]["estimator"] == "int8" and rep["fast"]["flow_steps"] == 10
+    assert not any(cache.rglob("*.onnx")), "the bundle's own INT8 graph is used, nothing is built"
 
 
 def test_bench_table_and_fp32_fast_mode(random_bundle, cache, monkeypatch):
@@ -120,7 +137,7 @@ def test_bench_rejects_bad_sizes(random_bundle):
         run_bench(BenchOptions(random_bundle, tokens=100000, repeat=1, threads=1))
 
 
-def test_flow_fast_upgrade_keeps_full_fidelity(random_bundle, tmp_path):
+def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
     import shutil
 
     from pipeline.bundle import Bundle
@@ -128,7 +145,9 @@ def test_flow_fast_upgrade_keeps_full_fidelity(random_bundle, tmp_path):
     from pipeline.flow import Flow, OrtEstimator
 
     root = tmp_path / "b"
-    shutil.copytree(random_bundle.root, root)
+    shutil.copytree(no_int8_bundle.root, root)
+    before = Bundle.load(root).manifest["flow"]["estimator"]
+    assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx"}
     upgrade_bundle(root, log=lambda m: None)
     b = Bundle.load(root)
     est = b.manifest["flow"]["estimator"]
@@ -137,16 +156,17 @@ def test_flow_fast_upgrade_keeps_full_fidelity(random_bundle, tmp_path):
     for name in ("flow_estimator.onnx.data", "flow_estimator.fused.onnx", "flow_estimator.int8.onnx",
                  "flow_estimator.int8.onnx.data"):
         assert name in b.manifest["files"]
-    assert b.fingerprint == random_bundle.fingerprint
+    assert b.fingerprint == no_int8_bundle.fingerprint
     upgrade_bundle(root, log=lambda m: None)  # idempotent
 
     rng = np.random.default_rng(3)
     tokens, prompt = rng.integers(0, 6561, 20), rng.integers(0, 6561, 8)
     pmel = rng.normal(-6, 2, (16, 80)).astype(np.float32)
     emb = rng.standard_normal(192).astype(np.float32)
-    ref = Flow.from_bundle(random_bundle, n_threads=1)(tokens, prompt, pmel, emb)
+    ref = Flow.from_bundle(no_int8_bundle, OrtEstimator(no_int8_bundle.root / "flow_estimator.onnx",
+                                                        n_threads=1))(tokens, prompt, pmel, emb)
     plain = Flow.from_bundle(b, OrtEstimator(root / "flow_estimator.onnx", n_threads=1))
-    assert np.array_equal(plain(tokens, prompt, pmel, emb), ref), "external weights change nothing"
+    assert np.array_equal(plain(tokens, prompt, pmel, emb), ref), "the upgrade leaves the plain graph alone"
     full = Flow.from_bundle(b, n_threads=1)
     assert full.estimator.path.name == "flow_estimator.fused.onnx"
     assert np.abs(full(tokens, prompt, pmel, emb) - ref).max() < 1e-4, "fused attention: rounding only"

@@ -34,6 +34,9 @@ def test_greedy_synthesis_reproduces_upstream_chain(engine, goldens):
     assert res.audio.dtype == np.float32 and np.all(np.abs(res.audio) <= 0.99)
     assert set(res.timings) == {"llm", "flow", "vocoder"}
     assert res.backends == {"llm": "llama.cpp", "flow": "onnxruntime-cpu", "vocoder": "onnxruntime-cpu"}
+    # the converter's fused-attention graph is what runs (and reproduces the upstream chain above)
+    assert engine.flow.estimator.path.name == "flow_estimator.fused.onnx"
+    assert engine.flow_backend_reason.startswith("flow on ONNX Runtime CPU: the bundle has no RKNN graphs")
 
 
 def test_sampling_is_deterministic_for_a_seed(engine, goldens):

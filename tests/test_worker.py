@@ -184,3 +184,28 @@ def test_describe_exit():
     assert describe_exit(-9) == "killed by SIGKILL, often the out-of-memory killer"
     assert describe_exit(-11) == "killed by SIGSEGV"
     assert describe_exit(3) == "exit code 3"
+
+
+def test_placement_and_backend_choice_reach_the_status(random_bundle, tmp_path):
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    w = Worker(WorkerConfig(str(random_bundle.root), str(tmp_path / "spk"), n_threads=1, flow_backend="onnx",
+                            cpus=str(cpu)))
+    try:
+        assert w.wait_ready(120) == "ready", w.last_error
+        p = w.status()["placement"]
+        assert p["cpus"] == [cpu] and p["cpus_reason"] == f"pinned to CPUs {cpu} as asked"
+        assert p["flow_backend"] == "onnx" and p["flow_backend_reason"].startswith("flow on ONNX Runtime CPU")
+        with open(f"/proc/{w.pid}/status") as f:
+            allowed = next(line for line in f if line.startswith("Cpus_allowed_list:")).split()[1]
+        assert allowed == str(cpu), "the worker process itself is pinned"
+    finally:
+        w.close()
+
+
+def test_npu_asked_for_without_one_is_a_clear_error(random_bundle, tmp_path):
+    w = Worker(WorkerConfig(str(random_bundle.root), str(tmp_path / "spk"), n_threads=1, flow_backend="rknn"))
+    try:
+        assert w.wait_ready(120) == "unavailable"
+        assert "--flow-backend rknn" in w.last_error and "RKNN" in w.last_error
+    finally:
+        w.close()

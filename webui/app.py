@@ -260,6 +260,10 @@ def status_md(s: dict[str, Any], lang: str) -> str:
     for key, label in STAGES:
         be = w.get("backends", {}).get(key)
         rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
+    placement = w.get("placement") or {}
+    if placement:
+        rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
+                 item("s_cpus", _esc(placement.get("cpus_reason", "")))]
     rows += ["", f"### {t('s_worker', lang)}", "", item("s_state", _state_name(w["state"], lang))]
     if w["state"] != "stopped":
         running = w.get("running")

@@ -128,7 +128,8 @@ class Studio:
     """Everything the page does. Thread-safe; one instance per server."""
 
     def __init__(self, bundle: Path | str, speakers_dir: Path | str, results_dir: Path | str, *,
-                 quant: str | None = None, n_threads: int | None = None, history_size: int = 20,
+                 quant: str | None = None, n_threads: int | None = None, flow_backend: str = "auto",
+                 npu_cores: str = "auto", cpus: str | None = None, history_size: int = 20,
                  max_queue: int = 8, max_text_chars: int = MAX_TEXT_CHARS, cancel_grace: float = 30.0) -> None:
         self.bundle_path = Path(bundle)
         self.store = SpeakerStore(speakers_dir)
@@ -136,7 +137,9 @@ class Studio:
         self.history = History(self.results_dir, history_size)
         self.max_text_chars = max_text_chars
         self.live_dir = Path(tempfile.mkdtemp(prefix="cosyvoice-rk-live-"))
-        self._worker_args = dict(quant=quant, n_threads=n_threads, max_queue=max_queue, cancel_grace=cancel_grace)
+        self._worker_config = dict(quant=quant, n_threads=n_threads, flow_backend=flow_backend, npu_cores=npu_cores,
+                                   cpus=cpus)
+        self._worker_args = dict(max_queue=max_queue, cancel_grace=cancel_grace)
         self.worker: Worker | None = None
         self.bundle_error: str | None = None
         self.manifest: dict[str, Any] = {}
@@ -158,8 +161,8 @@ class Studio:
             self.bundle_error, self.manifest = None, b.manifest
             if self.worker is None:
                 a = self._worker_args
-                self.worker = Worker(WorkerConfig(str(self.bundle_path), str(self.store.root), a["quant"],
-                                                  a["n_threads"]), max_queue=a["max_queue"],
+                self.worker = Worker(WorkerConfig(str(self.bundle_path), str(self.store.root),
+                                                  **self._worker_config), max_queue=a["max_queue"],
                                      cancel_grace=a["cancel_grace"])
             elif self.worker.state in ("unavailable", "failed"):
                 self.worker.restart()

@@ -177,6 +177,8 @@ _S: dict[str, tuple[str, str]] = {
     "s_real": ("converted checkpoint", "сконвертированный чекпойнт"),
     "s_quant": ("LLM variant", "Вариант LLM"),
     "s_backends": ("Backends", "Бэкенды"),
+    "s_flow_choice": ("Flow backend choice", "Выбор бэкенда flow"),
+    "s_cpus": ("CPU placement", "Размещение по ядрам CPU"),
     "s_worker": ("Worker process", "Процесс-обработчик"),
     "s_state": ("State", "Состояние"),
     "s_pid": ("PID", "PID"),

@@ -55,11 +55,15 @@ def convert_checkpoint(
     random_weights: bool = False,
     rknn_target: str | None = None,
     flow_buckets: str | Sequence[int] = "200,300,500,1000",
+    flow_int8: bool = True,
     extra_manifest: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
-    """Convert ``src`` into a bundle at ``out``; returns the loaded (hash-checked) bundle."""
+    """Convert ``src`` into a bundle at ``out``; returns the loaded (hash-checked) bundle.
+
+    ``flow_int8``: also write the INT8 flow estimator of the opt-in fast mode (``flow_fast``)."""
     from .flow_export import convert_flow
+    from .flow_fast import convert_flow_fast
     from .hift_export import convert_hift
     from .llm_gguf import convert_llm
 
@@ -89,6 +93,7 @@ def convert_checkpoint(
             r = convert_rknn(src, work, cfg, flow, target=rknn_target, buckets=flow_buckets, log=log)
             flow["estimator"]["rknn"] = r["rknn"]
             flow["files"] = [*flow["files"], *r["files"]]
+        flow = convert_flow_fast(work, flow, int8=flow_int8, log=log)
         log("HiFT → f0 weights, decoder ONNX, noise tables")
         hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
         frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}

@@ -20,7 +20,8 @@ DEFAULT_QUANTS = {"tiny": ("f32",), "full": ("f32", "q4_k_m")}
 
 def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0,
                        quants: str | Sequence[str] | None = None, overwrite: bool = False,
-                       hift_noise_seconds: float = 60.0, log: Callable[[str], None] = print) -> Bundle:
+                       hift_noise_seconds: float = 60.0, flow_int8: bool = True,
+                       log: Callable[[str], None] = print) -> Bundle:
     from .random_checkpoint import make_random_checkpoint
 
     if size not in DEFAULT_QUANTS:
@@ -36,7 +37,7 @@ def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0,
         make_test_speech_tokenizer(ckpt / "speech_tokenizer_v3.onnx", seed=seed)
         bundle = convert_checkpoint(
             ckpt, out, quants=quants or DEFAULT_QUANTS[size], hift_noise_seconds=hift_noise_seconds,
-            overwrite=overwrite, random_weights=True, log=log,
+            overwrite=overwrite, random_weights=True, flow_int8=flow_int8, log=log,
             extra_manifest={"random": {"size": size, "seed": seed,
                                        "note": "random weights and stand-in prompt models: not speech"}},
         )
