@@ -140,6 +140,19 @@ def test_conv_post_matches_goldens(hift, goldens):
     assert _maxerr(x, goldens["hift_conv_post_out"][0]) <= TOL
 
 
+def test_causal_convs_pad_one_side_without_slices(converted):
+    import onnx
+
+    out, sec = converted
+    g = onnx.load(str(out / sec["decoder_onnx"])).graph
+    convs = [n for n in g.node if n.op_type == "Conv"]
+    pads = [list(next(a for a in n.attribute if a.name == "pads").ints) for n in convs]
+    slices = [n for n in g.node if n.op_type == "Slice"]
+    assert len(slices) == 1 and slices[0].input[0].startswith("/ups."), "only the reflection pad's x[:, :, 1:2]"
+    assert sum(p[0] > 0 and p[1] == 0 for p in pads) >= len(convs) - 4, pads  # left-causal convs
+    assert [0, 4] in pads or any(p[0] == 0 and p[1] > 0 for p in pads), "conv_pre looks right"
+
+
 @pytest.mark.parametrize("inject", [False, True])
 def test_speech_matches_goldens(hift, goldens, inject):
     noise = goldens["hift_sine_noise_buffer"] if inject else None

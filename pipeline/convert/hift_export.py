@@ -213,8 +213,9 @@ class _Conv(nn.Module):
 
     Exported as a Conv with symmetric ``pads`` plus a Slice with constant bounds that drops the outputs
     the other side's padding adds: the same numbers as pad-then-conv, without the dynamic-shape
-    subgraph the exporter emits for F.pad. For the strided source convs the symmetric padding adds no
-    output at all, because their input length is always up·T + 1 (a multiple of the stride, plus 1).
+    subgraph the exporter emits for F.pad. :func:`one_sided_pads` then folds each such Slice into the Conv's
+    ``pads`` (ONNX allows begin ≠ end). For the strided source convs the symmetric padding adds no output
+    at all, because their input length is always up·T + 1 (a multiple of the stride, plus 1).
     """
 
     def __init__(self, w: np.ndarray, b: np.ndarray, *, stride: int = 1, dilation: int = 1,
@@ -400,6 +401,59 @@ def _export_onnx(net: HiftDecoderNet, d: HiftDims) -> bytes:
     return buf.getvalue()
 
 
+def one_sided_pads(data: bytes) -> tuple[bytes, int]:
+    """Fold ``Conv(pads=[p, p]) → Slice(axis 2, [0, −p) or [p, end))`` into ``Conv(pads=[p, 0] or [0, p])``.
+
+    The same numbers (the Slice only dropped the columns the unused side's padding produced) without computing
+    and copying those columns: ~3 % of the decoder's time at full size. Returns the graph and how many Slices
+    went."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load_from_string(data)
+    g = m.graph
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    consts.update({t.name: numpy_helper.to_array(t) for t in g.initializer})
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    graph_outputs = {o.name for o in g.output}
+    folded = []
+    for conv in g.node:
+        nxt = users.get(conv.output[0], [])
+        if conv.op_type != "Conv" or len(nxt) != 1 or nxt[0].op_type != "Slice" or conv.output[0] in graph_outputs:
+            continue
+        sl = nxt[0]
+        pads = next((a for a in conv.attribute if a.name == "pads"), None)
+        bounds = [consts.get(i) for i in sl.input[1:]]
+        if pads is None or len(pads.ints) != 2 or pads.ints[0] != pads.ints[1] or len(bounds) < 3 or \
+                any(b is None or b.size != 1 for b in bounds):
+            continue
+        p = int(pads.ints[0])
+        start, end, axis = (int(b.ravel()[0]) for b in bounds[:3])
+        step = int(bounds[3].ravel()[0]) if len(bounds) > 3 else 1
+        if axis not in (2, -1) or step != 1:
+            continue
+        if start == 0 and end == -p:
+            new = [p, 0]
+        elif start == p and end >= 2**31 - 1:
+            new = [0, p]
+        else:
+            continue
+        del pads.ints[:]
+        pads.ints.extend(new)
+        conv.output[0] = sl.output[0]  # the Slice was the Conv's only reader
+        folded.append(sl)
+    for sl in folded:
+        g.node.remove(sl)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] not in used]:
+        g.node.remove(n)
+    return m.SerializeToString(), len(folded)
+
+
 def _check_onnx(data: bytes, net: HiftDecoderNet, d: HiftDims) -> float:
     """One ORT run against the torch module on random inputs; returns the max abs difference."""
     import onnxruntime as ort
@@ -432,7 +486,7 @@ def convert_hift(src: Path, out: Path, cfg: dict, *, noise_seconds: float = 60.0
 
     f0 = f0_arrays(w, d)
     net = HiftDecoderNet(w, d).eval()
-    onnx_bytes = _export_onnx(net, d)
+    onnx_bytes, _ = one_sided_pads(_export_onnx(net, d))
     _check_onnx(onnx_bytes, net, d)
 
     n_noise = int(round(noise_seconds * d.sampling_rate))
