@@ -233,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src", type=Path)
     c.add_argument("out", type=Path)
     c.add_argument("--quant", default="f32,q4_k_m",
-                   help="comma list of GGUF variants: f32,f16,q8_0,q4_k_m (default f32,q4_k_m)")
+                   help="comma list of GGUF variants: f32,f16,q8_0,q4_k_m,q4_0 (default f32,q4_k_m; q4_0 decodes "
+                        "faster and is less accurate, docs/benchmarks.md)")
     c.add_argument("--hift-noise-seconds", type=float, default=60.0,
                    help="seconds of HiFT source-noise table to keep (longest audio per segment)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle at OUT")

@@ -26,7 +26,7 @@ from pipeline.llm import (
 from pipeline.sampling import generate_tokens, greedy
 from pipeline.tokenizer import COSYVOICE3_SPECIAL_TOKENS
 
-QUANTS = ["f32", "q8_0", "q4_k_m"]
+QUANTS = ["f32", "q8_0", "q4_k_m", "q4_0"]
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +111,7 @@ def test_gguf_layout(conv, state_dict):
     assert "Q8_0" in types["q8_0"] and types["q8_0"] <= {"F32", "Q8_0"}
     # hidden 64 is not a multiple of 256: llama.cpp's Q4_K_M falls back to Q5_0/Q8_0 (as for the real 896)
     assert types["q4_k_m"] - {"F32", "Q8_0"}
+    assert "Q4_0" in types["q4_0"]
 
 
 def test_text_embedding_file(conv, state_dict, temb):
@@ -253,7 +254,7 @@ def test_state_save_restore(conv, temb, goldens):
 
 def test_quantized_models_track_f32(conv, temb, goldens):
     c = conv[1]["constants"]
-    for quant, min_corr in (("q8_0", 0.999), ("q4_k_m", 0.99)):
+    for quant, min_corr in (("q8_0", 0.999), ("q4_k_m", 0.99), ("q4_0", 0.98)):
         with open_lm(conv, quant) as lm:
             logp = teacher_forced_logp(lm, temb, goldens, c)
         corr = np.corrcoef(logp.ravel(), goldens["llm_tf_logp"].ravel())[0, 1]

@@ -16,8 +16,8 @@ from ..errors import BundleError, SourceError
 from ..fsutil import atomic_write_json, sha256_file
 from . import upstream
 from .config import load_source_config
+from .llm_gguf import QUANTS
 
-QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
 DEFAULT_QUANTS = ("f32", "q4_k_m")
 _COPIED = ("campplus.onnx", "speech_tokenizer_v3.onnx")
 

@@ -22,7 +22,7 @@ from ..errors import BackendError, SourceError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
 from . import upstream
 
-QUANTS = ("f32", "f16", "q8_0", "q4_k_m")
+QUANTS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
 GGUF_NAME = "llm-{}.gguf"
 TEXT_EMBEDDING = "text_embedding.npy"
 TOKENIZER = "tokenizer.json"
@@ -30,7 +30,9 @@ TOKENIZER = "tokenizer.json"
 _PREFIX = "llm.model.model."
 # llama.cpp file types made by llama_model_quantize; f32 is written directly.
 _FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-           "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
+           "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+           # faster to decode (llama.cpp repacks Q4_0 for AVX2/AVX-512 and ARM dotprod), less accurate
+           "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 # Qwen2's own added tokens (what CosyVoice-BlankEN's tokenizer_config.json declares).
 QWEN2_ADDED = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}
