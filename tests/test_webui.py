@@ -238,6 +238,8 @@ def test_russian_interface_is_remembered(page, studio, tmp_path):
         open_tab(pg, "Состояние")
         status = pg.inner_text("#cv-status")
         assert "Пакет модели" in status and "llama.cpp (CPU)" in status and "готов" in status
+        assert "Выбор бэкенда flow" in status and "the bundle has no RKNN graphs" in status
+        assert "Размещение по ядрам CPU" in status and "CPU pinning off" in status
     finally:
         pg.click("#cv-lang label:has-text('English')")
         pg.get_by_role("tab", name="Speak").wait_for()
@@ -290,6 +292,7 @@ def test_gradio_client_example_from_the_docs(studio, tmp_path, capsys):
     assert info["voice"] == "" and sf.info(wav).samplerate == 24000
     st = client.predict(api_name="/status")
     assert st["worker"]["backends"]["flow"] == "onnxruntime-cpu" and st["bundle"]["random_weights"] is True
+    assert st["worker"]["placement"]["flow_backend"] == "auto"
 
 
 def test_worker_killed_during_a_web_job_recovers(studio):
