@@ -73,7 +73,8 @@ def _open_tts(a: argparse.Namespace):
     from .tts import CosyVoiceRK
 
     return CosyVoiceRK(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads,
-                       flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, log=_log)
+                       flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, flow_fast=a.flow_fast,
+                       flow_steps=a.flow_steps, log=_log)
 
 
 def write_wav(path: Path, audio, sr: int) -> None:
@@ -202,6 +203,12 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for llama.cpp and ONNX Runtime (default: CPUs in this process's affinity, "
                         "at most 4)")
     _placement_args(p)
+    p.add_argument("--flow-fast", action="store_true",
+                   help="opt-in fast flow: the INT8 estimator on ONNX Runtime (~2.5x faster flow on x86; the mel "
+                        "differs from upstream's, docs/benchmarks.md)")
+    p.add_argument("--flow-steps", type=int, default=None,
+                   help="Euler steps of the flow (default: the bundle's, 10 as upstream; fewer is faster and changes "
+                        "the mel)")
 
 
 def _placement_args(p: argparse.ArgumentParser) -> None:

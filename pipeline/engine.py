@@ -73,22 +73,35 @@ class Engine:
 
     @classmethod
     def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
-             exact: bool = False, flow_backend: str = "auto", npu_cores: str = "auto",
-             log: Callable[[str], None] | None = None) -> Engine:
+             exact: bool = False, flow_backend: str = "auto", npu_cores: str = "auto", flow_fast: bool = False,
+             flow_steps: int | None = None, log: Callable[[str], None] | None = None) -> Engine:
         """``flow_backend``: auto (RKNN only when the bundle has RKNN graphs and the NPU is present), rknn or
-        onnx; the choice and its reason are logged and kept in ``flow_backend_reason``."""
+        onnx; the choice and its reason are logged and kept in ``flow_backend_reason``. ``flow_fast`` (the
+        INT8 estimator on ONNX Runtime) and ``flow_steps`` (Euler steps instead of the bundle's 10) are the
+        opt-in fast mode: faster, and the mel is no longer upstream's."""
         from .flow import Flow
         from .flow_rknn import make_estimator
         from .llm import SpeechLM, TextEmbedding
         from .vocoder import HiFT
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores,
-                                     log=log or _stderr)
+        log = log or _stderr
+        if flow_fast:
+            if flow_backend == "rknn":
+                raise InputError("--flow-fast runs the INT8 flow estimator on ONNX Runtime CPU; it cannot be "
+                                 "combined with --flow-backend rknn (--flow-steps also shortens the NPU flow)")
+            est, reason = None, "flow on ONNX Runtime CPU: fast mode asked for (INT8 estimator; not upstream's mel)"
+            log(reason)
+        else:
+            est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores, log=log)
+        flow = Flow.from_bundle(b, estimator=est, n_threads=n_threads, fast=flow_fast, n_timesteps=flow_steps,
+                                log=log)
+        if flow_steps is not None:
+            log(f"flow: {flow.n_timesteps} Euler steps asked for (the bundle's: "
+                f"{b.manifest['flow']['n_timesteps']}; fewer steps are faster and change the mel)")
         lm = SpeechLM.from_bundle(b, quant=quant, n_threads=n_threads, exact=exact)
         temb = TextEmbedding(b.path(b.manifest["llm"]["text_embedding"]))
-        e = cls(b, lm, temb, Flow.from_bundle(b, estimator=est, n_threads=n_threads),
-                HiFT.from_bundle(b, n_threads=n_threads))
+        e = cls(b, lm, temb, flow, HiFT.from_bundle(b, n_threads=n_threads))
         e.flow_backend_reason = reason
         return e
 

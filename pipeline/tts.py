@@ -58,10 +58,12 @@ class Voice:
 class CosyVoiceRK:
     def __init__(self, bundle: Bundle | Path | str, *, speakers_dir: Path | str = "speakers",
                  quant: str | None = None, n_threads: int | None = None, flow_backend: str = "auto",
-                 npu_cores: str = "auto", cpus: str | None = None, log: Callable[[str], None] | None = None) -> None:
+                 npu_cores: str = "auto", cpus: str | None = None, flow_fast: bool = False,
+                 flow_steps: int | None = None, log: Callable[[str], None] | None = None) -> None:
         """``flow_backend`` auto|rknn|onnx and ``npu_cores`` go to :meth:`Engine.load`; ``cpus`` (auto: the A76
         cores on an RK3588, no pinning elsewhere; ``all``; or a list like ``4-7``) pins this process first, so
-        every thread pool starts on those cores. The choices and their reasons are kept in ``placement``."""
+        every thread pool starts on those cores. ``flow_fast``/``flow_steps``: the opt-in fast flow. The choices
+        and their reasons are kept in ``placement``."""
         from .cpu import place_process
         from .speaker import PromptModels
         from .text import TextFrontend
@@ -70,9 +72,10 @@ class CosyVoiceRK:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         cores, cpus_reason = place_process(cpus, log=log or _stderr)
         self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads, flow_backend=flow_backend,
-                                  npu_cores=npu_cores, log=log)
+                                  npu_cores=npu_cores, flow_fast=flow_fast, flow_steps=flow_steps, log=log)
         self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "flow_backend": flow_backend,
-                          "flow_backend_reason": self.engine.flow_backend_reason, "npu_cores": npu_cores}
+                          "flow_backend_reason": self.engine.flow_backend_reason, "npu_cores": npu_cores,
+                          "flow_steps": self.engine.flow.n_timesteps}
         self.tokenizer = TextTokenizer.from_bundle(self.bundle)
         self.text = TextFrontend(self.tokenizer)
         self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)

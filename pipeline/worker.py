@@ -68,6 +68,8 @@ class WorkerConfig:
     flow_backend: str = "auto"
     npu_cores: str = "auto"
     cpus: str | None = None
+    flow_fast: bool = False
+    flow_steps: int | None = None
 
 
 class Job:
@@ -515,7 +517,8 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
 
         tts = CosyVoiceRK(config.bundle, speakers_dir=config.speakers_dir, quant=config.quant,
                           n_threads=config.n_threads, flow_backend=config.flow_backend,
-                          npu_cores=config.npu_cores, cpus=config.cpus)
+                          npu_cores=config.npu_cores, cpus=config.cpus, flow_fast=config.flow_fast,
+                          flow_steps=config.flow_steps)
     except CosyVoiceRKError as e:
         conn.send({"type": "fatal", "message": str(e), "kind": type(e).__name__})
         return

@@ -54,6 +54,23 @@ def test_say_russian_with_one_off_prompt_is_deterministic(random_bundle, tmp_pat
     assert "RTF" in r.stderr
 
 
+def test_fast_flow_is_opt_in_and_says_so(random_bundle, tmp_path):
+    base = ["say", "--bundle", random_bundle.root, "--speakers-dir", tmp_path / "spk", "--prompt-wav", PROMPT,
+            "--prompt-text", ZH_PROMPT_TEXT, "--text", RU_TEXT, "--language", "ru", "--seed", 3, "--threads", 1]
+    r = cli(*base, "--flow-fast", "--flow-steps", 4, "-o", tmp_path / "fast.wav")
+    assert r.returncode == 0, r.stderr
+    assert "fast mode asked for (INT8 estimator" in r.stderr and "flow: 4 Euler steps asked for" in r.stderr
+    assert sf.info(tmp_path / "fast.wav").samplerate == 24000
+    r = cli(*base, "--flow-fast", "--flow-backend", "rknn", "-o", tmp_path / "x.wav")
+    assert r.returncode == 2 and "cannot be combined with --flow-backend rknn" in r.stderr
+    r = cli(*base, "--flow-steps", 0, "-o", tmp_path / "x.wav")
+    assert r.returncode == 2 and "at least 1 Euler step" in r.stderr
+    assert not (tmp_path / "x.wav").exists()
+    with CosyVoiceRK(random_bundle, speakers_dir=tmp_path / "spk", n_threads=1, flow_steps=3) as t:
+        assert t.engine.flow.n_timesteps == 3 and t.placement["flow_steps"] == 3
+        assert t.engine.flow.estimator.path.name == "flow_estimator.fused.onnx"
+
+
 def test_presets_survive_a_restart(random_bundle, tmp_path):
     spk = tmp_path / "spk"
     with CosyVoiceRK(random_bundle, speakers_dir=spk, n_threads=1) as t:

@@ -129,7 +129,8 @@ class Studio:
 
     def __init__(self, bundle: Path | str, speakers_dir: Path | str, results_dir: Path | str, *,
                  quant: str | None = None, n_threads: int | None = None, flow_backend: str = "auto",
-                 npu_cores: str = "auto", cpus: str | None = None, history_size: int = 20,
+                 npu_cores: str = "auto", cpus: str | None = None, flow_fast: bool = False,
+                 flow_steps: int | None = None, history_size: int = 20,
                  max_queue: int = 8, max_text_chars: int = MAX_TEXT_CHARS, cancel_grace: float = 30.0) -> None:
         self.bundle_path = Path(bundle)
         self.store = SpeakerStore(speakers_dir)
@@ -138,7 +139,7 @@ class Studio:
         self.max_text_chars = max_text_chars
         self.live_dir = Path(tempfile.mkdtemp(prefix="cosyvoice-rk-live-"))
         self._worker_config = dict(quant=quant, n_threads=n_threads, flow_backend=flow_backend, npu_cores=npu_cores,
-                                   cpus=cpus)
+                                   cpus=cpus, flow_fast=flow_fast, flow_steps=flow_steps)
         self._worker_args = dict(max_queue=max_queue, cancel_grace=cancel_grace)
         self.worker: Worker | None = None
         self.bundle_error: str | None = None

@@ -179,6 +179,7 @@ _S: dict[str, tuple[str, str]] = {
     "s_backends": ("Backends", "Бэкенды"),
     "s_flow_choice": ("Flow backend choice", "Выбор бэкенда flow"),
     "s_cpus": ("CPU placement", "Размещение по ядрам CPU"),
+    "s_flow_steps": ("Flow Euler steps", "Шаги Эйлера во flow"),
     "s_worker": ("Worker process", "Процесс-обработчик"),
     "s_state": ("State", "Состояние"),
     "s_pid": ("PID", "PID"),

@@ -79,7 +79,8 @@ def serve(a: Any) -> int:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         certfile, keyfile = self_signed_cert(config / "cosyvoice-rk" / "tls")
     studio = Studio(a.bundle, a.speakers_dir, a.results_dir, quant=a.quant, n_threads=a.threads,
-                    flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, history_size=a.history,
+                    flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, flow_fast=a.flow_fast,
+                    flow_steps=a.flow_steps, history_size=a.history,
                     max_queue=a.queue_size)
     if studio.bundle_error:
         print(f"warning: {studio.bundle_error}\nthe page starts anyway and says how to get a bundle", file=sys.stderr)
