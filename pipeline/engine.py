@@ -57,7 +57,7 @@ class SynthesisResult:
         return sum(self.timings.values()) / max(self.duration, 1e-9)
 
 
-def _stderr(msg: str) -> None:
+def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -85,17 +85,10 @@ class Engine:
         from .vocoder import HiFT
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        log = log or _stderr
-        if flow_fast:
-            if flow_backend == "rknn":
-                raise InputError("--flow-fast runs the INT8 flow estimator on ONNX Runtime CPU; it cannot be "
-                                 "combined with --flow-backend rknn (--flow-steps also shortens the NPU flow)")
-            est, reason = None, "flow on ONNX Runtime CPU: fast mode asked for (INT8 estimator; not upstream's mel)"
-            log(reason)
-        else:
-            est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores, log=log)
-        flow = Flow.from_bundle(b, estimator=est, n_threads=n_threads, fast=flow_fast, n_timesteps=flow_steps,
-                                log=log)
+        log = log or log_to_stderr
+        est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores, fast=flow_fast,
+                                     log=log)
+        flow = Flow.from_bundle(b, estimator=est, n_threads=n_threads, n_timesteps=flow_steps)
         if flow_steps is not None:
             log(f"flow: {flow.n_timesteps} Euler steps asked for (the bundle's: "
                 f"{b.manifest['flow']['n_timesteps']}; fewer steps are faster and change the mel)")

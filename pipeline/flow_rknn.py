@@ -27,7 +27,7 @@ import numpy as np
 
 from .cpu import DT_COMPATIBLE, rockchip_soc
 from .errors import BackendError, BundleError, InputError
-from .flow import Estimator, ort_estimator
+from .flow import Estimator, OrtEstimator, int8_estimator_path, ort_estimator
 
 RKNN_INPUTS = ("x", "mask", "mu", "t_freq", "spks", "cond")
 NPU_DEVICE = Path("/dev/rknpu")
@@ -311,8 +311,10 @@ def make_estimator(
     log: Log = print,
     detect: Callable[[str], tuple[bool, str]] = detect_npu,
     onnx_factory: Callable[[], Estimator] | None = None,
+    fast: bool = False,
 ) -> tuple[Estimator, str]:
     """The flow estimator for ``--flow-backend auto|rknn|onnx`` and the reason for the choice (also logged).
+    ``fast`` (``--flow-fast``): the INT8 estimator on ONNX Runtime, the opt-in fast mode; refused with ``rknn``.
 
     ``auto`` takes RKNN only when the bundle has RKNN graphs and ``detect(target)`` (:func:`detect_npu`) finds
     that SoC's NPU and its runtime; otherwise ONNX Runtime CPU, saying why. ``rknn`` raises :class:`BackendError`
@@ -327,6 +329,14 @@ def make_estimator(
     core_mask = parse_core_mask(core_mask)
     if overflow not in OVERFLOW_POLICIES:
         raise InputError(f"overflow policy {overflow!r}: choose {' or '.join(OVERFLOW_POLICIES)}")
+    if fast:
+        if backend == "rknn":
+            raise InputError("--flow-fast runs the INT8 flow estimator on ONNX Runtime CPU; it cannot be "
+                             "combined with --flow-backend rknn (--flow-steps also shortens the NPU flow)")
+        est = OrtEstimator(int8_estimator_path(bundle, log=log), n_threads=n_threads, variant="int8")
+        reason = "flow on ONNX Runtime CPU: fast mode asked for (INT8 estimator; not upstream's mel)"
+        log(reason)
+        return est, reason
 
     if onnx_factory is None:
         def onnx_factory() -> Estimator:

@@ -12,7 +12,6 @@ segments are joined without cross-fade, as upstream does.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,15 +21,11 @@ import numpy as np
 
 from .audio import AudioSource, prepare_prompt
 from .bundle import Bundle
-from .engine import Engine, PromptFeatures, SynthesisResult
+from .engine import Engine, PromptFeatures, SynthesisResult, log_to_stderr
 from .errors import InputError, PresetError
 from .presets import Preset, SpeakerStore
 
 Progress = Callable[[str, dict], None]
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -70,7 +65,7 @@ class CosyVoiceRK:
         from .tokenizer import TextTokenizer
 
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-        cores, cpus_reason = place_process(cpus, log=log or _stderr)
+        cores, cpus_reason = place_process(cpus, log=log or log_to_stderr)
         self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads, flow_backend=flow_backend,
                                   npu_cores=npu_cores, flow_fast=flow_fast, flow_steps=flow_steps, log=log)
         self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "flow_backend": flow_backend,

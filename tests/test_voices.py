@@ -63,6 +63,8 @@ def test_fast_flow_is_opt_in_and_says_so(random_bundle, tmp_path):
     assert sf.info(tmp_path / "fast.wav").samplerate == 24000
     r = cli(*base, "--flow-fast", "--flow-backend", "rknn", "-o", tmp_path / "x.wav")
     assert r.returncode == 2 and "cannot be combined with --flow-backend rknn" in r.stderr
+    r = cli(*base, "--flow-fast", "--npu-cores", "7", "-o", tmp_path / "x.wav")
+    assert r.returncode == 2 and "NPU core mask '7'" in r.stderr
     r = cli(*base, "--flow-steps", 0, "-o", tmp_path / "x.wav")
     assert r.returncode == 2 and "at least 1 Euler step" in r.stderr
     assert not (tmp_path / "x.wav").exists()
