@@ -109,7 +109,11 @@ def test_cancel_running_job_then_next_job_runs(worker, seeds):
 
 
 def test_job_that_does_not_stop_in_time_is_killed_and_the_worker_restarted(worker, seeds):
-    worker.cancel_grace = 0  # any running job "ignores" its cancel for longer than this
+    worker.cancel_grace = 0
+    # The running child keeps the flag it was started with; from now on cancel() writes to a new one,
+    # so this job really ignores its cancel (a child that stops at once would race the 0 s grace).
+    # The restarted child is given the new flag, so later cancels work again.
+    worker._cancel_id = worker._ctx.Value("q", 0, lock=False)
     try:
         old_pid = worker.pid
         job = speak(worker, LONG, seeds["long"])
