@@ -380,7 +380,16 @@ class Worker:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_child_main, args=(child, self.config, self._cancel_id),
                                  name="cosyvoice-rk-worker", daemon=True)
-        proc.start()
+        try:
+            proc.start()
+        except (OSError, RuntimeError) as e:  # out of processes or memory: counted as a crash, retried
+            parent.close()
+            child.close()
+            why = f"the worker process could not be started ({type(e).__name__}: {e})"
+            self._last_crash = f"{time.strftime('%H:%M:%S')}: {why}"
+            self._set_state("crashed", why)
+            self._stats["crashes"] += 1
+            return False
         child.close()
         with self._cond:
             old, self._proc, self._conn = self._conn, proc, parent

@@ -1,5 +1,6 @@
 """The background worker on a tiny random bundle: events of a job, the queue, cancel, a killed process, no bundle."""
 
+import errno
 import os
 import signal
 
@@ -213,5 +214,37 @@ def test_npu_asked_for_without_one_is_a_clear_error(random_bundle, tmp_path):
     try:
         assert w.wait_ready(120) == "unavailable"
         assert "--flow-backend rknn" in w.last_error and "RKNN" in w.last_error
+    finally:
+        w.close()
+
+
+def test_worker_process_that_cannot_start_is_retried_then_failed_with_the_reason(random_bundle, tmp_path):
+    w = Worker(WorkerConfig(str(random_bundle.root), str(tmp_path / "spk"), n_threads=1), start=False)
+    real = w._ctx
+
+    class NoProcesses:  # the spawn context, but the OS refuses new processes
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def Process(self, *args, **kwargs):  # noqa: N802 - multiprocessing's name
+            proc = real.Process(*args, **kwargs)
+
+            def start():
+                raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+
+            proc.start = start
+            return proc
+
+    w._ctx = NoProcesses()
+    try:
+        job = w.submit("speak", {"text": "Привет"})
+        w.start()
+        assert job.wait(60)["type"] == "error" and "could not be started" in job.final["message"]
+        st = w.status()
+        assert st["state"] == "failed" and st["crashes"] == 3
+        assert "Resource temporarily unavailable" in st["last_error"] and "could not be started" in st["last_crash"]
+        w._ctx = real
+        w.restart()
+        assert w.wait_ready(120) == "ready", w.last_error
     finally:
         w.close()
