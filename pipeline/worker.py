@@ -385,10 +385,7 @@ class Worker:
         except (OSError, RuntimeError) as e:  # out of processes or memory: counted as a crash, retried
             parent.close()
             child.close()
-            why = f"the worker process could not be started ({type(e).__name__}: {e})"
-            self._last_crash = f"{time.strftime('%H:%M:%S')}: {why}"
-            self._set_state("crashed", why)
-            self._stats["crashes"] += 1
+            self._start_crashed(f"the worker process could not be started ({type(e).__name__}: {e})")
             return False
         child.close()
         with self._cond:
@@ -410,10 +407,7 @@ class Worker:
             if self._closing or self._restart_requested:
                 self._set_state("restarting")
                 return False
-            why = f"the worker process died while loading the models ({describe_exit(proc.exitcode)})"
-            self._last_crash = f"{time.strftime('%H:%M:%S')}: {why}"
-            self._set_state("crashed", why)
-            self._stats["crashes"] += 1
+            self._start_crashed(f"the worker process died while loading the models ({describe_exit(proc.exitcode)})")
             return False
         if msg["type"] == "fatal":
             proc.join(10)
@@ -426,6 +420,11 @@ class Worker:
             self._last_error = ""
         self._set_state("ready")
         return True
+
+    def _start_crashed(self, why: str) -> None:
+        self._last_crash = f"{time.strftime('%H:%M:%S')}: {why}"
+        self._set_state("crashed", why)
+        self._stats["crashes"] += 1
 
     def _run(self, job: Job) -> None:
         proc, conn = self._proc, self._conn
