@@ -89,19 +89,37 @@ def write_wav(path: Path, audio, sr: int) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _check_prompt(wav: Path, transcript: str, language: str) -> None:
+    """The prompt checks that need no model: file, format, length, silence, transcript, language."""
+    from .audio import prepare_prompt
+    from .text import check_language
+    from .tts import check_transcript
+
+    check_language(language)
+    check_transcript(transcript)
+    prepare_prompt(wav)
+
+
 def cmd_say(a: argparse.Namespace) -> int:
     import numpy as np
 
+    from .engine import check_temperature
     from .errors import InputError
+    from .text import normalize
 
+    # what can be checked without the models is checked before they load
     if not a.output.suffix.lower() == ".wav":
         raise InputError(f"output {a.output} must end in .wav")
+    if not a.speaker and not (a.prompt_wav and a.prompt_text):
+        raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT")
+    normalize(a.text, a.language)
+    check_temperature(a.temperature)
+    if not a.speaker:
+        _check_prompt(a.prompt_wav, a.prompt_text, a.language)
     with _open_tts(a) as tts:
         if a.speaker:
             voice = tts.load_voice(a.speaker)
         else:
-            if not (a.prompt_wav and a.prompt_text):
-                raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT")
             voice = tts.voice_from_audio(a.prompt_wav, a.prompt_text, language=a.language)
         for w in voice.warnings:
             _log(f"warning: {w}")
@@ -126,6 +144,7 @@ def cmd_say(a: argparse.Namespace) -> int:
 
 
 def cmd_speakers(a: argparse.Namespace) -> int:
+    from .errors import PresetError
     from .presets import SpeakerStore
 
     store = SpeakerStore(a.speakers_dir)
@@ -152,6 +171,10 @@ def cmd_speakers(a: argparse.Namespace) -> int:
     if a.action == "export":
         print(store.export(a.name, a.file or Path(".")))
         return 0
+    if a.action == "add":
+        if store.exists(a.name) and not a.overwrite:
+            raise PresetError(f"a voice named {a.name!r} already exists; choose another name or add --overwrite")
+        _check_prompt(a.prompt_wav, a.prompt_text, a.language)
     with _open_tts(a) as tts:
         if a.action == "add":
             p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=a.language, overwrite=a.overwrite)

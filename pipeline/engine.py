@@ -61,6 +61,12 @@ def log_to_stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def check_temperature(temperature: float) -> None:
+    """Raise :class:`InputError` unless ``temperature`` can scale the LLM's logits."""
+    if not temperature > 0 or not np.isfinite(temperature):
+        raise InputError(f"temperature must be a number > 0 (got {temperature}); 1.0 is upstream's sampling")
+
+
 class Engine:
     def __init__(self, bundle: Bundle, lm, text_embedding, flow, hift) -> None:
         self.bundle = bundle
@@ -147,8 +153,7 @@ class Engine:
 
         if len(text_ids) == 0:
             raise InputError("text is empty: nothing to say")
-        if not temperature > 0:
-            raise InputError(f"temperature must be > 0 (got {temperature}); 1.0 is upstream's sampling")
+        check_temperature(temperature)
         rng = rng if rng is not None else np.random.default_rng()
         tids = np.asarray(text_ids, np.int64)
         pids = np.asarray(prompt_text_ids, np.int64)

@@ -48,7 +48,8 @@ class Encoder(Protocol):
 # --------------------------------------------------------------------------------------------------
 # Input checks, markup, tags
 
-def _check_language(language: str) -> None:
+def check_language(language: str) -> None:
+    """Raise :class:`InputError` unless ``language`` is one of :data:`LANGUAGES`."""
     if language not in LANGUAGES:
         raise InputError(f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)}")
 
@@ -808,7 +809,7 @@ def normalize(text: str, language: str = "auto", *, max_chars: int = MAX_TEXT_CH
     Text with ``<|…|>`` markup is returned exactly as given (upstream's bypass). Tags are kept as they are.
     Raises :class:`InputError` for empty or over-long text and unknown languages.
     """
-    _check_language(language)
+    check_language(language)
     _check_text(text, max_chars)
     if has_markup(text):
         return text
@@ -887,7 +888,7 @@ def split_text(text: str, language: str, tokenizer: Encoder, *, max_tokens: int 
     then spaces. Segments are stripped; punctuation-only ones are dropped. Text with ``<|…|>`` markup is
     one segment (upstream) and raises :class:`InputError` if it is over the cap.
     """
-    _check_language(language)
+    check_language(language)
     if not 1 <= min_tokens <= max_tokens <= hard_max_tokens or hard_max_tokens < 8:
         raise ValueError("need 1 <= min_tokens <= max_tokens <= hard_max_tokens and hard_max_tokens >= 8")
 
@@ -956,7 +957,7 @@ class TextFrontend:
 
     def split(self, text: str, language: str = "auto") -> list[str]:
         """Normalised segments as text (what :meth:`segments` encodes)."""
-        _check_language(language)
+        check_language(language)
         norm = normalize(text, language, max_chars=self.max_chars)
         segs = split_text(norm, language, self.tokenizer, max_tokens=self.max_tokens, min_tokens=self.min_tokens,
                           merge_len=self.merge_len, hard_max_tokens=self.hard_max_tokens)
@@ -971,7 +972,7 @@ class TextFrontend:
     def prompt_ids(self, transcript: str, language: str = "auto") -> list[int]:
         """Ids of the prompt text: the transcript normalised like the text to say (unless it has ``<|…|>``
         markup), behind the system prefix ``You are a helpful assistant.<|endofprompt|>``."""
-        _check_language(language)
+        check_language(language)
         body = transcript
         if isinstance(body, str) and body.strip() and not has_markup(body):
             body = normalize(body, language)

@@ -28,6 +28,12 @@ from .presets import Preset, SpeakerStore
 Progress = Callable[[str, dict], None]
 
 
+def check_transcript(transcript: str | None) -> None:
+    """Raise :class:`InputError` when a prompt's transcript is empty."""
+    if not transcript or not transcript.strip():
+        raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+
+
 @dataclass
 class Segment:
     index: int
@@ -105,8 +111,7 @@ class CosyVoiceRK:
     def voice_from_audio(self, audio: AudioSource, transcript: str, *, language: str = "auto",
                          name: str = "(one-off prompt)", **limits: Any) -> Voice:
         """A voice that is not saved: prompt audio + its transcript."""
-        if not transcript or not transcript.strip():
-            raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+        check_transcript(transcript)
         feats, info = self.features_from_audio(audio, **limits)
         return Voice(name, transcript, feats, self.text.prompt_ids(transcript, language),
                      warnings=[info["warning"]] if info.get("warning") else [])
@@ -116,8 +121,7 @@ class CosyVoiceRK:
         """Validate the prompt, compute its features and cached LLM prefix, and save it as a preset."""
         if self.store.exists(name) and not overwrite:
             raise PresetError(f"a voice named {name!r} already exists; choose another name or replace it")
-        if not transcript or not transcript.strip():
-            raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+        check_transcript(transcript)
         data, ext = _audio_bytes(audio)
         feats, info = self.features_from_audio(data, **limits)
         preset = self.store.create(name, data, ext, transcript, language=language, features=feats,

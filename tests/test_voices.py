@@ -174,5 +174,23 @@ def test_cli_errors_are_messages(random_bundle, tmp_path):
     r = cli("say", "--bundle", random_bundle.root, "--speakers-dir", tmp_path, "--speaker", "nobody",
             "--text", "hi", "-o", tmp_path / "o.wav")
     assert r.returncode == 2 and "no voice named 'nobody'" in r.stderr
+    # input errors come before the models load (the bundle here does not even exist)
+    for args, msg in ((["--text", " "], "text is empty"), (["--text", "hi", "--language", "xx"], "unknown language"),
+                      (["--text", "hi", "--temperature", "0"], "temperature must be a number > 0"),
+                      (["--text", "hi", "--temperature", "nan"], "temperature must be a number > 0")):
+        r = cli("say", "--bundle", tmp_path / "nope", "--speaker", "x", *args, "-o", tmp_path / "o.wav")
+        assert r.returncode == 2 and msg in r.stderr and "does not exist" not in r.stderr, r.stderr
+    r = cli("say", "--bundle", tmp_path / "nope", "--prompt-wav", PROMPT, "--text", "hi", "-o", tmp_path / "o.wav")
+    assert r.returncode == 2 and "both --prompt-wav FILE and --prompt-text TEXT" in r.stderr
+    r = cli("say", "--bundle", tmp_path / "nope", "--prompt-wav", tmp_path / "o.wav", "--prompt-text", "hi",
+            "--text", "hi", "-o", tmp_path / "o.wav")
+    assert r.returncode == 2 and "o.wav" in r.stderr and "does not exist" in r.stderr and "bundle" not in r.stderr
+    add = ["speakers", "add", "Новый", "--speakers-dir", tmp_path / "spk", "--bundle", tmp_path / "nope"]
+    r = cli(*add, "--prompt-wav", tmp_path / "missing.wav", "--prompt-text", "hi")
+    assert r.returncode == 2 and "missing.wav does not exist" in r.stderr, r.stderr
+    r = cli(*add, "--prompt-wav", PROMPT, "--prompt-text", " ")
+    assert r.returncode == 2 and "transcript is empty" in r.stderr, r.stderr
+    r = cli(*add, "--prompt-wav", PROMPT, "--prompt-text", "hi", "--language", "xx")
+    assert r.returncode == 2 and "unknown language 'xx'" in r.stderr, r.stderr
     r = cli("speakers", "list", "--speakers-dir", tmp_path / "empty")
     assert r.returncode == 0 and "no voices" in r.stdout
