@@ -103,7 +103,8 @@ def test_cancel_running_job_then_next_job_runs(worker, seeds):
     for ev in job.events_until_done():
         if ev["type"] == "segment":
             segments += 1
-            assert job.cancel()
+            if segments == 1:  # once: a later segment event may be read after the job already stopped
+                assert job.cancel()
     assert job.final["type"] == "cancelled" and 1 <= segments < 8
     assert not job.cancel()  # already finished
     assert nxt.wait(60)["type"] == "done"
