@@ -63,7 +63,7 @@ FAST_METRICS: tuple[tuple[str, str, str], ...] = (
 )
 # Top-level keys of the JSON report, and the keys of its sections.
 JSON_FIELDS = ("date", "machine", "config", "backends", "shapes", "load_s", "metrics", "shares", "peak_rss_mb",
-               "peak_rss_source", "prefix_state_bytes", "fast")
+               "peak_rss_source", "prefix_state_bytes", "fast", "mel_check")
 MACHINE_FIELDS = ("cpu", "logical_cpus", "affinity", "loadavg_start", "loadavg_end", "python", "numpy",
                   "onnxruntime", "llama_cpp", "platform")
 CONFIG_FIELDS = ("bundle", "random_weights", "fingerprint", "quant", "llm_threads", "flow_threads", "hift_threads",
@@ -73,6 +73,7 @@ CONFIG_FIELDS = ("bundle", "random_weights", "fingerprint", "quant", "llm_thread
 SHAPE_FIELDS = ("prefill_positions", "prefill_cached_positions", "mel_frames", "generated_mel_frames",
                 "audio_s")
 FAST_FIELDS = ("estimator", "flow_steps", "flow_threads", "metrics", "speedup_flow", "mel_error")
+MEL_CHECK_FIELDS = ("estimator", "reference", "reference_flow_s", "mel_error")
 MEL_ERROR_FIELDS = ("max_abs", "mean_abs", "rel_l2", "ref_std")
 
 Log = Callable[[str], None]
@@ -99,6 +100,7 @@ class BenchOptions:
     flow_fast: bool = False
     fast_estimator: str = "int8"
     flow_steps: int | None = None
+    mel_check: bool = False
 
     def validate(self) -> None:
         for name in ("prompt_tokens", "prompt_text_tokens", "text_tokens", "tokens", "repeat"):
@@ -368,7 +370,10 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
         "peak_rss_source": source,
         "prefix_state_bytes": state_bytes,
         "fast": None,
+        "mel_check": None,
     }
+    if opts.mel_check:
+        report["mel_check"] = _run_mel_check(engine, bundle, threads[1], prompt, runs[-1], log)
     if opts.flow_fast:
         ref = runs[-1]
         report["fast"] = _run_fast(engine, bundle, opts, threads[1], prompt, ref, runs, audio_s, log)
@@ -380,6 +385,30 @@ def _estimator_kind(est: Any) -> str:
     """fp32 / int8 for ONNX Runtime graphs, the graph dtype (fp16) for the NPU."""
     return str(getattr(est, "variant", None) or getattr(est, "dtype", None)
                or ("fp16" if "rknn" in str(getattr(est, "backend", "")) else "fp32"))
+
+
+def _estimator_label(est: Any) -> str:
+    path = getattr(est, "path", None)
+    return f"{est.name} {Path(path).name}" if path is not None else str(est.name)
+
+
+def _run_mel_check(engine: Any, bundle: Bundle, flow_threads: int, prompt: Any, ref: _Run,
+                   log: Log) -> dict[str, Any]:
+    """The benchmarked flow's mel against the bundle's reference graph (the plain FP32 ``flow_estimator.onnx``
+    on ONNX Runtime) on the same tokens and noise: what fusion, or the NPU's fp16, changes."""
+    from .flow import Flow, OrtEstimator
+
+    path = bundle.root / bundle.manifest["flow"]["estimator"]["onnx"]
+    log(f"mel check: the same tokens through {path.name} (FP32, ONNX Runtime CPU)")
+    reference = Flow.from_bundle(bundle, estimator=OrtEstimator(path, n_threads=flow_threads),
+                                 n_threads=flow_threads)
+    mel, t, _ = timed_flow(reference, np.asarray(ref.tokens, np.int64), prompt)
+    del reference  # its session is not needed beside the benchmarked one
+    gc.collect()
+    assert ref.mel is not None
+    return {"estimator": _estimator_label(engine.flow.estimator),
+            "reference": f"{path.name} (fp32, onnxruntime-cpu)", "reference_flow_s": t,
+            "mel_error": mel_error(ref.mel, mel)}
 
 
 def _run_fast(engine: Any, bundle: Bundle, opts: BenchOptions, flow_threads: int, prompt: Any, ref: _Run,
@@ -470,6 +499,13 @@ def format_report(rep: dict[str, Any]) -> str:
         e = f["mel_error"]
         lines.append(f"fast flow speed-up x{f['speedup_flow']:.2f}; mel error vs full fidelity: max abs "
                      f"{e['max_abs']:.4f}, mean abs {e['mean_abs']:.4f}, rel L2 {e['rel_l2']:.4f} "
+                     f"(mel std {e['ref_std']:.3f})")
+    c = rep.get("mel_check")
+    if c:
+        e = c["mel_error"]
+        lines.append("")
+        lines.append(f"mel check: {c['estimator']} against {c['reference']} ({c['reference_flow_s']:.2f} s): "
+                     f"max abs {e['max_abs']:.2e}, mean abs {e['mean_abs']:.2e}, rel L2 {e['rel_l2']:.2e} "
                      f"(mel std {e['ref_std']:.3f})")
     return "\n".join(lines)
 

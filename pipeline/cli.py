@@ -205,6 +205,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
         flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
+        mel_check=a.mel_check,
     )
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
@@ -354,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="estimator of the fast flow (fp32: only fewer steps)")
     b.add_argument("--flow-steps", type=int, default=None,
                    help="Euler steps of the fast flow (default: the bundle's, 10); implies --flow-fast")
+    b.add_argument("--mel-check", action="store_true",
+                   help="also run the flow once with the bundle's plain FP32 graph on ONNX Runtime and report the "
+                        "benchmarked flow's mel error against it (on the board: what the NPU's fp16 changes)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
     b.set_defaults(func=cmd_bench)
 

@@ -175,3 +175,28 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
     mel = fast(tokens, prompt, pmel, emb)
     assert mel.shape == ref.shape and np.isfinite(mel).all()
     assert np.abs(mel - ref).mean() < 0.5 * np.abs(ref - ref.mean()).mean()
+
+
+def test_mel_check_compares_the_benchmarked_flow_with_the_plain_graph(random_bundle, cache):
+    from pipeline.bench import MEL_CHECK_FIELDS
+
+    rep = _bench(random_bundle, cache, "--mel-check")
+    c = rep["mel_check"]
+    assert set(c) == set(MEL_CHECK_FIELDS) and set(c["mel_error"]) == set(MEL_ERROR_FIELDS)
+    assert c["estimator"].endswith("flow_estimator.fused.onnx") and c["reference"].startswith("flow_estimator.onnx")
+    assert c["reference_flow_s"] > 0 and c["mel_error"]["max_abs"] < 1e-4  # fused attention: rounding only
+    assert "mel check: onnxruntime-cpu flow_estimator.fused.onnx against" in format_report(rep)
+
+
+def test_mel_check_sees_a_different_estimator(random_bundle, monkeypatch):
+    """Benchmarked on the INT8 graph (as the NPU's fp16 would be): the check measures a real difference."""
+    import pipeline.flow_rknn as flow_rknn
+    from pipeline.flow import OrtEstimator
+
+    int8 = random_bundle.path(random_bundle.manifest["flow"]["estimator"]["onnx_int8"])
+    monkeypatch.setattr(flow_rknn, "ort_estimator", lambda bundle, n: OrtEstimator(int8, n_threads=n))
+    rep = run_bench(BenchOptions(random_bundle, repeat=1, prompt_tokens=4, prompt_text_tokens=9, text_tokens=3,
+                                 tokens=8, threads=1, flow_backend="onnx", mel_check=True))
+    c = rep["mel_check"]
+    assert c["estimator"].endswith("flow_estimator.int8.onnx")
+    assert 1e-4 < c["mel_error"]["max_abs"] < 10 and 0 < c["mel_error"]["rel_l2"] < 0.5
