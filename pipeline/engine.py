@@ -7,8 +7,11 @@ for the fixed tables (defaults: the bundle's, which are upstream's).
 
 from __future__ import annotations
 
+import hashlib
 import sys
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,8 @@ from .bundle import Bundle
 from .errors import InputError
 
 Progress = Callable[[str, dict], None]
+# flow prompt caches kept in memory (fp16: ~1.8 MB per prompt frame at full size; a 10 s prompt is ~0.8 GB)
+_PROMPT_CACHE_BUDGET_MB = 1200
 
 
 @dataclass
@@ -47,6 +52,7 @@ class SynthesisResult:
     tokens: list[int]
     timings: dict[str, float] = field(default_factory=dict)
     backends: dict[str, str] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)  # streaming: ttfa_s, wall_s (the stages overlap), chunks, ...
 
     @property
     def duration(self) -> float:
@@ -54,7 +60,8 @@ class SynthesisResult:
 
     @property
     def rtf(self) -> float:
-        return sum(self.timings.values()) / max(self.duration, 1e-9)
+        busy = self.stats.get("wall_s") or sum(self.timings.values())
+        return busy / max(self.duration, 1e-9)
 
 
 def log_to_stderr(msg: str) -> None:
@@ -76,6 +83,11 @@ class Engine:
         self.hift = hift
         self.constants = bundle.constants
         self.flow_backend_reason = ""
+        self.n_threads: int | None = None
+        self.flow_cache_type = "fp16"
+        self.prompt_caches = PromptCacheLRU(budget_mb=_PROMPT_CACHE_BUDGET_MB)
+        self._chunked = None
+        self._chunked_lock = threading.Lock()
 
     @classmethod
     def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
@@ -102,7 +114,51 @@ class Engine:
         temb = TextEmbedding(b.path(b.manifest["llm"]["text_embedding"]))
         e = cls(b, lm, temb, flow, HiFT.from_bundle(b, n_threads=n_threads))
         e.flow_backend_reason = reason
+        e.n_threads = n_threads
         return e
+
+    def chunked_flow(self):
+        """The streaming flow (:class:`~pipeline.flow_stream.ChunkedFlow`), loaded on first use."""
+        from .flow_stream import ChunkedFlow
+
+        with self._chunked_lock:
+            if self._chunked is None:
+                self._chunked = ChunkedFlow.from_bundle(self.bundle, self.flow, n_threads=self.n_threads,
+                                                        cache=self.flow_cache_type)
+            return self._chunked
+
+    def prompt_cache(self, prompt: PromptFeatures, key: str = "", *,
+                     should_stop: Callable[[], bool] | None = None):
+        """The voice's flow prompt cache: from memory (LRU under a budget) or solved now."""
+        cf = self.chunked_flow()
+        full = "|".join([key or _features_key(prompt), self.flow_cache_type, str(self.flow.n_timesteps)])
+        hit = self.prompt_caches.get(full)
+        if hit is not None:
+            return hit
+        pc = cf.build_prompt_cache(prompt, key=full, should_stop=should_stop)
+        self.prompt_caches.put(full, pc)
+        return pc
+
+    def synthesize_stream(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures,
+                          *, voice_key: str = "", use_prompt_cache: bool = True, **kw):
+        """Streaming synthesis of one segment: yields float32 audio arrays as they become final, then the
+        :class:`SynthesisResult` (whole audio, tokens, timings, ``stats``). See :mod:`pipeline.streaming`."""
+        from .streaming import stream_segment
+
+        if len(text_ids) == 0:
+            raise InputError("text is empty: nothing to say")
+        t0 = time.perf_counter()
+        hit = use_prompt_cache and self.prompt_caches.get(
+            "|".join([voice_key or _features_key(prompt), self.flow_cache_type, str(self.flow.n_timesteps)]))
+        cache = self.prompt_cache(prompt, voice_key, should_stop=kw.get("should_stop")) if use_prompt_cache else None
+        build_s = time.perf_counter() - t0
+        for item in stream_segment(self, text_ids, prompt_text_ids, prompt, flow_cache=cache, **kw):
+            if isinstance(item, SynthesisResult):
+                item.stats.update(prompt_cache_hit=bool(hit), prompt_cache_build_s=0.0 if hit else build_s,
+                                  prompt_cache_mb=(cache.nbytes / 2**20) if cache is not None else 0.0)
+                item.stats["wall_s"] += build_s
+                item.stats["ttfa_s"] += build_s
+            yield item
 
     def close(self) -> None:
         self.lm.close()
@@ -147,8 +203,8 @@ class Engine:
     def generate_tokens(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
                         rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
                         max_tokens: int | None = None, prefix_state: bytes | None = None,
-                        on_progress: Progress | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> list[int]:
+                        on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
+                        on_token: Callable[[int, int], None] | None = None) -> list[int]:
         from .sampling import generate_tokens
 
         if len(text_ids) == 0:
@@ -163,7 +219,9 @@ class Engine:
         logits = self._prefill(tids, pids, prompt, prefix_state)
 
         def tick(i: int, tok: int) -> None:
-            if on_progress:
+            if on_token:
+                on_token(i, tok)
+            elif on_progress:
                 on_progress("tokens", {"n": i + 1})
 
         return generate_tokens(self.lm, logits, n_tts_text_tokens=len(tids), constants=self.constants,
@@ -207,3 +265,41 @@ class Engine:
         frames_flow = self.flow.noise_frames // ratio - n_prompt_tokens
         frames_hift = self.hift.noise_samples // (int(self.constants["samples_per_frame"]) * ratio)
         return max(0, min(frames_flow, frames_hift))
+
+
+def _features_key(prompt: PromptFeatures) -> str:
+    h = hashlib.sha256()
+    for a in (prompt.speech_tokens, prompt.mel, prompt.embedding):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:24]
+
+
+class PromptCacheLRU:
+    """Flow prompt caches by voice key, least recently used dropped first when over ``budget_mb``."""
+
+    def __init__(self, budget_mb: float) -> None:
+        self.budget = int(budget_mb * 2**20)
+        self._d: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str):
+        with self._lock:
+            v = self._d.get(key)
+            if v is not None:
+                self._d.move_to_end(key)
+            return v
+
+    def put(self, key: str, value) -> None:
+        with self._lock:
+            self._d[key] = value
+            self._d.move_to_end(key)
+            while len(self._d) > 1 and sum(v.nbytes for v in self._d.values()) > self.budget:
+                self._d.popitem(last=False)
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return sum(v.nbytes for v in self._d.values())
+
+    def __len__(self) -> int:
+        return len(self._d)
