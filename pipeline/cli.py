@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import CosyVoiceRKError
+from .errors import CosyVoiceRKError, InputError
 
 
 def _log(msg: str) -> None:
@@ -52,6 +52,14 @@ def cmd_verify(a: argparse.Namespace) -> int:
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
                                         hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, log=_log)
         results = run_verify(bundle, goldens, log=_log)
+        sg_path = a.streaming_goldens or (a.goldens.with_name("streaming_goldens.npz") if a.streaming else None)
+        if a.streaming or a.streaming_goldens:
+            from .verify_stream import load_streaming_goldens, run_verify_streaming
+
+            if not sg_path.is_file():
+                raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
+                                 "--streaming-goldens F)")
+            results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)
     ok = all(r.passed for r in results)
     if a.json:
         print(json.dumps({"passed": ok, "stages": [r.as_dict() for r in results]}, indent=1))
@@ -280,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", type=Path, help="upstream checkpoint folder (converted to a temp bundle)")
     src.add_argument("--bundle", type=Path, help="an existing bundle (must contain the F32 GGUF)")
     v.add_argument("--goldens", type=Path, required=True, help="goldens.npz made by upstream code")
+    v.add_argument("--streaming", action="store_true",
+                   help="also check the streaming path against streaming_goldens.npz beside --goldens")
+    v.add_argument("--streaming-goldens", type=Path, help="streaming goldens file (implies --streaming)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--hift-noise-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     v.set_defaults(func=cmd_verify)

@@ -85,11 +85,13 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                    rng: np.random.Generator | None = None, temperature: float = 1.0, sampler: Any = None,
                    prefix_state: bytes | None = None, flow_cache: Any = None, schedule: str = "upstream",
                    final: str = "causal", hift_noise: np.ndarray | None = None, tokens: Any = None,
+                   on_mel: Callable[[np.ndarray, bool], None] | None = None,
                    on_progress: Callable[[str, dict], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Yield float32 audio arrays as they become final, then one :class:`SynthesisResult` (tokens, timings,
     ``stats``: ttfa_s, wall_s, chunks, emissions, prompt-cache use). ``tokens``: a fixed speech-token list
-    instead of the LLM (as upstream's streaming goldens were recorded; for ``verify`` and ``bench``)."""
+    instead of the LLM (as upstream's streaming goldens were recorded; for ``verify`` and ``bench``);
+    ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder."""
     from .engine import SynthesisResult
     from .vocoder_stream import HiFTStream
 
@@ -204,6 +206,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 if not sh.mel and sh.flow_done:
                     break
                 mel, last = sh.mel.pop(0)
+            if on_mel:
+                on_mel(mel, last)
             if on_progress:
                 on_progress("vocoder", {"frames": int(mel.shape[1])})
             t0 = time.perf_counter()
