@@ -41,3 +41,13 @@ def random_bundle(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("rnd") / "tiny"
     return make_random_bundle(out, size="tiny", seed=0, hift_noise_seconds=30.0, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def stream_bundle(tmp_path_factory):
+    """The tiny fixture converted with a HiFT noise table long enough for the streaming goldens (11.6 s)."""
+    from pipeline.convert import convert_checkpoint
+
+    out = tmp_path_factory.mktemp("stream-bundle") / "tiny"
+    return convert_checkpoint(TINY, out, quants=["f32"], hift_noise_seconds=12.0, flow_int8=False,
+                              log=lambda m: None)
