@@ -213,7 +213,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
         flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
-        mel_check=a.mel_check,
+        mel_check=a.mel_check, stream=a.stream, stream_schedule=a.stream_schedule, flow_cache=a.flow_cache,
     )
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
@@ -370,6 +370,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the flow once with the bundle's plain FP32 graph on ONNX Runtime and report the "
                         "benchmarked flow's mel error against it (on the board: what the NPU's fp16 changes)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--stream", action="store_true",
+                   help="also time streaming against non-streaming synthesis of the same request, interleaved: "
+                        "time to first audio, totals with and without the voice's flow prompt cache, per chunk")
+    b.add_argument("--stream-schedule", choices=("chunk", "upstream"), default="chunk",
+                   help="emission points: every 25 tokens (default) or upstream's 25/50/100-token hops")
+    b.add_argument("--flow-cache", choices=("fp16", "fp32"), default="fp16",
+                   help="type of the streaming flow's attention K/V cache (fp16 halves its memory)")
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("webui", help="the studio: a web page for voices and speech (this machine or the LAN)")

@@ -90,7 +90,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                    should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Yield float32 audio arrays as they become final, then one :class:`SynthesisResult` (tokens, timings,
     ``stats``: ttfa_s, wall_s, chunks, emissions, prompt-cache use). ``tokens``: a fixed speech-token list
-    instead of the LLM (as upstream's streaming goldens were recorded; for ``verify`` and ``bench``);
+    instead of the LLM (as upstream's streaming goldens were recorded; for ``verify``), or a callable
+    ``tokens(on_token, should_stop)`` that produces them (``bench``: the LLM at a forced length);
     ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder."""
     from .engine import SynthesisResult
     from .vocoder_stream import HiFTStream
@@ -122,6 +123,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
 
         t0 = time.perf_counter()
         try:
+            if callable(tokens):
+                tokens(on_token, stopped)
+                return
             if tokens is not None:
                 for i, tok in enumerate(tokens):
                     if stopped():
