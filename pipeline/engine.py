@@ -92,20 +92,25 @@ class Engine:
     @classmethod
     def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
              exact: bool = False, flow_backend: str = "auto", npu_cores: str = "auto", flow_fast: bool = False,
-             flow_steps: int | None = None, log: Callable[[str], None] | None = None) -> Engine:
+             flow_steps: int | None = None, flow_cache: str = "fp16",
+             log: Callable[[str], None] | None = None) -> Engine:
         """``flow_backend``: auto (RKNN only when the bundle has RKNN graphs and the NPU is present), rknn or
         onnx; the choice and its reason are logged and kept in ``flow_backend_reason``. ``flow_fast`` (the
         INT8 estimator on ONNX Runtime) and ``flow_steps`` (Euler steps instead of the bundle's 10) are the
-        opt-in fast mode: faster, and the mel is no longer upstream's."""
-        from .flow import Flow
+        opt-in fast mode: faster, and the mel is no longer upstream's. ``flow_cache``: the streaming flow's K/V
+        cache type (fp16 or fp32). The ONNX Runtime estimators load on first use: a process that only streams
+        holds only the streaming graph."""
+        from .flow import Flow, ort_estimator
         from .flow_rknn import make_estimator
         from .llm import SpeechLM, TextEmbedding
         from .vocoder import HiFT
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         log = log or log_to_stderr
+        if flow_cache not in ("fp16", "fp32"):
+            raise InputError(f"flow cache type must be fp16 or fp32, not {flow_cache!r}")
         est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores, fast=flow_fast,
-                                     log=log)
+                                     log=log, onnx_factory=lambda: ort_estimator(b, n_threads, lazy=True))
         flow = Flow.from_bundle(b, estimator=est, n_threads=n_threads, n_timesteps=flow_steps)
         if flow_steps is not None:
             log(f"flow: {flow.n_timesteps} Euler steps asked for (the bundle's: "
@@ -115,6 +120,7 @@ class Engine:
         e = cls(b, lm, temb, flow, HiFT.from_bundle(b, n_threads=n_threads))
         e.flow_backend_reason = reason
         e.n_threads = n_threads
+        e.flow_cache_type = flow_cache
         return e
 
     def chunked_flow(self):
