@@ -129,8 +129,9 @@ class Engine:
 
         with self._chunked_lock:
             if self._chunked is None:
+                # the flow thread shares the cores with the LLM and vocoder threads: no busy-waiting workers
                 self._chunked = ChunkedFlow.from_bundle(self.bundle, self.flow, n_threads=self.n_threads,
-                                                        cache=self.flow_cache_type)
+                                                        cache=self.flow_cache_type, spin=False)
             return self._chunked
 
     def prompt_cache(self, prompt: PromptFeatures, key: str = "", *,

@@ -235,7 +235,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             t.join()
     stats = {"ttfa_s": ttfa or 0.0, "wall_s": time.perf_counter() - t_start, "chunks": req.stats["chunks"],
              "emissions": emissions, "prompt_cache_frames": flow_cache.frames if flow_cache is not None else 0,
-             "schedule": schedule, "final": final}
+             "schedule": schedule, "final": final,
+             "threads": {"llm": getattr(engine.lm, "n_threads", None), "flow": getattr(cf.est, "n_threads", None),
+                         "vocoder": getattr(engine.hift, "n_threads", None)}}
     yield SynthesisResult(np.concatenate(parts) if parts else np.zeros(0, np.float32), int(c["sample_rate"]),
                           list(sh.raw), dict(sh.timings), engine.backends, stats=stats)
 
