@@ -4,6 +4,7 @@
     tts.add_voice("Anna", "anna.wav", "Привет, меня зовут Анна.", language="ru")
     audio, sr = tts.create("Съешь ещё этих мягких французских булок.", voice="Anna", language="ru", seed=1)
     for seg in tts.create_stream(long_text, voice="Anna"): play(seg.audio)
+    for chunk in tts.create_chunks(long_text, voice="Anna"): play(chunk.audio)   # ~1-2 s pieces, gapless
 
 Long text is split into segments (each one LLM run with the same prompt, as upstream does) and the
 segments are joined without cross-fade, as upstream does.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,18 @@ class Segment:
     audio: np.ndarray
     sample_rate: int
     result: SynthesisResult
+
+
+@dataclass
+class AudioChunk:
+    """A piece of a request's audio, yielded as soon as it is made (see :meth:`CosyVoiceRK.create_chunks`)."""
+
+    audio: np.ndarray  # float32 mono; the chunks of one request joined are its audio, sample-exact
+    sample_rate: int
+    index: int  # 0-based over the whole request
+    segment: int  # 0-based text segment this chunk belongs to
+    segments: int
+    segment_result: Segment | None = None  # set on the last chunk of a segment
 
 
 @dataclass
@@ -162,12 +176,16 @@ class CosyVoiceRK:
         return ids
 
     # speech -------------------------------------------------------------------------------------
-    def create_stream(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
+    def create_chunks(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
                       seed: int | None = None, top_k: int | None = None, top_p: float | None = None,
-                      on_progress: Progress | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> Iterator[Segment]:
-        """Synthesize ``text`` segment by segment; each segment is yielded as soon as it is ready."""
-        from .sampling import make_ras_sampler
+                      stream: bool = True, on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[AudioChunk]:
+        """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
+        whole audio, sample for sample. The last chunk of each text segment carries that :class:`Segment`
+        (its audio is the segment's chunks joined) and may hold no samples. ``stream`` asks for sub-segment
+        chunks from the streaming engine; without it each segment is one chunk (non-streaming synthesis).
+        ``should_stop`` is checked before every chunk too, so a cancel stops within one chunk."""
+        from .sampling import Cancelled, make_ras_sampler
 
         v = self.load_voice(voice) if isinstance(voice, str) else voice
         pieces = self.text.split(text, language)
@@ -180,6 +198,7 @@ class CosyVoiceRK:
         if top_p is not None:
             sampling["top_p"] = float(top_p)
         sampler = make_ras_sampler(sampling)
+        index = 0
         for i, piece in enumerate(pieces):
             ids = self.tokenizer.encode(piece)
 
@@ -187,10 +206,48 @@ class CosyVoiceRK:
                 if on_progress:
                     on_progress(stage, {**info, "segment": i + 1, "segments": len(pieces)})
 
-            res = self.engine.synthesize(ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
-                                         sampler=sampler, prefix_state=v.prefix_state, on_progress=progress,
-                                         should_stop=should_stop)
-            yield Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
+            parts: list[np.ndarray] = []
+            # closing(): a cancel or error ends the engine's generator at once (its threads, its buffers)
+            with closing(self._segment_chunks(ids, v, rng=rng, temperature=temperature, sampler=sampler,
+                                              stream=stream, on_progress=progress,
+                                              should_stop=should_stop)) as made:
+                for audio, is_last, res in made:
+                    audio = np.asarray(audio, np.float32)
+                    if not is_last and not len(audio):
+                        continue
+                    parts.append(audio)
+                    seg = None
+                    if is_last:
+                        if res is None:
+                            raise RuntimeError("the engine ended a segment without its SynthesisResult")
+                        seg = Segment(i, len(pieces), piece, np.concatenate(parts), res.sample_rate, res)
+                    yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
+                    index += 1
+                    if is_last:
+                        break
+                    if should_stop is not None and should_stop():  # before any more work is asked for
+                        raise Cancelled(f"stopped after {index} audio chunk(s)")
+
+    def _segment_chunks(self, text_ids: list[int], v: Voice, *, rng: np.random.Generator, temperature: float,
+                        sampler: Any, stream: bool, on_progress: Progress,
+                        should_stop: Callable[[], bool] | None
+                        ) -> Iterator[tuple[np.ndarray, bool, SynthesisResult | None]]:
+        """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
+
+        The one seam between the engine and every listener (``create_chunks``, the worker, the page, ``say``).
+        Until the engine has a streaming path, ``stream`` changes nothing: the whole segment is one chunk."""
+        res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
+                                     sampler=sampler, prefix_state=v.prefix_state, on_progress=on_progress,
+                                     should_stop=should_stop)
+        yield res.audio, True, res
+
+    def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False,
+                      **kw: Any) -> Iterator[Segment]:
+        """Synthesize ``text`` segment by segment; each segment is yielded as soon as it is ready.
+        Keyword arguments as for :meth:`create_chunks`."""
+        for chunk in self.create_chunks(text, voice, stream=stream, **kw):
+            if chunk.segment_result is not None:
+                yield chunk.segment_result
 
     def create(self, text: str, voice: Voice | str, **kw: Any) -> tuple[np.ndarray, int]:
         parts = [s.audio for s in self.create_stream(text, voice, **kw)]
