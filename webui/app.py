@@ -21,6 +21,7 @@ from pipeline.errors import CosyVoiceRKError
 from pipeline.text import LANGUAGES
 from pipeline.worker import WorkerError
 
+from . import live
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
 from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 
@@ -29,13 +30,12 @@ BACKEND_NAMES = {"llama.cpp": "llama.cpp (CPU)", "onnxruntime-cpu": "ONNX Runtim
                  "rknn": "RKNN (NPU)", "rknn-npu": "RKNN (NPU)"}
 STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))
 
-CSS = """
+CSS = live.LIVE_CSS + """
 .cv-msg p { margin: 2px 0 !important; }
 .cv-err { color: var(--error-text-color, #dc2626); font-weight: 600; }
 .cv-ok { color: var(--color-green-600, #16a34a); }
 .cv-mic-hint { display: none; }
 body.cv-insecure .cv-mic-hint { display: block; }
-#cv-live audio { width: 100%; }
 #cv-badge { text-align: right; }
 .cv-dot { color: #9ca3af; }
 .cv-dot.cv-ready { color: #16a34a; }
@@ -46,54 +46,17 @@ body.cv-insecure .cv-mic-hint { display: block; }
 .cv-inline-btn { align-self: end; }
 """
 
-# The live player: plays each finished segment in order, as soon as it is on the server (Gradio's own streaming
-# audio re-encodes and buffers; here a segment starts the moment its WAV exists).
-HEAD = """
+# The live player (webui/live_player.js, served by webui/live.py) plays a job's audio chunks gaplessly as they
+# are made; here only the mark for pages the browser will not give the microphone to.
+HEAD = live.head_html() + """
 <script>
 (() => {
-  if (window.cvLive) return;
-  const live = {
-    job: null, queue: [], seen: new Set(), playing: false, played: 0,
-    audio() {
-      const a = document.querySelector('#cv-live-audio');
-      if (a && !a._cvBound) {
-        a._cvBound = true;
-        a.addEventListener('ended', () => live.next());
-        a.addEventListener('playing', () => { live.played += 1; a.dataset.played = String(live.played); });
-      }
-      return a;
-    },
-    update(v) {
-      if (!v) return;
-      let d; try { d = JSON.parse(v); } catch (e) { return; }
-      const a = this.audio();
-      if (d.job !== this.job) {
-        this.job = d.job; this.queue = []; this.seen = new Set(); this.playing = false; this.played = 0;
-        if (a) { a.pause(); a.removeAttribute('src'); a.dataset.played = '0'; a.dataset.job = String(d.job); }
-      }
-      for (const f of d.files || []) {
-        if (!this.seen.has(f)) { this.seen.add(f); this.queue.push(f); }
-      }
-      if (!this.playing) this.next();
-    },
-    next() {
-      const a = this.audio();
-      const f = this.queue.shift();
-      if (!a || !f) { this.playing = false; return; }
-      this.playing = true;
-      a.src = new URL('gradio_api/file=' + encodeURI(f), window.location.href).href;
-      const p = a.play();
-      if (p) p.catch(() => { live.playing = false; });
-    },
-  };
-  window.cvLive = live;
   const mark = () => { if (!window.isSecureContext) document.body.classList.add('cv-insecure'); };
   if (document.body) mark(); else document.addEventListener('DOMContentLoaded', mark);
 })();
 </script>
 """
-LIVE_JS = "(v) => { if (window.cvLive) window.cvLive.update(v); }"
-LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"></audio></div>'
+LIVE_JS, LIVE_HTML = live.LIVE_JS, live.LIVE_HTML
 
 
 def _esc(s: str) -> str:
@@ -185,11 +148,12 @@ def progress_md(st: SpeakState, lang: str) -> str:
         return f"▶ {_ordinal_stage(st, lang)}\n\n{ready}"
     if st.phase == "done":
         return _ok(t("p_done", lang, secs=st.audio_seconds))
+    partial = f"\n\n{_esc(t('p_partial', lang, secs=st.audio_seconds))}" if st.partial else ""
     if st.phase == "cancelled":
         text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
                 else t("p_cancelled", lang))
-        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "")
-    return _err(t("p_error", lang, error=localize(st.error, lang)))
+        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "") + partial
+    return _err(t("p_error", lang, error=localize(st.error, lang))) + partial
 
 
 def result_md(e: dict[str, Any] | None, lang: str) -> str:
@@ -570,27 +534,29 @@ def build_app(studio: Studio) -> gr.Blocks:
             except Exception as e:  # noqa: BLE001 - shown on the page
                 yield out(progress=_err(_msg(e, lang_)))
                 return
-            yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps({"job": job.id, "files": []}),
+            live_spec = {"job": job.id, "url": job.meta["live_url"], "rate": studio.sample_rate}
+            yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps(live_spec),
                       result=None, download=gr.update(visible=False, value=None), info="",
                       go=gr.update(interactive=False))
-            last: tuple[str, int] = ("", -1)
+            last = ""
             try:
                 for st in studio.follow(job):
                     md = progress_md(st, lang_)
-                    if st.phase in ("queued", "running") and (md, len(st.segment_files)) == last:
+                    if st.phase in ("queued", "running") and md == last:
                         continue
-                    live = (json.dumps({"job": job.id, "files": st.segment_files})
-                            if len(st.segment_files) != last[1] else keep)
-                    last = (md, len(st.segment_files))
+                    last = md
                     if st.phase == "done" and st.result:
-                        yield out(progress=md, live=live, result=st.result["path"],
+                        yield out(progress=md, result=st.result["path"],
                                   download=gr.update(value=st.result["path"], visible=True),
                                   info=result_md(st.result, lang_), history=history_rows(studio, lang_),
                                   go=gr.update(interactive=True))
+                    elif st.phase in ("error", "cancelled") and st.partial:  # offer what was made so far
+                        yield out(progress=md, result=st.partial, download=gr.update(value=st.partial, visible=True),
+                                  go=gr.update(interactive=True))
                     elif st.phase in ("error", "cancelled"):
-                        yield out(progress=md, live=live, go=gr.update(interactive=True))
+                        yield out(progress=md, go=gr.update(interactive=True))
                     else:
-                        yield out(progress=md, live=live)
+                        yield out(progress=md)
             except Exception as e:  # noqa: BLE001
                 yield out(progress=_err(_msg(e, lang_)), go=gr.update(interactive=True))
 
@@ -856,10 +822,13 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: l
     """Build the page and serve it. With ``block=False`` returns at once (tests); the caller closes it."""
     demo = build_app(studio)
     allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
-    _, url, _ = demo.launch(
+    app, url, _ = demo.launch(
         server_name=host, server_port=port, auth=auth or None, max_file_size=f"{max_upload_mb}mb",
-        allowed_paths=allowed, prevent_thread_lock=not block, quiet=quiet, show_error=False,
+        allowed_paths=allowed, prevent_thread_lock=True, quiet=quiet, show_error=False,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
         footer_links=["api", "settings"], head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
     )
+    live.install_route(app, studio.live)  # the page's first fetch of it comes after a Generate click
+    if block:
+        demo.block_thread()
     return demo, url

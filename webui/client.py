@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,12 @@ from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore, slugify
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
+from .live import LiveAudio, encode_chunk
+
 TEMPERATURE_RANGE = (0.1, 2.0)
 TOP_K_RANGE = (1, 100)
 TOP_P_RANGE = (0.05, 1.0)
-_LIVE_JOBS_KEPT = 16
+_PARTIALS_KEPT = 4
 
 
 class FieldError(InputError):
@@ -63,9 +66,9 @@ class SpeakState:
     info: dict[str, Any] = field(default_factory=dict)
     segments_done: int = 0
     segments_total: int = 0
-    audio_seconds: float = 0.0
-    segment_files: list[str] = field(default_factory=list)
+    audio_seconds: float = 0.0  # made so far (what the live player has been sent)
     result: dict[str, Any] | None = None
+    partial: str = ""  # a cancelled or failed job's audio made so far (WAV), if any
     error: str = ""
     note: str = ""
 
@@ -147,7 +150,8 @@ class Studio:
         self._lock = threading.Lock()
         self._sessions: dict[str, set[int]] = {}
         self._jobs: dict[int, Job] = {}
-        self._live_jobs: list[int] = []
+        self._partials: list[Path] = []
+        self.live = LiveAudio()
         self.refresh_bundle()
 
     # bundle and worker ----------------------------------------------------------------------------
@@ -172,6 +176,10 @@ class Studio:
         self.refresh_bundle()
         if self.worker is not None and self.worker.state not in ("starting", "restarting"):
             self.worker.restart()
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest.get("constants", {}).get("sample_rate", 24000))
 
     def sampling_defaults(self) -> dict[str, float]:
         s = self.manifest.get("constants", {}).get("sampling", {})
@@ -344,7 +352,8 @@ class Studio:
             label = ""
         job = self._worker().submit("speak", payload)
         job.meta = {"voice": label, "text": text, "language": language,
-                    "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"]}
+                    "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"],
+                    "live_url": self.live.open(job.id)}
         with self._lock:
             self._jobs[job.id] = job
             if session:
@@ -361,11 +370,13 @@ class Studio:
         return any([self.cancel(i) for i in ids])
 
     def follow(self, job: Job, *, poll: float | None = 1.0) -> Iterator[SpeakState]:
-        """Consume a speech job's events; yield the page's view after each one. The whole result is written
-        to the history when the job is done; each segment is written as soon as it arrives (live playback)."""
+        """Consume a speech job's events; yield the page's view after each one. Each audio chunk goes to the
+        job's live stream as it arrives; the whole result is written to the history when the job is done, and
+        what a cancelled or failed job made is kept as ``partial``."""
         st = SpeakState(job.id)
-        parts: list[np.ndarray] = []
+        chunks: list[np.ndarray] = []
         sr = 24000
+        started = time.monotonic()
         try:
             for ev in job.events_until_done(poll=poll):
                 t = ev["type"]
@@ -376,38 +387,45 @@ class Studio:
                     st.ahead = ev["ahead"]
                 elif t == "started":
                     st.phase = "running"
+                    started = time.monotonic()
                 elif t == "progress":
                     st.phase = "running"
                     st.stage = ev["stage"]
                     st.info = ev
                     st.segments_total = ev.get("segments", st.segments_total)
-                elif t == "segment":
+                elif t == "chunk":
                     sr = int(ev["sample_rate"])
-                    parts.append(ev["audio"])
+                    chunks.append(ev["audio"])
+                    st.audio_seconds += len(ev["audio"]) / sr
+                    self.live.add(job.id, encode_chunk(ev["audio"], sr, time.monotonic() - started, ev["segment"],
+                                                       ev["segments"], bool(ev.get("segment_done"))))
+                    continue  # the page hears it through the live stream; the progress line waits for the segment
+                elif t == "segment":
                     st.segments_done = ev["index"] + 1
                     st.segments_total = ev["total"]
-                    st.audio_seconds += float(ev["duration"])
-                    st.segment_files.append(self._write_segment(job.id, ev["index"], ev["audio"], sr))
                 elif t == "done":
                     res = ev["result"]
                     meta = job.meta
-                    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+                    audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
                     st.result = self.history.add(audio, sr, {
-                        **meta, "text": meta.get("text", "")[:500], "duration": res["duration"], "rtf": res["rtf"],
-                        "tokens": res["tokens"], "segments": res["segments"], "backends": res["backends"],
-                        "timings": res["timings"], "compute_s": res["compute_s"], "seed": res["seed"],
-                        "warnings": res.get("warnings", [])})
+                        **{k: v for k, v in meta.items() if k != "live_url"}, "text": meta.get("text", "")[:500],
+                        "duration": res["duration"], "rtf": res["rtf"], "tokens": res["tokens"],
+                        "segments": res["segments"], "backends": res["backends"], "timings": res["timings"],
+                        "compute_s": res["compute_s"], "seed": res["seed"], "warnings": res.get("warnings", [])})
                     st.phase = "done"
-                elif t == "cancelled":
-                    st.phase = "cancelled"
+                elif t in ("cancelled", "error"):
+                    st.phase = t
                     st.note = ev.get("note", "")
-                elif t == "error":
-                    st.phase = "error"
-                    st.error = ev["message"]
+                    st.error = ev.get("message", "")
+                    if chunks:
+                        st.partial = self._write_partial(job.id, np.concatenate(chunks), sr)
+                if t in ("done", "cancelled", "error"):
+                    self.live.finish(job.id, t)
                 yield st
         finally:
             if not job.finished:  # the page went away: do not keep the worker busy for nobody
                 job.cancel()
+            self.live.finish(job.id, "error")  # no-op when it already ended
             with self._lock:
                 self._jobs.pop(job.id, None)
                 for ids in self._sessions.values():
@@ -422,14 +440,12 @@ class Studio:
             raise WorkerError("cancelled")
         raise CosyVoiceRKError(final["message"])
 
-    def _write_segment(self, job_id: int, index: int, audio: np.ndarray, sr: int) -> str:
-        path = self.live_dir / f"job{job_id}-{index:03d}.wav"
+    def _write_partial(self, job_id: int, audio: np.ndarray, sr: int) -> str:
+        path = self.live_dir / f"job{job_id}-partial.wav"
         atomic_write_bytes(path, wav_bytes(audio, sr))
         with self._lock:
-            if job_id not in self._live_jobs:
-                self._live_jobs.append(job_id)
-            old, self._live_jobs = self._live_jobs[:-_LIVE_JOBS_KEPT], self._live_jobs[-_LIVE_JOBS_KEPT:]
-        for j in old:
-            for f in self.live_dir.glob(f"job{j}-*.wav"):
-                f.unlink(missing_ok=True)
+            self._partials.append(path)
+            old, self._partials = self._partials[:-_PARTIALS_KEPT], self._partials[-_PARTIALS_KEPT:]
+        for f in old:
+            f.unlink(missing_ok=True)
         return str(path)

@@ -105,6 +105,23 @@ _S: dict[str, tuple[str, str]] = {
     "p_cancelling": ("Cancelling…", "Отмена…"),
     "p_nothing_to_cancel": ("Nothing is running.", "Ничего не выполняется."),
     "p_error": ("Failed: {error}", "Ошибка: {error}"),
+    # live playback (webui/live_player.js) and what a stopped job made
+    "lp_waiting": ("Waiting for the first audio…", "Ожидание первого звука…"),
+    "lp_buffering": ("Buffering… {made} s made; it plays once it can play to the end without pauses.",
+                     "Буферизация… готово {made} с; звук пойдёт, когда сможет звучать до конца без пауз."),
+    "lp_playing": ("▶ Playing: {played} s of {made} s made.", "▶ Звучит: {played} с из {made} с готовых."),
+    "lp_played": ("Played {played} s.", "Прослушано {played} с."),
+    "lp_stopped": ("Stopped after {played} s.", "Остановлено после {played} с."),
+    "lp_ended": ("The job stopped before playback began ({made} s made).",
+                 "Задание остановлено до начала воспроизведения (готово {made} с)."),
+    "lp_failed": ("Live playback failed: {error}", "Живое воспроизведение не удалось: {error}"),
+    "lp_no_webaudio": ("This browser cannot play audio as it is made (no Web Audio); the result appears below "
+                       "when it is done.",
+                       "Этот браузер не умеет воспроизводить звук по мере готовности (нет Web Audio); результат "
+                       "появится ниже, когда будет готов."),
+    "lp_stop": ("Stop", "Стоп"),
+    "p_partial": ("{secs:.1f} s of audio were made before it stopped: listen to or download them below.",
+                  "До остановки готово {secs:.1f} с звука: их можно прослушать или скачать ниже."),
     # result
     "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "
                   "tokens · {segments} part(s) · seed {seed}",
