@@ -111,28 +111,34 @@ FEED = """([chunks, segments, flags]) => {
 
 def test_player_buffers_until_it_can_play_to_the_end_at_the_measured_speed(page):
     # made at half real time, 4 equal parts: after part k it has k s, (4 - k) s are still to come, at 0.5 s/s;
-    # it can play to the end once the buffer covers (4 - k) × (1 - 0.5) / 0.5 s (× 1.2 + 0.2): after part 3
+    # it can play to the end once the buffer covers the shortfall (4 - k) × (1 - 0.5) / 0.5 s and the 2 s until
+    # the next part (× 1.2 + 0.2 s): after part 3
     seen = page.evaluate(FEED, [[[1, 2, 0], [1, 4, 1], [1, 6, 2], [1, 8, 3]], 4, 1])
     assert [s for s, _ in seen] == ["buffering", "buffering", "playing", "playing"]
     assert seen[0][1].startswith("Buffering… 1.0 s made") and seen[2][1].startswith("▶ Playing")
     # sub-segment chunks at half real time: no part is complete, so no estimate of the length: it waits
     seen = page.evaluate(FEED, [[[1, 2, 0], [1, 4, 0]], 4, 0])
     assert [s for s, _ in seen] == ["buffering", "buffering"]
-    # faster than real time: the first chunk plays at once
+    # twice real time: the first chunk plays at once (the next one is due in 0.5 s, 1 s is buffered)
     seen = page.evaluate(FEED, [[[1, 0.5, 0]], 4, 0])
     assert seen[0][0] == "playing"
     page.click("#cv-live-stop")
     assert page.evaluate("cvLive.state") == "stopped" and page.evaluate("cvLive.sources.length") == 0
+    # 1.5 × real time with short chunks: the next 0.2 s is due in 0.13 s; with the margin that needs 0.36 s
+    # buffered, so it waits for the second chunk
+    seen = page.evaluate(FEED, [[[0.2, 0.13, 0], [0.2, 0.27, 0], [0.2, 0.4, 0]], 4, 0])
+    assert [s for s, _ in seen] == ["buffering", "playing", "playing"]
+    page.click("#cv-live-stop")
 
 
 def test_a_late_chunk_is_a_stall_the_gapless_check_sees(page):
-    page.evaluate(FEED, [[[0.1, 0.01, 0]], 4, 0])
-    page.wait_for_function("window.cvLive.state === 'buffering'")  # its 0.1 s ran out: waiting for more
-    page.evaluate("cvLive.chunk(new Float32Array(2400), 24000, 0.1, 0, 4, 0)")  # still fast: plays at once
+    page.evaluate(FEED, [[[0.3, 0.01, 0]], 4, 0])
+    page.wait_for_function("window.cvLive.state === 'buffering'")  # its 0.3 s ran out: waiting for more
+    page.evaluate("cvLive.chunk(new Float32Array(7200), 24000, 0.02, 0, 4, 0)")  # still fast: plays at once
     live = page.evaluate("({log: cvLive.log, runs: cvLive.runs, stalls: cvLive.stalls, endedAt: 1e9, "
                          "rate: cvLive.ctx.sampleRate, status: 0})")
     assert live["stalls"] == 1 and len(live["runs"]) == 2
-    assert live["log"][1]["when"] > live["log"][0]["when"] + 0.1 + 0.05  # the gap is in the record
+    assert live["log"][1]["when"] > live["log"][0]["when"] + 0.3 + 0.05  # the gap is in the record
     with pytest.raises(AssertionError):
         check_gapless(live, n_chunks=2)
     page.click("#cv-live-stop")

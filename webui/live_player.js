@@ -5,7 +5,7 @@
 // AudioContext running at the audio's own rate, so the joined played audio is the synthesized audio, with no
 // silence, overlap or resampling seam between chunks. Playback starts once it can play to the end without a
 // pause at the measured production speed (audio seconds made per second of the job); until then, "buffering".
-// On a machine that makes audio faster than real time that is the first chunk.
+// On a machine that makes audio well faster than real time that is the first chunk (see canStart).
 (() => {
   if (window.cvLive) return;
   const HEADER = 20;  // bytes: uint32 samples, uint32 rate, float32 made_s, uint16 segment, uint16 segments, uint32 flags
@@ -13,7 +13,7 @@
   const FLAG_END = 2;
   const LEAD = 0.05;  // s from "start" to the first sample: a start time must not be in the past
   const SAFETY = 0.02;  // a chunk that arrives less than this before the scheduled audio runs out is a stall
-  const FAST = 1.2;  // made at least this many times faster than real time: play from the first chunk
+  const FAST = 1.2;  // made at least this many times faster than real time: no shortfall to cover
   const MARGIN = 1.2;  // buffer this much more than the estimate says is enough, plus SLACK seconds
   const SLACK = 0.2;
 
@@ -143,14 +143,19 @@
     },
     // audio seconds made per second of the job so far
     speed() { return this.made / this.rate / Math.max(this.madeS, 1e-3); },
+    // Can the buffered audio play to the end without a pause, if audio keeps coming at the speed measured so far?
+    // It must last until the next chunk arrives (about one average chunk's making time away) and, when audio is
+    // made slower than real time, also cover the shortfall over what is still to come.
     canStart() {
       if (this.ended) return true;
       const r = this.speed();
-      if (r >= FAST) return true;
+      const buffered = this.pending.reduce((n, s) => n + s.length, 0) / this.rate;
+      const chunks = this.log.length + this.pending.length;
+      const nextIn = this.made / chunks / this.rate / r;
+      if (r >= FAST) return buffered >= nextIn * MARGIN + SLACK;
       if (!this.segDone || !this.segments) return false;  // no estimate of the total length yet
       const remaining = Math.max(this.segDoneSamples / this.segDone * this.segments - this.made, 0) / this.rate;
-      const buffered = this.pending.reduce((n, s) => n + s.length, 0) / this.rate;
-      return buffered >= remaining * (1 - r) / r * MARGIN + SLACK;
+      return buffered >= Math.max(remaining * (1 - r) / r, nextIn) * MARGIN + SLACK;
     },
     pump() {
       const ctx = this.ctx;
