@@ -9,9 +9,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import CosyVoiceRKError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _log(msg: str) -> None:
@@ -109,7 +112,7 @@ def _check_prompt(wav: Path, transcript: str, language: str) -> None:
     prepare_prompt(wav)
 
 
-def pcm16(audio) -> bytes:
+def pcm16(audio: np.ndarray) -> bytes:
     """float32 audio → headerless s16le, converted by libsndfile exactly as :func:`write_wav` converts it."""
     import io
 
