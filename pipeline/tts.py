@@ -220,7 +220,11 @@ class CosyVoiceRK:
                     if is_last:
                         if res is None:
                             raise RuntimeError("the engine ended a segment without its SynthesisResult")
-                        seg = Segment(i, len(pieces), piece, np.concatenate(parts), res.sample_rate, res)
+                        joined = np.concatenate(parts)
+                        if len(res.audio) and not np.array_equal(joined, res.audio):
+                            raise RuntimeError(f"the engine's chunks ({len(joined)} samples) are not its segment "
+                                               f"audio ({len(res.audio)} samples)")
+                        seg = Segment(i, len(pieces), piece, joined, res.sample_rate, res)
                     yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
                     index += 1
                     if is_last:
@@ -235,7 +239,9 @@ class CosyVoiceRK:
         """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
 
         The one seam between the engine and every listener (``create_chunks``, the worker, the page, ``say``).
-        Until the engine has a streaming path, ``stream`` changes nothing: the whole segment is one chunk."""
+        Until the engine has a streaming path, ``stream`` changes nothing: the whole segment is one chunk.
+        The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the last
+        one may be empty."""
         res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
                                      sampler=sampler, prefix_state=v.prefix_state, on_progress=on_progress,
                                      should_stop=should_stop)

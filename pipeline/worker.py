@@ -662,14 +662,16 @@ class _Runner:
                 continue
             r = seg.result
             n_seg += 1
-            duration += len(seg.audio) / seg.sample_rate
+            seg_s = len(seg.audio) / seg.sample_rate
+            duration += seg_s
             tokens += len(r.tokens)
             for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             backends.update(r.backends)
             send({"type": "segment", "index": seg.index, "total": seg.total, "text": seg.text,
                   "audio": seg.audio, "sample_rate": seg.sample_rate, "tokens": len(r.tokens),
-                  "duration": r.duration, "rtf": r.rtf, "timings": dict(r.timings), "backends": dict(r.backends)})
+                  "duration": seg_s, "rtf": sum(r.timings.values()) / max(seg_s, 1e-9), "timings": dict(r.timings),
+                  "backends": dict(r.backends)})
         compute = sum(timings.values())
         send({"type": "done", "result": {
             "segments": n_seg, "duration": duration, "tokens": tokens, "timings": timings, "backends": backends,

@@ -110,6 +110,19 @@ def test_cancel_stops_within_one_chunk_and_ends_the_engine_generator(tts, voice,
     assert got == [0] and asked == [0] and closed == [True]
 
 
+def test_chunks_that_are_not_the_segment_audio_are_refused(tts, voice, seed, monkeypatch):
+    real = tts._segment_chunks
+
+    def lossy(*args, **kw):
+        for audio, _, res in real(*args, **kw):
+            yield audio[:-1], False, None  # one sample short of the result's audio
+            yield np.zeros(0, np.float32), True, res
+
+    monkeypatch.setattr(tts, "_segment_chunks", lossy)
+    with pytest.raises(RuntimeError, match=r"chunks \(\d+ samples\) are not its segment audio"):
+        list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed))
+
+
 def test_engine_must_end_a_segment_with_its_result(tts, voice, monkeypatch):
     def engine(*args, **kw):
         yield np.zeros(3, np.float32), True, None
