@@ -576,13 +576,15 @@ class _Runner:
         self.tts = tts
         self.conn = conn
         self.cancel_id = cancel_id
+        self._send_lock = threading.Lock()
         self._voices: collections.OrderedDict[str, Any] = collections.OrderedDict()  # one-off prompt cache
 
     def run(self, job_id: int, kind: str, payload: dict[str, Any]) -> None:
         from .sampling import Cancelled
 
         def send(ev: dict[str, Any]) -> None:
-            self.conn.send({"job": job_id, **ev})
+            with self._send_lock:  # progress comes from the streaming engine's LLM thread too
+                self.conn.send({"job": job_id, **ev})
 
         def should_stop() -> bool:
             return self.cancel_id.value == job_id
