@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -170,8 +171,12 @@ def cmd_say(a: argparse.Namespace) -> int:
             if stage in ("prefill", "flow", "vocoder"):
                 _log(f"[{info['segment']}/{info['segments']}] {stage}")
 
+        t_start = time.perf_counter()
+        ttfa = None
         for chunk in tts.create_chunks(a.text, voice, language=a.language, temperature=a.temperature,
-                                       seed=a.seed, stream=sink is not None, on_progress=progress):
+                                       seed=a.seed, stream=not a.no_stream, on_progress=progress):
+            if ttfa is None and len(chunk.audio):
+                ttfa = time.perf_counter() - t_start
             if sink is not None:
                 try:
                     sink.write(pcm16(chunk.audio))
@@ -185,17 +190,21 @@ def cmd_say(a: argparse.Namespace) -> int:
             if seg is None:
                 continue
             r = seg.result
-            total_rt += sum(r.timings.values())
-            _log(f"[{seg.index + 1}/{seg.total}] {len(r.tokens)} tokens, {r.duration:.2f} s audio, RTF {r.rtf:.2f} "
-                 f"({', '.join(f'{k} {v:.2f}s' for k, v in r.timings.items())}): {seg.text}")
+            busy = r.stats.get("wall_s") or sum(r.timings.values())  # streaming: the stages overlap
+            total_rt += busy
+            seg_s = len(seg.audio) / sr
+            _log(f"[{seg.index + 1}/{seg.total}] {len(r.tokens)} tokens, {seg_s:.2f} s audio, "
+                 f"RTF {busy / max(seg_s, 1e-9):.2f} ({', '.join(f'{k} {v:.2f}s' for k, v in r.timings.items())}): "
+                 f"{seg.text}")
+        first = f", first audio after {ttfa:.2f} s" if ttfa is not None else ""
         if sink is not None:
             _log(f"wrote {written / sr:.2f} s of s16le PCM at {sr} Hz to stdout, "
-                 f"RTF {total_rt / max(written / sr, 1e-9):.2f}")
+                 f"RTF {total_rt / max(written / sr, 1e-9):.2f}{first}")
             return 0
         audio = np.concatenate(parts)
         write_wav(a.output, audio, sr)
         dur = len(audio) / sr
-        _log(f"wrote {a.output}: {dur:.2f} s at {sr} Hz, RTF {total_rt / max(dur, 1e-9):.2f}")
+        _log(f"wrote {a.output}: {dur:.2f} s at {sr} Hz, RTF {total_rt / max(dur, 1e-9):.2f}{first}")
     return 0
 
 
@@ -357,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output .wav (24 kHz), or - to stream raw PCM to stdout as it is made: s16le, mono, the "
                         "bundle's rate (24000 Hz), e.g. | aplay -f S16_LE -r 24000 -c 1 or | ffplay -f s16le "
                         "-ar 24000 -ac 1 -")
+    s.add_argument("--no-stream", action="store_true",
+                   help="non-streaming synthesis: each text part in one pass with full attention (upstream's "
+                        "stream=False; slower to the first audio). Default: the streaming engine")
     s.set_defaults(func=cmd_say)
 
     sp = sub.add_parser("speakers", help="manage saved voices")

@@ -88,14 +88,30 @@ class CosyVoiceRK:
         cores, cpus_reason = place_process(cpus, log=log or log_to_stderr)
         self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads, flow_backend=flow_backend,
                                   npu_cores=npu_cores, flow_fast=flow_fast, flow_steps=flow_steps, log=log)
+        self.streams, stream_reason = self._stream_choice(flow_fast)
+        (log or log_to_stderr)(stream_reason)
         self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "flow_backend": flow_backend,
                           "flow_backend_reason": self.engine.flow_backend_reason, "npu_cores": npu_cores,
-                          "flow_steps": self.engine.flow.n_timesteps}
+                          "flow_steps": self.engine.flow.n_timesteps, "stream": self.streams,
+                          "stream_reason": stream_reason}
         self.tokenizer = TextTokenizer.from_bundle(self.bundle)
         self.text = TextFrontend(self.tokenizer)
         self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)
         self.store = SpeakerStore(speakers_dir)
         self._gguf_key = self._prefix_key_base(quant)
+
+    def _stream_choice(self, flow_fast: bool) -> tuple[bool, str]:
+        """Whether ``create_chunks(stream=True)`` can use the streaming engine here, and why (logged once)."""
+        graphs = self.bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
+        whole = "each text part is made in one pass and heard when it is done"
+        if self.engine.flow_cache_type not in graphs:
+            return False, f"no streaming: the bundle has no streaming flow graph (convert it again); {whole}"
+        if flow_fast:
+            return False, f"no streaming: the fast flow (INT8) has no streaming graph; {whole}"
+        if getattr(self.engine.flow.estimator, "backend", "") == "rknn-npu":
+            return False, f"no streaming: the flow runs on the NPU, which has no streaming graph yet; {whole}"
+        return True, ("streaming: chunk-causal flow with K/V caches and incremental vocoder on ONNX Runtime CPU, "
+                      "audio every 25 speech tokens")
 
     def _prefix_key_base(self, quant: str | None) -> str:
         llm = self.bundle.manifest["llm"]
@@ -239,13 +255,21 @@ class CosyVoiceRK:
         """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
 
         The one seam between the engine and every listener (``create_chunks``, the worker, the page, ``say``).
-        Until the engine has a streaming path, ``stream`` changes nothing: the whole segment is one chunk.
-        The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the last
-        one may be empty."""
-        res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
-                                     sampler=sampler, prefix_state=v.prefix_state, on_progress=on_progress,
-                                     should_stop=should_stop)
-        yield res.audio, True, res
+        ``stream``: the streaming engine (chunk-causal flow, incremental HiFT, a chunk every 25 speech tokens)
+        where this engine has it (:meth:`_stream_choice`); else non-streaming synthesis, the segment as one
+        chunk. The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the
+        last one may be empty."""
+        kw = dict(rng=rng, temperature=temperature, sampler=sampler, prefix_state=v.prefix_state,
+                  on_progress=on_progress, should_stop=should_stop)
+        if not (stream and self.streams):  # why not is in placement["stream_reason"] (logged at load)
+            res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, **kw)
+            yield res.audio, True, res
+            return
+        for item in self.engine.synthesize_stream(text_ids, v.prompt_ids, v.features, schedule="chunk", **kw):
+            if isinstance(item, SynthesisResult):
+                yield np.zeros(0, np.float32), True, item
+            else:
+                yield item, False, None
 
     def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False,
                       **kw: Any) -> Iterator[Segment]:

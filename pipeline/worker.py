@@ -21,7 +21,8 @@ process and never imports a model runtime:
 Job kinds and their payloads (all plain Python data; audio travels as bytes):
 
 - ``speak``: ``text``, ``language``, ``voice`` (saved voice name) or ``prompt`` (``{"audio": bytes,
-  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``.
+  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``, ``stream`` (default
+  true: the streaming engine where the worker has it, see its placement's ``stream_reason``).
   Events: ``progress`` (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``); ``chunk`` as each
   piece of audio is made (``index`` over the job, ``segment``, ``segments``, ``segment_done`` on a segment's
   last chunk, ``audio`` float32, ``sample_rate``; the chunks joined are the job's audio); one ``segment`` per
@@ -650,14 +651,17 @@ class _Runner:
                 last_tokens[0] = now
             send({"type": "progress", "stage": stage, **_plain(info)})
 
-        n_seg, duration, tokens = 0, 0.0, 0
+        n_seg, duration, tokens, compute = 0, 0.0, 0, 0.0
+        ttfa: float | None = None
         timings: dict[str, float] = {}
         backends: dict[str, str] = {}
         for ch in self.tts.create_chunks(p["text"], voice, language=p.get("language", "auto"),
                                          temperature=float(p.get("temperature", 1.0)), seed=seed,
-                                         top_k=p.get("top_k"), top_p=p.get("top_p"), stream=True,
+                                         top_k=p.get("top_k"), top_p=p.get("top_p"), stream=p.get("stream", True),
                                          on_progress=progress, should_stop=should_stop):
             seg = ch.segment_result
+            if ttfa is None and len(ch.audio):
+                ttfa = time.perf_counter() - t_start
             send({"type": "chunk", "index": ch.index, "segment": ch.segment, "segments": ch.segments,
                   "segment_done": seg is not None, "audio": ch.audio, "sample_rate": ch.sample_rate})
             if seg is None:
@@ -665,19 +669,21 @@ class _Runner:
             r = seg.result
             n_seg += 1
             seg_s = len(seg.audio) / seg.sample_rate
+            busy = r.stats.get("wall_s") or sum(r.timings.values())  # streaming: the stages overlap
             duration += seg_s
+            compute += busy
             tokens += len(r.tokens)
             for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             backends.update(r.backends)
             send({"type": "segment", "index": seg.index, "total": seg.total, "text": seg.text,
                   "audio": seg.audio, "sample_rate": seg.sample_rate, "tokens": len(r.tokens),
-                  "duration": seg_s, "rtf": sum(r.timings.values()) / max(seg_s, 1e-9), "timings": dict(r.timings),
+                  "duration": seg_s, "rtf": busy / max(seg_s, 1e-9), "timings": dict(r.timings),
                   "backends": dict(r.backends)})
-        compute = sum(timings.values())
         send({"type": "done", "result": {
             "segments": n_seg, "duration": duration, "tokens": tokens, "timings": timings, "backends": backends,
-            "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed,
+            "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed, "ttfa_s": ttfa,
+            "stream": bool(p.get("stream", True)) and bool(self.tts.streams),
             "wall_s": time.perf_counter() - t_start, "warnings": list(voice.warnings),
             "sample_rate": self.tts.sample_rate}})
 

@@ -60,10 +60,13 @@ def _split_seam(tts, monkeypatch, parts: int = 3) -> None:
     monkeypatch.setattr(tts, "_segment_chunks", split)
 
 
-def test_chunks_join_to_the_audio_and_carry_each_segment(tts, voice, seed):
-    audio, sr = tts.create(MEDIUM, voice, language="ru", seed=seed)
-    chunks = list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed))
+@pytest.mark.parametrize("stream", [True, False])
+def test_chunks_join_to_the_audio_and_carry_each_segment(tts, voice, seed, stream):
+    audio, sr = tts.create(MEDIUM, voice, language="ru", seed=seed, stream=stream)
+    chunks = list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed, stream=stream))
     assert [c.index for c in chunks] == list(range(len(chunks)))
+    # streaming: pieces of a segment as the engine finishes them; else one chunk per segment
+    assert len(chunks) > 4 if stream else len(chunks) == 4
     assert all(c.sample_rate == sr == 24000 and c.segments == 4 and c.audio.dtype == np.float32 for c in chunks)
     assert np.array_equal(np.concatenate([c.audio for c in chunks]), audio)
     ends = [c for c in chunks if c.segment_result is not None]
@@ -77,7 +80,7 @@ def test_chunks_join_to_the_audio_and_carry_each_segment(tts, voice, seed):
 def test_sub_segment_chunks_from_the_engine_seam(tts, voice, seed, monkeypatch):
     whole = [s.audio for s in tts.create_stream(MEDIUM, voice, language="ru", seed=seed)]
     _split_seam(tts, monkeypatch)
-    chunks = list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed))
+    chunks = list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed, stream=False))
     # three pieces per segment; the empty piece in the middle is dropped, the empty last one carries the segment
     assert len(chunks) == 16 and [c.index for c in chunks] == list(range(16))
     assert [c.segment for c in chunks] == [i for i in range(4) for _ in range(4)]
@@ -120,7 +123,7 @@ def test_chunks_that_are_not_the_segment_audio_are_refused(tts, voice, seed, mon
 
     monkeypatch.setattr(tts, "_segment_chunks", lossy)
     with pytest.raises(RuntimeError, match=r"chunks \(\d+ samples\) are not its segment audio"):
-        list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed))
+        list(tts.create_chunks(MEDIUM, voice, language="ru", seed=seed, stream=False))
 
 
 def test_engine_must_end_a_segment_with_its_result(tts, voice, monkeypatch):
@@ -132,11 +135,11 @@ def test_engine_must_end_a_segment_with_its_result(tts, voice, monkeypatch):
         list(tts.create_chunks("Раз.", voice, language="ru"))
 
 
-def _say(random_bundle, tmp_path, seed, out, **kw):
+def _say(random_bundle, tmp_path, seed, out, *extra, **kw):
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "say", "--bundle", str(random_bundle.root),
                            "--speakers-dir", str(tmp_path / "spk"), "--prompt-wav", str(PROMPT), "--prompt-text",
                            ZH_PROMPT_TEXT, "--text", MEDIUM, "--language", "ru", "--seed", str(seed), "--threads",
-                           "1", "-o", str(out)], timeout=300, **kw)
+                           "1", *extra, "-o", str(out)], timeout=300, **kw)
 
 
 def test_say_streams_raw_pcm_to_stdout(random_bundle, tts, voice, seed, tmp_path):
@@ -147,11 +150,17 @@ def test_say_streams_raw_pcm_to_stdout(random_bundle, tts, voice, seed, tmp_path
     # stdout holds the samples and nothing else: the joined chunks of the same request, as 16-bit PCM
     chunks = [c.audio for c in tts.create_chunks(MEDIUM, voice, language="ru", seed=seed, stream=True)]
     assert r.stdout == pcm16(np.concatenate(chunks))
+    assert len(chunks) > 4 and "first audio after" in err
     # the same rounding as the WAV writer: `-o x.wav` holds the same samples
     r = _say(random_bundle, tmp_path, seed, tmp_path / "x.wav", capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
     wav, sr = sf.read(tmp_path / "x.wav", dtype="int16")
     assert sr == 24000 and wav.tobytes() == pcm16(np.concatenate(chunks))
+    # --no-stream: upstream's non-streaming synthesis (full attention), the same tokens, other samples
+    r = _say(random_bundle, tmp_path, seed, "-", "--no-stream", capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+    whole, _ = tts.create(MEDIUM, voice, language="ru", seed=seed, stream=False)
+    assert r.stdout == pcm16(whole) and len(whole) == len(np.concatenate(chunks))
 
     h = subprocess.run([sys.executable, "-m", "pipeline.cli", "say", "--help"], capture_output=True, text=True)
     assert "s16le" in h.stdout and "aplay -f S16_LE -r 24000 -c 1" in " ".join(h.stdout.split())

@@ -46,12 +46,12 @@ JOINED_B64 = """() => {
 }"""
 
 
-def check_gapless(live: dict, n_chunks: int) -> None:
+def check_gapless(live: dict, n_chunks: int | None = None) -> None:
     """The live player's own record: every chunk started exactly where the previous one ended, each was
     scheduled before it was due, in one run (no stall), and playback began before the job had finished."""
     log, rate = live["log"], live["rate"]
     assert rate == 24000 and live["status"] == 0
-    assert len(log) == n_chunks and len(live["runs"]) == 1 and live["stalls"] == 0, live
+    assert n_chunks in (None, len(log)) and len(live["runs"]) == 1 and live["stalls"] == 0, live
     start = live["runs"][0]["start"]
     assert log[0]["offset"] == 0 and log[0]["when"] == start
     for prev, e in zip(log, log[1:], strict=False):
@@ -172,7 +172,8 @@ def test_upload_save_generate_play_and_download(page, studio, tmp_path):
     assert "Playing" in pg.inner_text("#cv-live-status")
     pg.click("#cv-live-stop")
     assert "Stopped after" in pg.inner_text("#cv-live-status")
-    check_gapless(live, n_chunks=4)
+    check_gapless(live)
+    assert len(live["log"]) >= 4  # at least one per part (pieces of a part when it is long enough)
     info = pg.inner_text("#cv-info")
     assert "RTF" in info and "llama.cpp (CPU)" in info and "ONNX Runtime (CPU)" in info and "4 part(s)" in info
     assert "Вера" in pg.inner_text("#cv-history")

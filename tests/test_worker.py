@@ -64,7 +64,7 @@ def test_speak_streams_progress_and_segments_then_done(worker, seeds):
     assert types[-1] == "done" and types.count("done") == 1, types
     assert types.index("started") < types.index("segment")
     stages = {e["stage"] for e in events if e["type"] == "progress"}
-    assert {"voice", "prefill", "tokens", "flow", "vocoder"} <= stages
+    assert {"voice", "prefill", "tokens", "vocoder"} <= stages  # streaming: the flow overlaps the others
     segs = [e for e in events if e["type"] == "segment"]
     assert [s["index"] for s in segs] == list(range(8)) and all(s["total"] == 8 for s in segs)
     assert all(s["audio"].dtype == np.float32 and len(s["audio"]) > 0 for s in segs)
@@ -72,9 +72,10 @@ def test_speak_streams_progress_and_segments_then_done(worker, seeds):
     first_seg = types.index("segment")
     assert any(e["type"] == "progress" and e["stage"] == "prefill" and e["segment"] == 2
                for e in events[first_seg:])
-    # every segment's audio arrives first as chunk events (one per segment until the engine streams), each
-    # before its segment's stats; the chunks joined are the job's audio
+    # every segment's audio arrives first as chunk events (pieces of it, as the streaming engine makes them),
+    # each before its segment's stats; the chunks joined are the job's audio
     chunks = [e for e in events if e["type"] == "chunk"]
+    assert len(chunks) > len(segs)
     assert [c["index"] for c in chunks] == list(range(len(chunks))) and all(c["segments"] == 8 for c in chunks)
     assert all(c["audio"].dtype == np.float32 and c["sample_rate"] == 24000 for c in chunks)
     for s in segs:
@@ -83,10 +84,18 @@ def test_speak_streams_progress_and_segments_then_done(worker, seeds):
         assert events.index(mine[-1]) < events.index(s)
         assert np.array_equal(np.concatenate([c["audio"] for c in mine]), s["audio"])
     res = job.final["result"]
-    assert res["segments"] == 8 and res["seed"] == seeds["long"]
+    assert res["segments"] == 8 and res["seed"] == seeds["long"] and res["stream"] is True
+    assert 0 < res["ttfa_s"] < res["wall_s"]
     assert res["duration"] == pytest.approx(sum(len(s["audio"]) for s in segs) / res["sample_rate"])
     assert res["backends"] == {"llm": "llama.cpp", "flow": "onnxruntime-cpu", "vocoder": "onnxruntime-cpu"}
     assert res["rtf"] > 0 and set(res["timings"]) == {"llm", "flow", "vocoder"}
+
+
+def test_non_streaming_job_is_one_chunk_per_segment(worker, seeds):
+    events = list(speak(worker, SHORT, seeds["short"], stream=False).events_until_done())
+    assert [e["type"] for e in events if e["type"] in ("chunk", "segment", "done")] == ["chunk", "segment", "done"]
+    assert "flow" in {e["stage"] for e in events if e["type"] == "progress"}
+    assert events[-1]["result"]["stream"] is False
 
 
 def test_same_seed_same_audio_and_error_keeps_the_worker(worker, seeds):
