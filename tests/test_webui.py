@@ -196,6 +196,20 @@ def test_upload_save_generate_play_and_download(page, studio, tmp_path):
     assert "RTF" in pg.inner_text("#cv-h-info")
 
 
+def test_streaming_can_be_switched_off(page, studio):
+    pg = page
+    field(pg, "cv-text").fill(SHORT)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["short"]))
+    pg.click("#cv-stream input")  # off: upstream's non-streaming pass, the part in one chunk
+    pg.click("#cv-generate")
+    assert "Done" in pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
+    pg.wait_for_function("window.cvLive.ended")
+    assert pg.evaluate("cvLive.log.length") == 1 and "First audio after" in pg.inner_text("#cv-info")
+    entry = studio.history.list()[0]
+    assert entry["stream"] is False and entry["ttfa_s"] > 0
+
+
 def test_record_a_voice_from_the_microphone(page, studio):
     pg = page
     open_tab(pg, "Voices")

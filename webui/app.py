@@ -166,6 +166,8 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
     for key, label in STAGES:
         b = backends.get(key, "?")
         lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
+    if e.get("ttfa_s") is not None:
+        lines += ["", t("r_ttfa", lang, secs=e["ttfa_s"])]
     for w in e.get("warnings", []) or []:
         lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
     return "\n".join(lines)
@@ -327,6 +329,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                             label="top_k")
                                 s_topp = tr(gr.Slider(*TOP_P_RANGE, value=sampling["top_p"], step=0.05,
                                                       label=t("top_p")), label="top_p")
+                            s_stream = tr(gr.Checkbox(True, label=t("stream"), info=t("stream_info"),
+                                                      elem_id="cv-stream"), label="stream", info="stream_info")
                         with gr.Row():
                             s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate"),
                                       value="generate")
@@ -508,7 +512,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
                         text: str, language: str, temperature: float, seed: float | None, top_k: float,
-                        top_p: float, request: gr.Request) -> Iterator[list[Any]]:
+                        top_p: float, stream: bool, request: gr.Request) -> Iterator[list[Any]]:
             keep = gr.update()
             # stale errors go; the prompt check next to the recording describes the recording, so it stays
             msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
@@ -523,7 +527,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                    prompt_audio=p_audio if mode == "prompt" else None, prompt_text=p_text,
                                    prompt_language=p_lang, language=language, temperature=temperature,
                                    seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
-                                   session=request.session_hash if request else None)
+                                   stream=bool(stream), session=request.session_hash if request else None)
             except FieldError as e:
                 if e.field in msgs:  # shown next to the input it is about
                     msgs[e.field] = _err(_msg(e, lang_))
@@ -561,8 +565,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 yield out(progress=_err(_msg(e, lang_)), go=gr.update(interactive=True))
 
         s_go.click(on_generate, [lang, s_mode, s_voice, s_audio, s_ptext, s_plang, s_text, s_lang, s_temp, s_seed,
-                                 s_topk, s_topp], gen_outputs, api_visibility="private", show_progress="hidden",
-                   concurrency_limit=None)
+                                 s_topk, s_topp, s_stream], gen_outputs, api_visibility="private",
+                   show_progress="hidden", concurrency_limit=None)
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
 
         def on_cancel(lang_: str, request: gr.Request) -> Any:
@@ -765,7 +769,8 @@ def _api(studio: Studio) -> None:
                 raise WorkerError(last.error if last and last.error else "cancelled")
             e = last.result
             return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
-                                                 "seed", "voice", "compute_s", "warnings") if k in e}
+                                                 "seed", "voice", "compute_s", "warnings", "ttfa_s", "stream")
+                               if k in e}
         except Exception as e:  # noqa: BLE001
             raise _api_error(e) from None
 

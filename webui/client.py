@@ -314,7 +314,7 @@ class Studio:
     def speak(self, text: str, *, voice: str | None = None, prompt_audio: str | Path | None = None,
               prompt_text: str = "", prompt_language: str = "auto", language: str = "auto",
               temperature: float = 1.0, seed: int | None = None, top_k: int | None = None,
-              top_p: float | None = None, session: str | None = None) -> Job:
+              top_p: float | None = None, stream: bool = True, session: str | None = None) -> Job:
         text = text or ""
         if not text.strip():
             raise FieldError("text", "type the text to speak", "err_text_empty")
@@ -332,7 +332,7 @@ class Studio:
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
                                    "seed": None if seed is None or int(seed) < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),
-                                   "top_p": None if top_p is None else float(top_p)}
+                                   "top_p": None if top_p is None else float(top_p), "stream": bool(stream)}
         if voice:
             try:
                 v = self.voice(voice)
@@ -411,7 +411,8 @@ class Studio:
                         **{k: v for k, v in meta.items() if k != "live_url"}, "text": meta.get("text", "")[:500],
                         "duration": res["duration"], "rtf": res["rtf"], "tokens": res["tokens"],
                         "segments": res["segments"], "backends": res["backends"], "timings": res["timings"],
-                        "compute_s": res["compute_s"], "seed": res["seed"], "warnings": res.get("warnings", [])})
+                        "compute_s": res["compute_s"], "seed": res["seed"], "warnings": res.get("warnings", []),
+                        "ttfa_s": res.get("ttfa_s"), "stream": res.get("stream")})
                     st.phase = "done"
                 elif t in ("cancelled", "error"):
                     st.phase = t

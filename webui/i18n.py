@@ -120,6 +120,11 @@ _S: dict[str, tuple[str, str]] = {
                        "Этот браузер не умеет воспроизводить звук по мере готовности (нет Web Audio); результат "
                        "появится ниже, когда будет готов."),
     "lp_stop": ("Stop", "Стоп"),
+    "stream": ("Play while it is made (streaming)", "Воспроизводить по мере готовности (потоково)"),
+    "stream_info": ("Off: each part is made in one pass (upstream's non-streaming synthesis) and heard when it is "
+                    "done", "Выкл.: каждая часть создаётся за один проход (синтез без потока, как в оригинале) и "
+                    "звучит, когда готова"),
+    "r_ttfa": ("First audio after {secs:.1f} s.", "Первый звук через {secs:.1f} с."),
     "p_partial": ("{secs:.1f} s of audio were made before it stopped: listen to or download them below.",
                   "До остановки готово {secs:.1f} с звука: их можно прослушать или скачать ниже."),
     # result
