@@ -60,6 +60,11 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
                                  "--streaming-goldens F)")
             results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)
+        modes_path = a.goldens.with_name("modes_goldens.npz")
+        if modes_path.is_file():  # beside --goldens: checked too
+            from .verify_modes import load_modes_goldens, run_verify_modes
+
+            results += run_verify_modes(bundle, load_modes_goldens(modes_path), goldens, log=_log)
     ok = all(r.passed for r in results)
     if a.json:
         print(json.dumps({"passed": ok, "stages": [r.as_dict() for r in results]}, indent=1))
