@@ -8,26 +8,34 @@ Named API endpoints (for ``gradio_client``): ``/synthesize``, ``/synthesize_with
 
 from __future__ import annotations
 
-import html
 import json
-import sys
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from pipeline.errors import CosyVoiceRKError
-from pipeline.text import LANGUAGES
-from pipeline.worker import WorkerError
 
+from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
-from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
-
-LANGUAGE_NAMES = {"auto": "auto", "ru": "русский (ru)", "en": "English (en)", "zh": "中文 (zh)", "ja": "日本語 (ja)"}
-BACKEND_NAMES = {"llama.cpp": "llama.cpp (CPU)", "onnxruntime-cpu": "ONNX Runtime (CPU)",
-                 "rknn": "RKNN (NPU)", "rknn-npu": "RKNN (NPU)"}
-STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))
+from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .views import (
+    _err,
+    _esc,
+    _lang_choices,
+    _msg,
+    _ok,
+    _Tr,
+    badge_md,
+    banner_md,
+    heading,
+    history_rows,
+    progress_md,
+    result_md,
+    status_md,
+    title_md,
+    voice_details_md,
+)
 
 CSS = """
 .cv-msg p { margin: 2px 0 !important; }
@@ -94,210 +102,6 @@ HEAD = """
 """
 LIVE_JS = "(v) => { if (window.cvLive) window.cvLive.update(v); }"
 LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"></audio></div>'
-
-
-def _esc(s: str) -> str:
-    return html.escape(str(s), quote=False)
-
-
-def _err(msg: str) -> str:
-    return f'<span class="cv-err">✗ {_esc(msg)}</span>'
-
-
-def _ok(msg: str) -> str:
-    return f'<span class="cv-ok">✓ {_esc(msg)}</span>'
-
-
-def _msg(e: BaseException, lang: str) -> str:
-    """User-facing text of an error: our own keys are translated, pipeline messages shown as they are."""
-    if isinstance(e, FieldError) and e.key:
-        return t(e.key, lang, **e.params)
-    if isinstance(e, CosyVoiceRKError):
-        return localize(str(e), lang)
-    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    return t("err_internal", lang, error=f"{type(e).__name__}: {e}")
-
-
-class _Tr:
-    """Components whose text depends on the page language, and the keys of each translated property."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, comp: Any, **keys: Any) -> Any:
-        self.items.append((comp, keys))
-        return comp
-
-    @property
-    def components(self) -> list[Any]:
-        return [c for c, _ in self.items]
-
-    def updates(self, lang: str) -> list[Any]:
-        out = []
-        for _, keys in self.items:
-            kw: dict[str, Any] = {}
-            for prop, key in keys.items():
-                if callable(key):
-                    kw[prop] = key(lang)
-                elif prop == "choices":
-                    kw["choices"] = [(t(k, lang), v) for k, v in key]
-                elif prop == "headers":
-                    kw["headers"] = [t(k, lang) for k in key]
-                else:
-                    kw[prop] = t(key, lang)
-            out.append(gr.update(**kw))
-        return out
-
-
-def title_md(lang: str) -> str:
-    return f"## {t('title', lang)}\n{t('subtitle', lang)}"
-
-
-def heading(key: str, level: str = "###", lang: str = "en") -> str:
-    return f"**{t(key, lang)}**" if level == "**" else f"{level} {t(key, lang)}"
-
-
-def _lang_choices() -> list[tuple[str, str]]:
-    return [(LANGUAGE_NAMES[c], c) for c in LANGUAGES]
-
-
-def _ordinal_stage(st: SpeakState, lang: str) -> str:
-    info = st.info
-    what = {
-        "prefill": lambda: t("p_prefill", lang, positions=info.get("positions", "?"),
-                             cached=t("p_cached", lang) if info.get("cached") else ""),
-        "tokens": lambda: t("p_tokens", lang, n=info.get("n", 0)),
-        "flow": lambda: t("p_flow", lang, tokens=info.get("tokens", "?")),
-        "vocoder": lambda: t("p_vocoder", lang),
-    }.get(st.stage)
-    if what is None:
-        return t("p_voice", lang) if st.stage == "voice" else t("p_starting", lang)
-    return t("p_segment", lang, i=info.get("segment", st.segments_done + 1),
-             n=info.get("segments", st.segments_total or "?"), what=what())
-
-
-def progress_md(st: SpeakState, lang: str) -> str:
-    if st.phase == "queued":
-        return t("p_queued", lang, ahead=st.ahead) if st.ahead else t("p_queued_next", lang)
-    ready = (t("p_ready", lang, k=st.segments_done, n=st.segments_total, secs=st.audio_seconds)
-             if st.segments_done else "")
-    if st.phase == "running":
-        return f"▶ {_ordinal_stage(st, lang)}\n\n{ready}"
-    if st.phase == "done":
-        return _ok(t("p_done", lang, secs=st.audio_seconds))
-    if st.phase == "cancelled":
-        text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
-                else t("p_cancelled", lang))
-        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "")
-    return _err(t("p_error", lang, error=localize(st.error, lang)))
-
-
-def result_md(e: dict[str, Any] | None, lang: str) -> str:
-    if not e:
-        return ""
-    lines = [t("r_summary", lang, secs=e["duration"], compute=e.get("compute_s", 0.0), rtf=e["rtf"],
-               tokens=e["tokens"], segments=e["segments"], seed=e.get("seed", "?")), "",
-             f"| {t('r_stage', lang)} | {t('r_backend', lang)} | {t('r_time', lang)} |", "|---|---|---|"]
-    backends, timings = e.get("backends", {}), e.get("timings", {})
-    for key, label in STAGES:
-        b = backends.get(key, "?")
-        lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
-    for w in e.get("warnings", []) or []:
-        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
-    return "\n".join(lines)
-
-
-def history_rows(studio: Studio, lang: str) -> list[list[Any]]:
-    return [[e["id"], e["created"].replace("T", " ")[5:16], e.get("voice") or t("one_off", lang),
-             (e.get("text", "")[:40] + ("…" if len(e.get("text", "")) > 40 else "")), round(e["duration"], 1),
-             round(e["rtf"], 2)] for e in studio.history.list()]
-
-
-def _state_name(state: str, lang: str) -> str:
-    key = f"state_{state}"
-    try:
-        return t(key, lang)
-    except KeyError:
-        return state
-
-
-def badge_md(s: dict[str, Any], lang: str) -> str:
-    st = s["worker"]
-    return (f'<span class="cv-dot cv-{st["state"]}">●</span> '
-            + t("badge", lang, state=_state_name(st["state"], lang), queued=st.get("queued", 0)))
-
-
-def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
-    """(text, show the banner, show "check again") for a ``Studio.status()``."""
-    b, w = s["bundle"], s["worker"]
-    if not b["found"]:
-        text = t("no_bundle", lang, error=_esc(b["error"])) + "\n\n" + t("how_to_get", lang, bundle=_esc(b["location"]))
-        return text, True, True
-    if w.get("state") in ("unavailable", "failed"):
-        text = t("worker_unavailable", lang, error=_esc(w.get("last_error", ""))) + "\n\n" + \
-            t("how_to_get", lang, bundle=_esc(b["location"]))
-        return text, True, True
-    if b.get("random_weights"):
-        return "⚠ " + t("random_bundle", lang), True, False
-    return "", False, False
-
-
-def status_md(s: dict[str, Any], lang: str) -> str:
-    b, w = s["bundle"], s["worker"]
-
-    def item(key: str, value: Any) -> str:
-        return f"- **{t(key, lang)}:** {value}"
-
-    rows = [f"### {t('s_bundle', lang)}", "", item("s_path", f"`{_esc(b['location'])}`")]
-    if b["found"]:
-        quant = w.get("bundle", {}).get("quant") or ", ".join(b.get("quants", []))
-        rows += [item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
-                 item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
-                 item("s_quant", quant)]
-    else:
-        rows.append(f"- {_err(b['error'])}")
-    rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
-    for key, label in STAGES:
-        be = w.get("backends", {}).get(key)
-        rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
-    placement = w.get("placement") or {}
-    if placement:
-        rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
-                 item("s_cpus", _esc(placement.get("cpus_reason", "")))]
-        if placement.get("flow_steps"):
-            rows.append(item("s_flow_steps", placement["flow_steps"]))
-    rows += ["", f"### {t('s_worker', lang)}", "", item("s_state", _state_name(w["state"], lang))]
-    if w["state"] != "stopped":
-        running = w.get("running")
-        run_text = (t("s_running", lang, kind=running["kind"], id=running["id"], secs=running["seconds"])
-                    if running else t("s_idle", lang))
-        mem = t("u_mb", lang, n=w["rss_mb"]) if w.get("rss_mb") else "—"
-        up = t("u_s", lang, n=w["uptime_s"]) if w.get("uptime_s") is not None else "—"
-        rows += [item("s_pid", w.get("pid") or "—"), item("s_memory", mem), item("s_uptime", up),
-                 item("s_queue", t("s_queue_value", lang, running=run_text, waiting=w["queued"],
-                                   max=w["max_queue"])),
-                 item("s_jobs", f"{w['done']} / {w['failed']} / {w['cancelled']}"),
-                 item("s_restarts", f"{w['restarts']} ({w['crashes']})")]
-        if w.get("last_crash"):
-            rows.append(item("s_last_crash", _esc(w["last_crash"])))
-        if w.get("last_error") and w["state"] in ("unavailable", "failed", "crashed"):
-            rows.append(f"- {_err(w['last_error'])}")
-    rows += ["", f"### {t('s_folders', lang)}", "", item("s_voices", f"`{_esc(s['speakers_dir'])}` ({s['voices']})"),
-             item("history", f"`{_esc(s['results_dir'])}`")]
-    return "\n".join(rows)
-
-
-def voice_details_md(studio: Studio, name: str | None, lang: str) -> tuple[str, str | None]:
-    if not name:
-        return (t("no_voices_yet", lang) if not studio.voice_names() else ""), None
-    try:
-        v = studio.voice(name)
-    except CosyVoiceRKError as e:
-        return _err(t("voice_unreadable", lang, error=str(e))), None
-    secs = t("u_sec1", lang, n=v["duration"]) if isinstance(v.get("duration"), (int, float)) else ""
-    md = t("voice_details", lang, name=_esc(v["name"]), language=LANGUAGE_NAMES.get(v["language"], v["language"]),
-           secs=secs, created=v["created"].replace("T", " ")[:16], transcript=_esc(v["transcript"]))
-    return md, v["audio"]
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -726,128 +530,6 @@ def build_app(studio: Studio) -> gr.Blocks:
         _api(studio)
     demo.queue(max_size=64, default_concurrency_limit=4)
     return demo
-
-
-def _api_error(e: BaseException) -> gr.Error:
-    if isinstance(e, CosyVoiceRKError):
-        return gr.Error(str(e), print_exception=False)
-    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    return gr.Error(t("err_internal", "en", error=f"{type(e).__name__}: {e}"), print_exception=False)
-
-
-def _api(studio: Studio) -> None:
-    """Named endpoints for programs (``gradio_client``); they return data, not page updates."""
-
-    def voices() -> list[dict]:
-        """Saved voices: name, transcript, language, created, duration (s)."""
-        return [{k: v for k, v in d.items() if k != "audio"} for d in studio.voices()]
-
-    def status() -> dict:
-        """Bundle, backends per stage, worker state and queue."""
-        return studio.status()
-
-    def rename_voice(name: str, new_name: str) -> str:
-        """Rename a saved voice; returns the new name."""
-        try:
-            return studio.rename_voice(name, new_name)
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def delete_voice(name: str) -> str:
-        """Delete a saved voice; returns its name."""
-        try:
-            studio.delete_voice(name)
-            return name
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    gr.api(voices, api_name="voices")
-    gr.api(status, api_name="status")
-    gr.api(rename_voice, api_name="rename_voice")
-    gr.api(delete_voice, api_name="delete_voice")
-
-    with gr.Column(visible=False):
-        a_text = gr.Textbox(label="text")
-        a_voice = gr.Textbox(label="voice")
-        a_language = gr.Textbox("auto", label="language")
-        a_temp = gr.Number(1.0, label="temperature")
-        a_seed = gr.Number(-1, label="seed", precision=0)
-        a_topk = gr.Number(0, label="top_k", precision=0)
-        a_topp = gr.Number(0.0, label="top_p")
-        a_paudio = gr.Audio(type="filepath", label="prompt_audio")
-        a_ptext = gr.Textbox("", label="prompt_text")
-        a_plang = gr.Textbox("auto", label="prompt_language")
-        a_wav = gr.Audio(type="filepath", label="audio", format="wav")
-        a_info = gr.JSON(label="info")
-        a_name = gr.Textbox(label="name")
-        a_transcript = gr.Textbox("", label="transcript")
-        a_overwrite = gr.Checkbox(False, label="overwrite")
-        a_file = gr.File(label="file", type="filepath")
-        a_go = gr.Button()
-
-    def run_speak(text: str, voice: str | None, prompt_audio: str | None, prompt_text: str, prompt_language: str,
-                  language: str, temperature: float, seed: float, top_k: float, top_p: float) -> tuple[str, dict]:
-        try:
-            job = studio.speak(text, voice=voice or None, prompt_audio=prompt_audio, prompt_text=prompt_text or "",
-                               prompt_language=prompt_language or "auto", language=language or "auto",
-                               temperature=float(temperature), seed=None if seed is None else int(seed),
-                               top_k=int(top_k) if top_k else None, top_p=float(top_p) if top_p else None)
-            last = None
-            for st in studio.follow(job, poll=None):
-                last = st
-            if last is None or last.phase != "done" or not last.result:
-                raise WorkerError(last.error if last and last.error else "cancelled")
-            e = last.result
-            return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
-                                                 "seed", "voice", "compute_s", "warnings") if k in e}
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def synthesize(text: str, voice: str, language: str, temperature: float, seed: float, top_k: float,
-                   top_p: float) -> tuple[str, dict]:
-        """Speak ``text`` in a saved ``voice``. Returns (WAV file, info: duration, rtf, tokens, segments,
-        backends, timings, seed). ``seed`` -1 = random; ``top_k``/``top_p`` 0 = the bundle's defaults."""
-        return run_speak(text, voice, None, "", "auto", language, temperature, seed, top_k, top_p)
-
-    def synthesize_with_prompt(text: str, prompt_audio: str | None, prompt_text: str, prompt_language: str,
-                               language: str, temperature: float, seed: float, top_k: float,
-                               top_p: float) -> tuple[str, dict]:
-        """Speak ``text`` in the voice of a one-off recording (3–10 s) whose exact words are ``prompt_text``."""
-        return run_speak(text, None, prompt_audio, prompt_text, prompt_language, language, temperature, seed, top_k,
-                         top_p)
-
-    def add_voice(name: str, audio: str | None, transcript: str, language: str, overwrite: bool) -> dict:
-        """Save a voice from a 3–10 s recording and its exact transcript."""
-        try:
-            return studio.run_voice_job(studio.add_voice(name, audio, transcript, language or "auto", overwrite))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def export_voice(name: str) -> str:
-        """One .cvvoice file with the voice."""
-        try:
-            return str(studio.export_voice(name))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def import_voice(file: str | None, name: str, overwrite: bool) -> dict:
-        """Import a .cvvoice file (optionally under another name)."""
-        try:
-            if not file:
-                raise FieldError("import", "give a .cvvoice file")
-            return studio.run_voice_job(studio.import_voice(file, name or None, overwrite))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    a_go.click(synthesize, [a_text, a_voice, a_language, a_temp, a_seed, a_topk, a_topp], [a_wav, a_info],
-               api_name="synthesize", concurrency_limit=None)
-    a_go.click(synthesize_with_prompt, [a_text, a_paudio, a_ptext, a_plang, a_language, a_temp, a_seed, a_topk, a_topp],
-               [a_wav, a_info], api_name="synthesize_with_prompt", concurrency_limit=None)
-    a_go.click(add_voice, [a_name, a_paudio, a_transcript, a_language, a_overwrite], [a_info], api_name="add_voice",
-               concurrency_limit=None)
-    a_go.click(export_voice, [a_name], [a_file], api_name="export_voice")
-    a_go.click(import_voice, [a_file, a_name, a_overwrite], [a_info], api_name="import_voice",
-               concurrency_limit=None)
 
 
 def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
