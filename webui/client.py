@@ -25,7 +25,7 @@ from pipeline.audio import prepare_prompt
 from pipeline.bundle import HOW_TO_GET, Bundle
 from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore, slugify
+from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
@@ -249,10 +249,7 @@ class Studio:
             errors.append(FieldError("transcript", "the transcript is longer than 1000 characters; use a 3–10 s "
                                      "prompt and its exact words", "err_transcript_long"))
         try:
-            slugify(name or "")
-            if self.store.exists(name) and not overwrite:
-                errors.append(FieldError("name", f"a voice named {name!r} already exists; choose another name "
-                                         "or tick “replace”", "err_name_taken", name=name))
+            self.store.claim(name or "", overwrite=overwrite)
         except PresetError as e:
             errors.append(FieldError("name", str(e)))
         if language not in LANGUAGES:
@@ -297,9 +294,10 @@ class Studio:
         except PresetError as e:
             raise FieldError("import", str(e)) from None
         target = (name or "").strip() or meta["name"]
-        if self.store.exists(target) and not overwrite:
-            raise FieldError("import", f"a voice named {target!r} already exists; import it under another name",
-                             "err_name_taken", name=target)
+        try:
+            self.store.claim(target, overwrite=overwrite)
+        except PresetError as e:
+            raise FieldError("import", str(e)) from None
         return self._worker().submit("import_voice", {"data": data, "name": target, "overwrite": bool(overwrite)})
 
     # speech ---------------------------------------------------------------------------------------
