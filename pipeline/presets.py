@@ -286,7 +286,13 @@ class SpeakerStore:
         return new_slug
 
     def delete(self, name_or_slug: str) -> None:
-        d = self._dir(self.find(name_or_slug))
+        self.delete_folder(self.find(name_or_slug))
+
+    def delete_folder(self, slug: str) -> None:
+        """Remove a voice's folder (also a damaged one, which :meth:`find` refuses)."""
+        d = self._dir(slug)
+        if not d.is_dir():
+            raise PresetError(f"no voice folder {slug!r}")
         trash = d.with_name(f".{d.name}.deleted-{os.getpid()}")
         os.replace(d, trash)  # one atomic step; the rest is cleanup
         shutil.rmtree(trash, ignore_errors=True)

@@ -199,3 +199,23 @@ def test_cli_seed_and_list_json(tmp_path):
     r = _cli("say", "--bundle", tmp_path / "nope", "--speaker", "Vera", "--text", "hi", "--seed", 2**70,
              "-o", tmp_path / "o.wav")
     assert r.returncode == 2 and "too large; give 0–4294967295, or -1 for random" in r.stderr
+
+
+def test_prompt_messages_name_the_file_not_its_folder_and_call_an_empty_file_empty(tmp_path):
+    from pipeline.audio import prepare_prompt
+    from pipeline.errors import InputError
+
+    up = tmp_path / "gradio" / "3f9a0c" / "my voice.wav"
+    up.parent.mkdir(parents=True)
+    up.write_bytes(b"")
+    with pytest.raises(InputError) as e:
+        prepare_prompt(up)
+    assert str(e.value) == "my voice.wav is empty (0 bytes); upload or record 3–10 s of speech"
+    up.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 10)
+    with pytest.raises(InputError) as e:
+        prepare_prompt(up)
+    msg = str(e.value)
+    assert msg.startswith("my voice.wav is not an audio file that can be read (damaged, or a format")
+    assert str(tmp_path) not in msg and "Error" not in msg and "recognised" not in msg
+    with pytest.raises(InputError, match=r"^prompt file gone\.wav does not exist$"):
+        prepare_prompt(tmp_path / "gradio" / "gone.wav")

@@ -76,8 +76,7 @@ def _api(studio: Studio) -> None:
         try:
             job = studio.speak(text, voice=voice or None, prompt_audio=prompt_audio, prompt_text=prompt_text or "",
                                prompt_language=prompt_language or "auto", language=language or "auto",
-                               temperature=float(temperature), seed=None if seed is None else int(seed),
-                               top_k=int(top_k) if top_k else None, top_p=float(top_p) if top_p else None)
+                               temperature=temperature, seed=seed, top_k=top_k or None, top_p=top_p or None)
             last = None
             for st in studio.follow(job, poll=None):
                 last = st

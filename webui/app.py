@@ -19,6 +19,8 @@ from pipeline.errors import CosyVoiceRKError
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
 from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .serve import SlowAuth
+from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .views import (
     _err,
     _esc,
@@ -28,6 +30,7 @@ from .views import (
     _Tr,
     badge_md,
     banner_md,
+    damaged_md,
     heading,
     history_rows,
     progress_md,
@@ -36,23 +39,6 @@ from .views import (
     title_md,
     voice_details_md,
 )
-
-CSS = """
-.cv-msg p { margin: 2px 0 !important; }
-.cv-err { color: var(--error-text-color, #dc2626); font-weight: 600; }
-.cv-ok { color: var(--color-green-600, #16a34a); }
-.cv-mic-hint { display: none; }
-body.cv-insecure .cv-mic-hint { display: block; }
-#cv-live audio { width: 100%; }
-#cv-badge { text-align: right; }
-.cv-dot { color: #9ca3af; }
-.cv-dot.cv-ready { color: #16a34a; }
-.cv-dot.cv-busy { color: #ea580c; }
-.cv-dot.cv-starting, .cv-dot.cv-restarting { color: #ca8a04; }
-.cv-dot.cv-crashed, .cv-dot.cv-unavailable, .cv-dot.cv-failed { color: #dc2626; }
-.cv-refresh { align-self: center; }
-.cv-inline-btn { align-self: end; }
-"""
 
 # The live player: plays each finished segment in order, as soon as it is on the server (Gradio's own streaming
 # audio re-encodes and buffers; here a segment starts the moment its WAV exists).
@@ -107,27 +93,35 @@ LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"
 def build_app(studio: Studio) -> gr.Blocks:
     tr = _Tr()
     sampling = studio.sampling_defaults()
+    h_cols = ("#", "h_time", "h_voice", "h_text", "h_seconds", "h_rtf")
 
     # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
     with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
-        with gr.Row(equal_height=True):
-            with gr.Column(scale=4):
-                tr(gr.Markdown(title_md("en")), value=title_md)
-            with gr.Column(scale=2, min_width=240):
-                lang = tr(gr.Radio(LANG_CHOICES, value="en", label=t("ui_language"), elem_id="cv-lang"),
-                          label="ui_language")
+        with gr.Row(equal_height=True, elem_id="cv-header"):
+            with gr.Column(scale=4, min_width=300):
+                tr(gr.HTML(title_md("en")), value=title_md)
+            with gr.Column(scale=2, min_width=220):
+                lang = tr(gr.Radio(LANG_CHOICES, value="en", label=t("ui_language"), elem_id="cv-lang",
+                                   show_label=False, container=False), label="ui_language")
                 badge = gr.Markdown(badge_md(studio.status(), "en"), elem_id="cv-badge")
         with gr.Group(visible=False) as banner_box:
             banner = gr.Markdown("", elem_id="cv-banner")
             check_again = tr(gr.Button(t("check_again"), size="sm", visible=False, elem_id="cv-check-again"),
                              value="check_again")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             # ---------------------------------------------------------------------------------- Speak
             with tr(gr.Tab(t("tab_speak"), id="speak"), label="tab_speak") as tab_speak:
-                with gr.Row():
-                    with gr.Column(scale=3):
+                has_voices = bool(studio.voice_names())
+                with gr.Row(visible=not has_voices, elem_id="cv-first", equal_height=True) as s_first:
+                    with gr.Column(scale=4, min_width=240):
+                        tr(gr.Markdown(t("first_visit")), value="first_visit")
+                    with gr.Column(scale=1, min_width=160):
+                        s_first_go = tr(gr.Button(t("first_visit_go"), variant="primary", size="sm",
+                                                  elem_id="cv-first-go"), value="first_visit_go")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=320, elem_classes="cv-card"):
                         s_mode = tr(gr.Radio([(t("src_saved"), "saved"), (t("src_prompt"), "prompt")], value="saved",
                                              label=t("voice_source"), elem_id="cv-mode"),
                                     label="voice_source", choices=[("src_saved", "saved"), ("src_prompt", "prompt")])
@@ -155,9 +149,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                         s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
                         with gr.Row():
                             s_lang = tr(gr.Dropdown(_lang_choices(), value="ru", label=t("language"),
-                                                    elem_id="cv-language"), label="language")
+                                                    elem_id="cv-language", min_width=160), label="language")
                             s_temp = tr(gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label=t("temperature"),
-                                                  info=t("temperature_info"), elem_id="cv-temperature"),
+                                                  info=t("temperature_info"), elem_id="cv-temperature",
+                                                  min_width=200),
                                         label="temperature", info="temperature_info")
                         with tr(gr.Accordion(t("advanced"), open=False), label="advanced"):
                             with gr.Row():
@@ -168,21 +163,25 @@ def build_app(studio: Studio) -> gr.Blocks:
                                 s_topp = tr(gr.Slider(*TOP_P_RANGE, value=sampling["top_p"], step=0.05,
                                                       label=t("top_p")), label="top_p")
                         with gr.Row():
-                            s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate"),
-                                      value="generate")
-                            s_cancel = tr(gr.Button(t("cancel"), variant="stop", elem_id="cv-cancel"), value="cancel")
-                    with gr.Column(scale=2):
-                        s_progress = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-progress")
-                        tr(gr.Markdown(heading("live", "**")), value=lambda lg: heading("live", "**", lg))
-                        gr.HTML(LIVE_HTML, js_on_load=None)
-                        s_live = gr.Textbox("", visible="hidden", elem_id="cv-live-data")
+                            s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate", scale=3,
+                                                size="lg"), value="generate")
+                            s_cancel = tr(gr.Button(t("cancel"), variant="stop", elem_id="cv-cancel", scale=1,
+                                                    size="lg"), value="cancel")
+                        # right under the button: what runs, how far, and any error (never off-screen above it)
+                        s_progress = gr.HTML("", elem_classes="cv-msg", elem_id="cv-progress")
+                    with gr.Column(scale=2, min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("result_title", "**"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("result_title", "**", lg))
                         s_result = tr(gr.Audio(label=t("result"), type="filepath", interactive=False,
                                                elem_id="cv-result"), label="result")
-                        s_download = tr(gr.DownloadButton(t("download_wav"), visible=False, elem_id="cv-download"),
-                                        label="download_wav")
+                        s_download = tr(gr.DownloadButton(t("download_wav"), visible=False, elem_id="cv-download",
+                                                          size="sm"), label="download_wav")
                         s_info = gr.Markdown("", elem_id="cv-info")
-                        tr(gr.Markdown(heading("history", "####")), value=lambda lg: heading("history", "####", lg))
-                        h_cols = ("#", "h_time", "h_voice", "h_text", "h_seconds", "h_rtf")
+                        with tr(gr.Accordion(t("live"), open=True), label="live"):
+                            gr.HTML(LIVE_HTML, js_on_load=None)
+                        s_live = gr.Textbox("", visible="hidden", elem_id="cv-live-data")
+                        tr(gr.Markdown(heading("history", "**"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("history", "**", lg))
                         s_history = gr.Dataframe(history_rows(studio, "en"),
                                                  headers=["#"] + [t(k) for k in h_cols[1:]], interactive=False,
                                                  wrap=True, elem_id="cv-history",
@@ -193,9 +192,10 @@ def build_app(studio: Studio) -> gr.Blocks:
 
             # ---------------------------------------------------------------------------------- Voices
             with tr(gr.Tab(t("tab_voices"), id="voices"), label="tab_voices") as tab_voices:
-                with gr.Row():
-                    with gr.Column():
-                        tr(gr.Markdown(heading("new_voice")), value=lambda lg: heading("new_voice", "###", lg))
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("new_voice"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("new_voice", "###", lg))
                         v_audio = tr(gr.Audio(sources=["upload", "microphone"], type="filepath",
                                               label=t("voice_audio"), elem_id="cv-v-audio"), label="voice_audio")
                         tr(gr.Markdown(t("mic_hint"), elem_classes="cv-mic-hint"), value="mic_hint")
@@ -206,17 +206,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                         v_transcript_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-transcript-msg")
                         with gr.Row():
                             v_name = tr(gr.Textbox(label=t("voice_name"), placeholder=t("voice_name_ph"),
-                                                   elem_id="cv-v-name"), label="voice_name",
+                                                   elem_id="cv-v-name", min_width=160), label="voice_name",
                                         placeholder="voice_name_ph")
                             v_lang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("voice_language"),
-                                                    elem_id="cv-v-lang"), label="voice_language")
+                                                    elem_id="cv-v-lang", min_width=160), label="voice_language")
                         v_name_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-name-msg")
-                        v_overwrite = tr(gr.Checkbox(False, label=t("replace")), label="replace")
-                        v_save = tr(gr.Button(t("save_voice"), variant="primary", elem_id="cv-v-save"),
+                        v_overwrite = tr(gr.Checkbox(False, label=t("replace"), elem_id="cv-v-overwrite"),
+                                         label="replace")
+                        v_save = tr(gr.Button(t("save_voice"), variant="primary", elem_id="cv-v-save", size="lg"),
                                     value="save_voice")
                         v_save_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-save-msg")
-                    with gr.Column():
-                        tr(gr.Markdown(heading("saved_voices")), value=lambda lg: heading("saved_voices", "###", lg))
+                    with gr.Column(min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("saved_voices"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("saved_voices", "###", lg))
                         names = studio.voice_names()
                         v_list = tr(gr.Dropdown(names, value=names[0] if names else None, label=t("voice_list"),
                                                 elem_id="cv-v-list"), label="voice_list")
@@ -241,6 +243,18 @@ def build_app(studio: Studio) -> gr.Blocks:
                         v_manage_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-manage-msg")
                         v_export_file = tr(gr.File(label=t("export_file"), visible=False, interactive=False,
                                                    elem_id="cv-v-export-file"), label="export_file")
+                        damaged0 = studio.damaged_voices()
+                        with gr.Group(visible=bool(damaged0), elem_id="cv-damaged") as d_box:
+                            d_md = gr.Markdown(damaged_md(damaged0, "en"), elem_id="cv-damaged-list")
+                            d_pick = tr(gr.Dropdown([d["slug"] for d in damaged0],
+                                                    value=damaged0[0]["slug"] if damaged0 else None,
+                                                    label=t("damaged_pick"), elem_id="cv-damaged-pick"),
+                                        label="damaged_pick")
+                            with gr.Row():
+                                d_repair = tr(gr.Button(t("repair"), size="sm", elem_id="cv-repair"), value="repair")
+                                d_delete = tr(gr.Button(t("delete"), size="sm", variant="stop",
+                                                        elem_id="cv-damaged-delete"), value="delete")
+                            d_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-damaged-msg")
                         tr(gr.Markdown(heading("import_title", "####")),
                            value=lambda lg: heading("import_title", "####", lg))
                         v_import_file = tr(gr.File(label=t("import_file"), file_types=[".cvvoice", ".zip"],
@@ -272,13 +286,27 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         live_outputs = [badge, banner, banner_box, check_again, st_md]
 
+        def history_view(lang_: str) -> Any:
+            return gr.update(value=history_rows(studio, lang_), headers=["#"] + [t(k, lang_) for k in h_cols[1:]])
+
+        def voices_view(lang_: str) -> list[Any]:
+            """The first-visit hint and the damaged-voices panel, as the voices on disk are now."""
+            damaged = studio.damaged_voices()
+            slugs = [d["slug"] for d in damaged]
+            return [gr.update(visible=not studio.voice_names()), gr.update(visible=bool(damaged)),
+                    damaged_md(damaged, lang_), gr.update(choices=slugs, value=slugs[0] if slugs else None)]
+
+        voices_outputs = [s_first, d_box, d_md, d_pick]
+
         def on_lang(lang_: str, name: str | None) -> list[Any]:
             details_, _ = voice_details_md(studio, name, lang_)
-            return [*translations(lang_), *live_view(lang_), lang_, details_,
-                    gr.update(value=history_rows(studio, lang_), headers=["#"] + [t(k, lang_) for k in h_cols[1:]])]
+            return [*translations(lang_), *live_view(lang_), lang_, details_, history_view(lang_),
+                    *voices_view(lang_)]
 
-        lang.change(on_lang, [lang, v_list], [*tr.components, *live_outputs, saved_lang, v_details, s_history],
+        lang.change(on_lang, [lang, v_list], [*tr.components, *live_outputs, saved_lang, v_details, s_history,
+                                              *voices_outputs],
                     api_visibility="private", show_progress="hidden")
+        lang.change(None, [lang], None, js=LOCALE_JS, api_visibility="private")
 
         def on_load(saved: str, request: gr.Request) -> list[Any]:
             # ?lang=ru in the address, else the choice this browser made before, else its preferred language
@@ -289,10 +317,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                 choice = saved
             else:
                 choice = pick_language(request.headers.get("accept-language") if request else "")
-            return [choice, voice_choices(None), *live_view(choice)]
+            # everything that changes on the server is read again: a reload shows the results made meanwhile
+            return [choice, voice_choices(None), voice_choices(None), *live_view(choice), history_view(choice),
+                    *voices_view(choice)]
 
-        demo.load(on_load, [saved_lang], [lang, s_voice, *live_outputs], api_visibility="private",
-                  show_progress="hidden")
+        demo.load(on_load, [saved_lang], [lang, s_voice, v_list, *live_outputs, s_history, *voices_outputs],
+                  api_visibility="private", show_progress="hidden")
+        demo.load(None, [lang], None, js=LOCALE_JS, api_visibility="private")
         timer.tick(live_view, [lang], live_outputs, api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)
         st_refresh.click(live_view, [lang], live_outputs, api_visibility="private", concurrency_limit=None)
@@ -341,6 +372,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                          show_progress="hidden")
         tab_voices.select(lambda v: voice_choices(v), [v_list], [v_list], api_visibility="private",
                           show_progress="hidden")
+        s_first_go.click(lambda: gr.Tabs(selected="voices"), None, [tabs], api_visibility="private",
+                         show_progress="hidden")
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
@@ -365,11 +398,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                                    seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
                                    session=request.session_hash if request else None)
             except FieldError as e:
-                if e.field in msgs:  # shown next to the input it is about
+                # next to the input it is about, and under the button too: the input may be scrolled away
+                if e.field in msgs:
                     msgs[e.field] = _err(_msg(e, lang_))
-                    yield out(progress="")
-                else:
-                    yield out(progress=_err(_msg(e, lang_)))
+                yield out(progress=_err(_msg(e, lang_)))
                 return
             except Exception as e:  # noqa: BLE001 - shown on the page
                 yield out(progress=_err(_msg(e, lang_)))
@@ -392,7 +424,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                                   info=result_md(st.result, lang_), history=history_rows(studio, lang_),
                                   go=gr.update(interactive=True))
                     elif st.phase in ("error", "cancelled"):
-                        yield out(progress=md, live=live, go=gr.update(interactive=True))
+                        kept = st.result  # the parts made before it stopped, kept in Recent results
+                        yield out(progress=md, live=live, go=gr.update(interactive=True),
+                                  result=kept["path"] if kept else keep,
+                                  download=gr.update(value=kept["path"], visible=True) if kept else keep,
+                                  info=result_md(kept, lang_) if kept else keep,
+                                  history=history_rows(studio, lang_) if kept else keep)
                     else:
                         yield out(progress=md, live=live)
             except Exception as e:  # noqa: BLE001
@@ -402,6 +439,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                  s_topk, s_topp], gen_outputs, api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
+        s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 
         def on_cancel(lang_: str, request: gr.Request) -> Any:
             if not studio.cancel_session(request.session_hash if request else ""):
@@ -428,16 +466,17 @@ def build_app(studio: Studio) -> gr.Blocks:
             audio_ok = "" if "audio" in by_field else prompt_feedback(lang_, audio)
             fields = [by_field.get("audio", audio_ok), by_field.get("transcript", ""), by_field.get("name", "")]
             if errors:
-                yield [*fields, by_field.get("language", ""), keep, keep]
+                yield [*fields, by_field.get("language", ""), keep, keep, *[keep] * len(voices_outputs)]
                 return
             try:
                 job = studio.add_voice(name, audio, transcript, language, overwrite)
-                yield [*fields, t("saving", lang_), keep, keep]
+                same = [keep, keep, *[keep] * len(voices_outputs)]
+                yield [*fields, t("saving", lang_), *same]
                 for ev in job.events_until_done():
                     if ev["type"] == "queued" and ev["ahead"]:
-                        yield [*fields, t("saving_queued", lang_, ahead=ev["ahead"]), keep, keep]
+                        yield [*fields, t("saving_queued", lang_, ahead=ev["ahead"]), *same]
                     elif ev["type"] == "started":
-                        yield [*fields, t("saving", lang_), keep, keep]
+                        yield [*fields, t("saving", lang_), *same]
                 final = job.final or {}
                 if final.get("type") != "done":
                     raise CosyVoiceRKError(final.get("message") or t("p_cancelled", lang_))
@@ -447,21 +486,23 @@ def build_app(studio: Studio) -> gr.Blocks:
                             tokens=info.get("prompt_tokens", "?")))
                 if info.get("warning"):
                     msg += "\n\n⚠ " + _esc(info["warning"])
-                yield [*fields, msg, voice_choices(res["name"]), voice_choices(None)]
+                yield [*fields, msg, voice_choices(res["name"]), voice_choices(None), *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the save button
-                yield [*fields, _err(_msg(e, lang_)), keep, keep]
+                yield [*fields, _err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]
 
         v_save.click(on_save_voice, [lang, v_name, v_audio, v_transcript, v_lang, v_overwrite],
-                     [v_audio_msg, v_transcript_msg, v_name_msg, v_save_msg, v_list, s_voice],
+                     [v_audio_msg, v_transcript_msg, v_name_msg, v_save_msg, v_list, s_voice, *voices_outputs],
                      api_visibility="private", show_progress="minimal")
 
         def on_pick(lang_: str, name: str | None) -> list[Any]:
             md, audio = voice_details_md(studio, name, lang_)
             return [md, audio, gr.update(value=name or ""), gr.update(visible=False, value=None),
-                    gr.update(visible=False), ""]
+                    gr.update(visible=False)]
 
-        v_list.change(on_pick, [lang, v_list], [v_details, v_player, v_rename_to, v_export_file, v_confirm_row,
-                                                v_manage_msg], api_visibility="private", show_progress="hidden")
+        # the list also changes after a rename or delete: what was done stays said until the person picks again
+        v_list.change(on_pick, [lang, v_list], [v_details, v_player, v_rename_to, v_export_file, v_confirm_row],
+                      api_visibility="private", show_progress="hidden")
+        v_list.input(lambda: "", None, [v_manage_msg], api_visibility="private", show_progress="hidden")
 
         def guarded(fn: Callable[..., list[Any]], n_out: int, msg_index: int) -> Callable[..., list[Any]]:
             def run(lang_: str, *args: Any) -> list[Any]:
@@ -497,10 +538,31 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return [_err(t("choose_voice", lang_)), gr.update(), gr.update(), gr.update(visible=False)]
             studio.delete_voice(name)
             return [_ok(t("deleted", lang_, name=name)), voice_choices(None), voice_choices(None),
-                    gr.update(visible=False)]
+                    gr.update(visible=False), *voices_view(lang_)]
 
-        v_delete_yes.click(guarded(on_delete, 4, 0), [lang, v_list], [v_manage_msg, v_list, s_voice, v_confirm_row],
-                           api_visibility="private")
+        v_delete_yes.click(guarded(on_delete, 8, 0), [lang, v_list],
+                           [v_manage_msg, v_list, s_voice, v_confirm_row, *voices_outputs], api_visibility="private")
+
+        def on_repair(lang_: str, slug: str | None) -> list[Any]:
+            """Load a damaged voice's recording into the new-voice form, to be saved again in its place."""
+            if not slug:
+                return [_err(t("choose_voice", lang_)), *[gr.update()] * 4]
+            audio = studio.damaged_audio(slug)
+            return [t("repair_hint", lang_, name=_esc(slug)) if audio else t("repair_no_audio", lang_, name=_esc(slug)),
+                    gr.update(value=slug), gr.update(value=audio) if audio else gr.update(), gr.update(value=True),
+                    gr.update(value="")]
+
+        d_repair.click(guarded(on_repair, 5, 0), [lang, d_pick], [d_msg, v_name, v_audio, v_overwrite, v_transcript],
+                       api_visibility="private")
+
+        def on_delete_damaged(lang_: str, slug: str | None) -> list[Any]:
+            if not slug:
+                return [_err(t("choose_voice", lang_)), *[gr.update()] * len(voices_outputs)]
+            studio.delete_damaged(slug)
+            return [_ok(t("deleted", lang_, name=slug)), *voices_view(lang_)]
+
+        d_delete.click(guarded(on_delete_damaged, 1 + len(voices_outputs), 0), [lang, d_pick],
+                       [d_msg, *voices_outputs], api_visibility="private")
 
         def on_export(lang_: str, name: str | None) -> list[Any]:
             if not name:
@@ -514,18 +576,19 @@ def build_app(studio: Studio) -> gr.Blocks:
         def on_import(lang_: str, path: str | None, name: str, overwrite: bool) -> Iterator[list[Any]]:
             keep = gr.update()
             if not path:
-                yield [_err(t("choose_file", lang_)), keep, keep]
+                yield [_err(t("choose_file", lang_)), keep, keep, *[keep] * len(voices_outputs)]
                 return
             try:
                 job = studio.import_voice(path, name or None, overwrite)
-                yield [t("saving", lang_), keep, keep]
+                yield [t("saving", lang_), keep, keep, *[keep] * len(voices_outputs)]
                 res = studio.run_voice_job(job)
-                yield [_ok(t("imported", lang_, name=res["name"])), voice_choices(res["name"]), voice_choices(None)]
+                yield [_ok(t("imported", lang_, name=res["name"])), voice_choices(res["name"]), voice_choices(None),
+                       *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the input
-                yield [_err(_msg(e, lang_)), keep, keep]
+                yield [_err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]
 
-        v_import.click(on_import, [lang, v_import_file, v_import_name, v_overwrite], [v_import_msg, v_list, s_voice],
-                       api_visibility="private")
+        v_import.click(on_import, [lang, v_import_file, v_import_name, v_overwrite],
+                       [v_import_msg, v_list, s_voice, *voices_outputs], api_visibility="private")
 
         _api(studio)
     demo.queue(max_size=64, default_concurrency_limit=4)
@@ -539,9 +602,10 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: l
     demo = build_app(studio)
     allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
     _, url, _ = demo.launch(
-        server_name=host, server_port=port, auth=auth or None, max_file_size=f"{max_upload_mb}mb",
+        server_name=host, server_port=port, auth=SlowAuth(auth).check if auth else None,
+        max_file_size=f"{max_upload_mb}mb",
         allowed_paths=allowed, prevent_thread_lock=not block, quiet=quiet, show_error=False,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
-        footer_links=["api", "settings"], head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
+        footer_links=["api", "settings"], head=HEAD + STUDIO_HEAD, css=CSS, theme=theme(), ssr_mode=False,
     )
     return demo, url

@@ -78,7 +78,12 @@ class _Tr:
 
 
 def title_md(lang: str) -> str:
-    return f"## {t('title', lang)}\n{t('subtitle', lang)}"
+    """The header: mark, name, one line on what it does, and the two steps (make a voice, speak)."""
+    return (f'<div class="cv-brand"><div class="cv-logo" aria-hidden="true">◗</div><div>'
+            f'<h1>{_esc(t("title", lang))}</h1><p>{_esc(t("subtitle", lang))}</p></div></div>'
+            f'<div class="cv-steps"><span class="cv-step"><b>1</b>{_esc(t("step_voice", lang))}</span>'
+            f'<span class="cv-step"><b>2</b>{_esc(t("step_speak", lang))}</span>'
+            f'<span class="cv-step"><b>3</b>{_esc(t("step_listen", lang))}</span></div>')
 
 
 def heading(key: str, level: str = "###", lang: str = "en") -> str:
@@ -104,25 +109,52 @@ def _ordinal_stage(st: SpeakState, lang: str) -> str:
              n=info.get("segments", st.segments_total or "?"), what=what())
 
 
+def _bar(fraction: float, kind: str = "") -> str:
+    pct = max(0.0, min(1.0, fraction)) * 100
+    return (f'<div class="cv-bar {kind}" role="progressbar" aria-valuemin="0" aria-valuemax="100" '
+            f'aria-valuenow="{pct:.0f}"><i style="width:{pct:.1f}%"></i></div>')
+
+
+_STAGE_SHARE = {"prefill": 0.05, "tokens": 0.35, "flow": 0.75, "vocoder": 0.9}
+
+
+def _fraction(st: SpeakState) -> float:
+    """How far the job is: finished parts plus the running part's stage (each part is one unit)."""
+    n = st.segments_total or st.info.get("segments") or 0
+    if not n:
+        return 0.02
+    return (st.segments_done + _STAGE_SHARE.get(st.stage, 0.0) * (st.segments_done < n)) / n
+
+
+def _p(text: str) -> str:
+    return f"<p>{text}</p>"
+
+
 def progress_md(st: SpeakState, lang: str) -> str:
+    """The progress area under the Generate button (HTML): a bar, what runs now, and how much is ready."""
     if st.phase == "queued":
-        return t("p_queued", lang, ahead=st.ahead) if st.ahead else t("p_queued_next", lang)
+        text = t("p_queued", lang, ahead=st.ahead) if st.ahead else t("p_queued_next", lang)
+        return _bar(0.0) + _p(_esc(text))
     ready = (t("p_ready", lang, k=st.segments_done, n=st.segments_total, secs=st.audio_seconds)
              if st.segments_done else "")
     if st.phase == "running":
-        return f"▶ {_ordinal_stage(st, lang)}\n\n{ready}"
+        return _bar(_fraction(st)) + _p("▶ " + _esc(_ordinal_stage(st, lang))) + (_p(_esc(ready)) if ready else "")
     if st.phase == "done":
-        return _ok(t("p_done", lang, secs=st.audio_seconds))
+        return _bar(1.0, "cv-bar-done") + _p(_ok(t("p_done", lang, secs=st.audio_seconds)))
+    kept = _p(_esc(t("p_kept", lang, secs=st.audio_seconds))) if st.result else ""
     if st.phase == "cancelled":
         text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
                 else t("p_cancelled", lang))
-        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "")
-    return _err(t("p_error", lang, error=localize(st.error, lang)))
+        return (_bar(_fraction(st), "cv-bar-stopped") + _p(f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else ""))
+                + kept)
+    return _bar(_fraction(st), "cv-bar-stopped") + _p(_err(t("p_error", lang, error=localize(st.error, lang)))) + kept
 
 
 def result_md(e: dict[str, Any] | None, lang: str) -> str:
     if not e:
         return ""
+    if e.get("partial"):
+        return t("r_partial", lang, secs=e["duration"], k=e["segments"], n=e.get("parts_total", "?"))
     lines = [t("r_summary", lang, secs=e["duration"], compute=e.get("compute_s", 0.0), rtf=e["rtf"],
                tokens=e["tokens"], segments=e["segments"], seed=e.get("seed", "?")), "",
              f"| {t('r_stage', lang)} | {t('r_backend', lang)} | {t('r_time', lang)} |", "|---|---|---|"]
@@ -226,3 +258,12 @@ def voice_details_md(studio: Studio, name: str | None, lang: str) -> tuple[str, 
     md = t("voice_details", lang, name=_esc(v["name"]), language=LANGUAGE_NAMES.get(v["language"], v["language"]),
            secs=secs, created=v["created"].replace("T", " ")[:16], transcript=_esc(v["transcript"]))
     return md, v["audio"]
+
+
+def damaged_md(damaged: list[dict[str, Any]], lang: str) -> str:
+    """The damaged-voices panel: each one with what is wrong, and what Repair and Delete do."""
+    if not damaged:
+        return ""
+    rows = [f"**{t('damaged_title', lang)}**", "", t("damaged_help", lang), ""]
+    rows += [f"- `{_esc(d['slug'])}`: {_esc(localize(d['error'], lang))}" for d in damaged]
+    return "\n".join(rows)
