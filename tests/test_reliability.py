@@ -219,3 +219,109 @@ def test_prompt_messages_name_the_file_not_its_folder_and_call_an_empty_file_emp
     assert str(tmp_path) not in msg and "Error" not in msg and "recognised" not in msg
     with pytest.raises(InputError, match=r"^prompt file gone\.wav does not exist$"):
         prepare_prompt(tmp_path / "gradio" / "gone.wav")
+
+
+def test_api_numbers_are_checked_before_anything_runs(tmp_path):
+    from webui.client import FieldError, Studio
+
+    st = Studio(tmp_path / "no-bundle", tmp_path / "spk", tmp_path / "res")
+    try:
+        with pytest.raises(FieldError, match=r"seed must be a whole number within -1–4294967295 \(-1 = random\)"):
+            st.speak("hi", voice="Vera", seed=2**70)
+        with pytest.raises(FieldError, match="temperature must be a number, got 'hot'"):
+            st.speak("hi", voice="Vera", temperature="hot")
+        with pytest.raises(FieldError, match="no voice named 'Vera'"):  # no temperature: the default, no TypeError
+            st.speak("hi", voice="Vera", temperature=None, seed=None, top_k=None, top_p=None)
+    finally:
+        st.close()
+
+
+def test_failed_logins_are_slowed_per_user_and_a_good_login_resets():
+    from webui.serve import SlowAuth
+
+    auth = SlowAuth([("anna", "secret")], base_delay=1.0, max_delay=30.0)
+    assert [auth._verdict("anna", "guess")[1] for _ in range(7)] == [1, 2, 4, 8, 16, 30, 30]
+    assert auth._verdict("bob", "x") == (False, 1.0)  # another name has its own count
+    assert auth._verdict("anna", "secret") == (True, 0.0)
+    assert auth._verdict("anna", "guess") == (False, 1.0)
+    import asyncio
+    import inspect
+
+    assert inspect.iscoroutinefunction(auth.check)  # awaited by Gradio: the wait does not block other pages
+    assert asyncio.run(SlowAuth([("a", "b")], base_delay=0.0).check("a", "b")) is True
+
+
+@pytest.fixture
+def bare_page(tmp_path):
+    """The page on a studio without a bundle (no worker: voices are written straight to the folder)."""
+    from playwright.sync_api import sync_playwright
+    from test_webui import CHROMIUM_ARGS, _chromium, _free_port
+
+    from webui.app import launch
+    from webui.client import Studio
+
+    st = Studio(tmp_path / "no-bundle", tmp_path / "spk", tmp_path / "res")
+    demo, url = launch(st, port=_free_port(), block=False, quiet=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
+        ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+        ctx.set_default_timeout(60_000)
+        pg = ctx.new_page()
+
+        def open_page(query: str = "") -> None:
+            pg.goto(url + query)
+            pg.wait_for_selector("#cv-generate")
+            pg.wait_for_timeout(500)
+
+        yield st, pg, open_page
+        browser.close()
+    demo.close()
+    st.close()
+
+
+def test_first_visit_hint_damaged_voices_and_messages_that_stay(bare_page):
+    st, pg, open_page = bare_page
+    open_page()
+    # first visit: no voice yet, the Speak tab says to make one first and the button goes there
+    assert "no voice is saved yet" in pg.inner_text("#cv-first")
+    pg.click("#cv-first-go")
+    pg.wait_for_selector("#cv-v-save", state="visible")
+
+    _save(st.store, "Vera")
+    _save(st.store, "Anna")
+    _save(st.store, "Broken")
+    (st.store.root / "broken" / "preset.json").write_text("{oops")
+    open_page()
+    assert pg.locator("#cv-first").is_hidden()
+    pg.get_by_role("tab", name="Voices").click()
+    # the damaged voice is listed, with what is wrong and the two ways out
+    assert "broken" in pg.inner_text("#cv-damaged-list") and "cannot be read" in pg.inner_text("#cv-damaged-list")
+    pg.click("#cv-repair")
+    pg.wait_for_function("document.querySelector('#cv-v-name :is(input, textarea)').value === 'broken'")
+    assert pg.locator("#cv-v-overwrite input").is_checked()
+    assert "is in the form on the left" in pg.inner_text("#cv-damaged-msg")
+    pg.click("#cv-damaged-delete")
+    pg.wait_for_function("document.querySelector('#cv-damaged-msg').innerText.includes('Deleted')")
+    assert not (st.store.root / "broken").exists()
+    pg.wait_for_selector("#cv-damaged", state="hidden")
+
+    # "Deleted" stays on the page after the list moves on to the next voice
+    pg.click("#cv-v-delete")
+    pg.click("#cv-v-delete-yes")
+    pg.wait_for_function("document.querySelector('#cv-v-manage-msg').innerText.includes('Deleted')")
+    pg.wait_for_timeout(1500)
+    assert "Deleted" in pg.inner_text("#cv-v-manage-msg")
+    assert len(st.store.list()) == 1
+
+
+def test_russian_page_translates_gradio_widgets_and_pipeline_messages(bare_page, tmp_path):
+    st, pg, open_page = bare_page
+    open_page("?lang=ru")
+    pg.get_by_role("tab", name="Голоса").click()
+    # Gradio's own upload text follows the page language, though the browser is English
+    pg.wait_for_function("document.querySelector('#cv-v-audio').innerText.includes('Перетащите')")
+    empty = tmp_path / "пусто.wav"
+    empty.write_bytes(b"")
+    pg.set_input_files("#cv-v-audio input[type=file]", str(empty))
+    msg = pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
+    assert "пуст (0 байт)" in msg and str(tmp_path) not in msg and "/tmp" not in msg

@@ -254,7 +254,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                 d_repair = tr(gr.Button(t("repair"), size="sm", elem_id="cv-repair"), value="repair")
                                 d_delete = tr(gr.Button(t("delete"), size="sm", variant="stop",
                                                         elem_id="cv-damaged-delete"), value="delete")
-                            d_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-damaged-msg")
+                        # outside the panel: "Deleted" stays said when the last damaged voice goes
+                        d_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-damaged-msg")
                         tr(gr.Markdown(heading("import_title", "####")),
                            value=lambda lg: heading("import_title", "####", lg))
                         v_import_file = tr(gr.File(label=t("import_file"), file_types=[".cvvoice", ".zip"],
@@ -318,10 +319,14 @@ def build_app(studio: Studio) -> gr.Blocks:
             else:
                 choice = pick_language(request.headers.get("accept-language") if request else "")
             # everything that changes on the server is read again: a reload shows the results made meanwhile
+            latest = next(iter(studio.history.list()), None)  # the last result is in front, with its waveform
             return [choice, voice_choices(None), voice_choices(None), *live_view(choice), history_view(choice),
-                    *voices_view(choice)]
+                    *voices_view(choice), latest["path"] if latest else None,
+                    gr.update(value=latest["path"], visible=True) if latest else gr.update(),
+                    result_md(latest, choice)]
 
-        demo.load(on_load, [saved_lang], [lang, s_voice, v_list, *live_outputs, s_history, *voices_outputs],
+        demo.load(on_load, [saved_lang], [lang, s_voice, v_list, *live_outputs, s_history, *voices_outputs,
+                                          s_result, s_download, s_info],
                   api_visibility="private", show_progress="hidden")
         demo.load(None, [lang], None, js=LOCALE_JS, api_visibility="private")
         timer.tick(live_view, [lang], live_outputs, api_visibility="private", show_progress="hidden",

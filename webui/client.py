@@ -53,7 +53,8 @@ def _number(value: Any, what: str, lo: float, hi: float, *, default: float | Non
     if x != x or not lo <= x <= hi or (whole and not x.is_integer()):
         kind = "a whole number" if whole else "a number"
         extra = " (-1 = random)" if below_is_random else ""
-        raise FieldError("options", f"{what} must be {kind} within {lo:g}–{hi:g}{extra}, got {str(value)[:40]}")
+        lo_s, hi_s = (f"{lo:.0f}", f"{hi:.0f}") if whole else (f"{lo:g}", f"{hi:g}")
+        raise FieldError("options", f"{what} must be {kind} within {lo_s}–{hi_s}{extra}, got {str(value)[:40]}")
     return int(x) if whole else x
 
 

@@ -77,9 +77,15 @@ class _Tr:
         return out
 
 
+_LOGO = ('<svg width="26" height="26" viewBox="0 0 26 26" fill="#fff">'
+         '<rect x="2" y="10" width="3" height="6" rx="1.5"/>'
+         '<rect x="7" y="6" width="3" height="14" rx="1.5"/><rect x="12" y="2" width="3" height="22" rx="1.5"/>'
+         '<rect x="17" y="7" width="3" height="12" rx="1.5"/><rect x="22" y="11" width="3" height="4" rx="1.5"/></svg>')
+
+
 def title_md(lang: str) -> str:
     """The header: mark, name, one line on what it does, and the two steps (make a voice, speak)."""
-    return (f'<div class="cv-brand"><div class="cv-logo" aria-hidden="true">◗</div><div>'
+    return (f'<div class="cv-brand"><div class="cv-logo" aria-hidden="true">{_LOGO}</div><div>'
             f'<h1>{_esc(t("title", lang))}</h1><p>{_esc(t("subtitle", lang))}</p></div></div>'
             f'<div class="cv-steps"><span class="cv-step"><b>1</b>{_esc(t("step_voice", lang))}</span>'
             f'<span class="cv-step"><b>2</b>{_esc(t("step_speak", lang))}</span>'
