@@ -325,3 +325,51 @@ def test_russian_page_translates_gradio_widgets_and_pipeline_messages(bare_page,
     pg.set_input_files("#cv-v-audio input[type=file]", str(empty))
     msg = pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
     assert "пуст (0 байт)" in msg and str(tmp_path) not in msg and "/tmp" not in msg
+
+
+def _fake_venv(tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    log = tmp_path / "pip.log"
+    for name, body in (("python", "exit 0"), ("pip", f'echo "$@" >> {log}'), ("cosyvoice-rk", 'echo "ran $@"')):
+        f = venv / "bin" / name
+        f.write_text(f"#!/bin/sh\n{body}\n")
+        f.chmod(0o755)
+    return venv, log
+
+
+def test_cv_runtime_commands_install_no_torch_and_reuse_a_bigger_install(tmp_path):
+    """Issue 11: `./cv webui` installed PyTorch and the converter's extras, and reinstalled after `./cv test`."""
+    import os
+    from pathlib import Path
+
+    cv = Path(__file__).resolve().parents[1] / "cv"
+    venv, log = _fake_venv(tmp_path)
+    env = {**os.environ, "COSYVOICE_RK_VENV": str(venv)}
+    r = subprocess.run([str(cv), "webui", "--port", "1"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and "ran webui --port 1" in r.stdout, r.stderr
+    installs = log.read_text()
+    assert "torch" not in installs and "[" not in installs.split("install -q -e")[1], installs
+    log.write_text("")
+    r = subprocess.run([str(cv), "convert", "a", "b"], capture_output=True, text=True, env=env, timeout=60)
+    assert "torch==" in log.read_text() and "[convert]" in log.read_text()
+    # after the test install, nothing is installed again for any command
+    for f in venv.glob(".installed-*"):
+        f.unlink()
+    (venv / ".installed-test,convert").touch()
+    log.write_text("")
+    for cmd in ("webui", "convert", "say"):
+        subprocess.run([str(cv), cmd], capture_output=True, text=True, env=env, timeout=60)
+    assert log.read_text() == ""
+
+
+def test_the_speakers_folder_is_in_the_repository_and_voices_saved_there_are_not():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    tracked = subprocess.run(["git", "ls-files", "speakers"], cwd=root, capture_output=True, text=True).stdout.split()
+    assert {"speakers/README.md", "speakers/.gitignore"} <= set(tracked)
+    for path in ("speakers/anna/preset.json", "speakers/anna/prompt.wav", "speakers/.anna.tmp-1/x"):
+        assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
+    assert subprocess.run(["git", "check-ignore", "-q", "speakers/README.md"], cwd=root).returncode == 1
+    assert [v for v in SpeakerStore(root / "speakers").list() if v["slug"] in ("README.md", ".gitignore")] == []
