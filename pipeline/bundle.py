@@ -51,7 +51,8 @@ class Bundle:
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise BundleError(f"{mpath} is corrupt ({e}); convert the checkpoint again") from e
+            raise BundleError(f"{mpath} is corrupt (not readable JSON: {type(e).__name__}); copy the bundle again "
+                              "or convert the checkpoint again") from e
         if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
             raise BundleError(f"{mpath} is not a cosyvoice-rk manifest; {HOW_TO_GET}")
         ver = manifest.get("format_version")

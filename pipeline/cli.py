@@ -156,6 +156,12 @@ def cmd_say(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_words(msg: str) -> str:
+    """The voice store words its refusals for the page ("tick replace"); here the switch is --overwrite."""
+    return (msg.replace("or save as", "or add --overwrite and save as").replace(" or replace it", " or add --overwrite")
+            .replace("tick “replace”", "add --overwrite"))
+
+
 def cmd_speakers(a: argparse.Namespace) -> int:
     from .errors import PresetError
     from .presets import SpeakerStore
@@ -190,8 +196,14 @@ def cmd_speakers(a: argparse.Namespace) -> int:
         try:
             store.claim(a.name, overwrite=a.overwrite)
         except PresetError as e:
-            raise PresetError(str(e).replace("replace it", "add --overwrite")) from None
+            raise PresetError(_cli_words(str(e))) from None
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
+    if a.action == "import":  # a bad file is refused before the models load
+        meta, _, _ = store.read_export(a.file)
+        try:
+            store.claim(a.name or meta["name"], overwrite=a.overwrite)
+        except PresetError as e:
+            raise PresetError(_cli_words(str(e))) from None
     with _open_tts(a) as tts:
         if a.action == "add":
             p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=a.language, overwrite=a.overwrite)

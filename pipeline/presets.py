@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ MAX_EXPORT_BYTES = 64 * 1024 * 1024
 # what each member of a .cvvoice file may hold once inflated (read through size-limited streams)
 _MEMBER_LIMITS = {"preset.json": 256 * 1024, "features.npz": 16 * 1024 * 1024}
 MAX_AUDIO_BYTES = 50 * 1024 * 1024
+_LOCK = threading.Lock()  # renames into place within one process (voices are created in the worker process only)
 _META = "preset.json"
 _FEATS = "features.npz"
 _PREFIX = "llm_prefix.bin"
@@ -195,7 +197,8 @@ class SpeakerStore:
         except FileNotFoundError:
             raise PresetError(f"voice folder {d.name} has no {_META}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PresetError(f"voice {d.name} is corrupt ({_META}: {e}); it was left as it is") from e
+            raise PresetError(f"voice {d.name} is corrupt ({_META} cannot be read: {type(e).__name__}); it was "
+                              "left as it is") from e
         if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("name", "transcript", "audio")):
             raise PresetError(f"voice {d.name} is corrupt ({_META} lacks name/transcript/audio); left as it is")
         if Path(meta["audio"]).name != meta["audio"] or not (d / meta["audio"]).is_file():
@@ -247,13 +250,18 @@ class SpeakerStore:
             self._read_meta(work)
             if _read_features(work / _FEATS) is None:
                 raise PresetError("the voice's features did not read back; check the disk and save it again")
-            if dst.exists():
-                old = dst.with_name(f".{slug}.old-{os.getpid()}")
-                os.replace(dst, old)
-                os.replace(work, dst)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(work, dst)
+            with _LOCK:  # two clients saving one name at once: one wins, the other is told, nothing mixes
+                self.claim(name, overwrite=overwrite)
+                if dst.exists() and not overwrite:
+                    raise PresetError(f"a voice named {meta['name']!r} was saved by someone else a moment ago; "
+                                      "choose another name or replace it")
+                if dst.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{slug}.old-", dir=self.root))
+                    os.replace(dst, old / slug)
+                    os.replace(work, dst)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(work, dst)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -276,13 +284,20 @@ class SpeakerStore:
 
     def rename(self, old: str, new: str) -> str:
         slug = self.find(old)
-        new_slug = self.claim(new, current=slug)
-        src = self._dir(slug)
-        meta = self._read_meta(src)
-        meta["name"] = unicodedata.normalize("NFC", new).strip()
-        atomic_write_json(src / _META, meta)
-        if new_slug != slug:
-            os.replace(src, self._dir(new_slug))
+        with _LOCK:
+            new_slug = self.claim(new, current=slug)
+            src = self._dir(slug)
+            meta = self._read_meta(src)
+            old_meta = dict(meta)
+            meta["name"] = unicodedata.normalize("NFC", new).strip()
+            atomic_write_json(src / _META, meta)
+            if new_slug != slug:
+                try:
+                    os.rename(src, self._dir(new_slug))  # fails when another process took the folder meanwhile
+                except OSError:
+                    atomic_write_json(src / _META, old_meta)
+                    raise PresetError(f"a voice named {new!r} was saved by someone else a moment ago; choose "
+                                      "another name") from None
         return new_slug
 
     def delete(self, name_or_slug: str) -> None:

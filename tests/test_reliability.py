@@ -373,3 +373,28 @@ def test_the_speakers_folder_is_in_the_repository_and_voices_saved_there_are_not
         assert subprocess.run(["git", "check-ignore", "-q", path], cwd=root).returncode == 0, path
     assert subprocess.run(["git", "check-ignore", "-q", "speakers/README.md"], cwd=root).returncode == 1
     assert [v for v in SpeakerStore(root / "speakers").list() if v["slug"] in ("README.md", ".gitignore")] == []
+
+
+def test_100_bad_inputs_are_refused_clearly_in_both_languages_and_lose_nothing(tmp_path):
+    """The catalogue behind docs/reliability.md: each input refused with a message (no traceback, no internal
+    error, no temp folder), the page's Russian is Russian, and the saved voices and the bundle are unchanged."""
+    import re
+
+    import bad_inputs
+
+    outcomes = bad_inputs.run_all(tmp_path)  # raises when an input is accepted or a voice/bundle changed
+    assert len(outcomes) >= 100
+    for o in outcomes:
+        where = f"{o.case.kind}: {o.case.what}"
+        assert o.en and "Traceback" not in o.en and "nternal error" not in o.en, where
+        assert "uploads/" not in o.en and "8c1f2e" not in o.en, where  # never the server's upload folder
+        if o.case.page:
+            assert o.ru != o.en and re.search("[а-яё]", o.ru), f"{where}: not translated: {o.ru}"
+            assert "uploads/" not in o.ru, where
+
+    def masked(text: str) -> list[str]:  # which racing client loses is chance: its words are not compared
+        return [re.sub(r"^(\| \d+ \| concurrent clients \| [^|]+\|).*$", r"\1", row)
+                for row in text.splitlines() if row.startswith("| ")]
+
+    assert masked(bad_inputs.table(outcomes)) == masked(bad_inputs.DOC.read_text(encoding="utf-8")), \
+        "docs/reliability.md is out of date: run `python tests/bad_inputs.py`"

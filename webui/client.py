@@ -25,7 +25,7 @@ from pipeline.audio import prepare_prompt
 from pipeline.bundle import HOW_TO_GET, Bundle
 from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore
+from pipeline.presets import SpeakerStore
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
@@ -327,14 +327,13 @@ class Studio:
 
     def import_voice(self, path: str | Path, name: str | None = None, overwrite: bool = False) -> Job:
         p = Path(path)
-        if p.stat().st_size > MAX_EXPORT_BYTES:
-            raise FieldError("import", f"voice file is {p.stat().st_size / 2**20:.1f} MB; exported voices are at "
-                             f"most {MAX_EXPORT_BYTES // 2**20} MB")
-        data = p.read_bytes()
         try:
-            meta, _, _ = self.store.read_export(data)  # a bad file is refused here, without the worker
+            meta, _, _ = self.store.read_export(p)  # a bad file is refused here (size first), without the worker
+            data = p.read_bytes()
         except PresetError as e:
             raise FieldError("import", str(e)) from None
+        except OSError:
+            raise FieldError("import", f"voice file {p.name} could not be read; choose it again") from None
         target = (name or "").strip() or meta["name"]
         try:
             self.store.claim(target, overwrite=overwrite)

@@ -335,7 +335,28 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     (r"^voice file (.+) does not exist$", "файла голоса {0} нет; выберите его снова"),
     (r"^the voice's features (?:cannot be used|did not read back)", "признаки голоса испорчены; сохраните голос "
                                                                     "заново из его записи"),
-    (r"^unknown language '(.+)'; choose one of (.+)$", "неизвестный язык «{0}»; выберите один из: {1}"),
+    (r"^unknown language '(.*)'; choose one of (.+)$", "неизвестный язык «{0}»; выберите один из: {1}"),
+    (r"^unknown language '(.*)'$", "неизвестный язык «{0}»; выберите ru, en, zh, ja или auto"),
+    (r"^voice name contains control characters", "в имени голоса есть управляющие символы (перевод строки, "
+                                                 "невидимые знаки); уберите их"),
+    (r"^a voice named '(.+)' was saved by someone else a moment ago", "голос «{0}» только что сохранил кто-то "
+                                                                      "другой; выберите другое имя"),
+    (r"^model bundle (.+) does not exist; ", "пакета модели {0} нет; сделайте его: `./cv download models/cosyvoice3`"
+                                             ", затем `./cv convert models/cosyvoice3 models/bundle` (тестовый "
+                                             "пакет: `./cv make-random-bundle`)"),
+    (r"^(.+) is not a model bundle \(no manifest.json\)", "{0} — не пакет модели (нет manifest.json); сделайте "
+                                                         "его командами `./cv download` и `./cv convert`"),
+    (r"^(.+) is corrupt \(not readable JSON", "{0} повреждён (это не JSON); скопируйте пакет заново или "
+                                             "сконвертируйте снова"),
+    (r"^(.+) is not a cosyvoice-rk manifest", "{0} — не манифест cosyvoice-rk; сделайте пакет командами "
+                                              "`./cv download` и `./cv convert`"),
+    (r"^bundle (.+) has format version (.+), this cosyvoice-rk reads version (\d+)",
+     "у пакета {0} версия формата {1}, эта версия cosyvoice-rk читает {2}; сконвертируйте чекпойнт заново"),
+    (r"^(.+): section '(.+)' is missing", "в {0} нет раздела «{1}»; сконвертируйте чекпойнт заново"),
+    (r"^bundle (.+) is incomplete: (.+) is missing", "пакет {0} неполный: нет файла {1}; скопируйте его заново"),
+    (r"^bundle (.+): (\S+) has (\d+) bytes, the manifest says (\S+)",
+     "в пакете {0} файл {1} размером {2} байт, а по манифесту {3} (обрезан или заменён); скопируйте пакет заново "
+     "или сконвертируйте снова"),
     (r"^(temperature|seed|top-k|top-p) must be a whole number within (\S+)–(\S+)(?: \(-1 = random\))?, got (.+)$",
      "{0}: нужно целое число от {1} до {2}, получено {3}"),
     (r"^(temperature|seed|top-k|top-p) must be a number within (\S+)–(\S+), got (.+)$",
