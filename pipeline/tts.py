@@ -4,7 +4,7 @@
     tts.add_voice("Anna", "anna.wav", "Привет, меня зовут Анна.", language="ru")
     audio, sr = tts.create("Съешь ещё этих мягких французских булок.", voice="Anna", language="ru", seed=1)
     for seg in tts.create_stream(long_text, voice="Anna"): play(seg.audio)
-    for chunk in tts.create_chunks(long_text, voice="Anna"): play(chunk.audio)   # ~1-2 s pieces, gapless
+    for chunk in tts.create_chunks(long_text, voice="Anna"): play(chunk.audio)   # ~1 s pieces, gapless
 
 Long text is split into segments (each one LLM run with the same prompt, as upstream does) and the
 segments are joined without cross-fade, as upstream does.
