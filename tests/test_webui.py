@@ -303,6 +303,7 @@ def test_russian_interface_is_remembered(page, studio, tmp_path):
         status = pg.inner_text("#cv-status")
         assert "Пакет модели" in status and "llama.cpp (CPU)" in status and "готов" in status
         assert "Выбор бэкенда flow" in status and "the bundle has no RKNN graphs" in status
+        assert "Потоковый синтез" in status and "streaming: chunk-causal flow" in status
         assert "Размещение по ядрам CPU" in status and "CPU pinning off" in status
     finally:
         pg.click("#cv-lang label:has-text('English')")

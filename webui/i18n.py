@@ -137,6 +137,7 @@ _S: dict[str, tuple[str, str]] = {
     "stream_info": ("Off: each part is made in one pass (upstream's non-streaming synthesis) and heard when it is "
                     "done", "Выкл.: каждая часть создаётся за один проход (синтез без потока, как в оригинале) и "
                     "звучит, когда готова"),
+    "s_stream": ("Streaming", "Потоковый синтез"),
     "r_ttfa": ("First audio after {secs:.1f} s.", "Первый звук через {secs:.1f} с."),
     # result
     "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "

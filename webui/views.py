@@ -232,6 +232,8 @@ def status_md(s: dict[str, Any], lang: str) -> str:
     if placement:
         rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
                  item("s_cpus", _esc(placement.get("cpus_reason", "")))]
+        if placement.get("stream_reason"):
+            rows.append(item("s_stream", _esc(placement["stream_reason"])))
         if placement.get("flow_steps"):
             rows.append(item("s_flow_steps", placement["flow_steps"]))
     rows += ["", f"### {t('s_worker', lang)}", "", item("s_state", _state_name(w["state"], lang))]
