@@ -325,6 +325,18 @@ def test_russian_page_translates_gradio_widgets_and_pipeline_messages(bare_page,
     pg.set_input_files("#cv-v-audio input[type=file]", str(empty))
     msg = pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
     assert "пуст (0 байт)" in msg and str(tmp_path) not in msg and "/tmp" not in msg
+    # Gradio's own refusal of an upload over --max-upload-mb (20 MB here) comes in the page's words and language
+    big = tmp_path / "big.cvvoice"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)
+    pg.set_input_files("#cv-v-import-file input[type=file]", str(big))
+    pg.wait_for_function("document.body.innerText.includes('больше, чем принимает студия')")
+    assert "exceed the maximum" not in pg.inner_text("body")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    pg.set_input_files("#cv-v-import-file input[type=file]", str(notes))
+    pg.wait_for_function("document.body.innerText.includes('notes.txt сюда не подходит')")
+    assert "Invalid file type" not in pg.inner_text("body")
 
 
 def _fake_venv(tmp_path):

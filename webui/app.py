@@ -98,6 +98,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
     with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
+        # the job this browser started last: Cancel still reaches it after a reload (a new Gradio session)
+        last_job = gr.BrowserState("", storage_key="cosyvoice-rk-last-job")
         with gr.Row(equal_height=True, elem_id="cv-header"):
             with gr.Column(scale=4, min_width=300):
                 tr(gr.HTML(title_md("en")), value=title_md)
@@ -382,7 +384,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
-                       s_audio_msg, s_ptext_msg, s_go]
+                       s_audio_msg, s_ptext_msg, s_go, last_job]
 
         def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
                         text: str, language: str, temperature: float, seed: float | None, top_k: float,
@@ -392,9 +394,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
 
             def out(progress: Any = keep, live: Any = keep, result: Any = keep, download: Any = keep,
-                    info: Any = keep, history: Any = keep, go: Any = keep) -> list[Any]:
+                    info: Any = keep, history: Any = keep, go: Any = keep, job_id: Any = keep) -> list[Any]:
                 return [progress, live, result, download, info, history, msgs["text"], msgs["voice"],
-                        msgs["audio"], msgs["transcript"], go]
+                        msgs["audio"], msgs["transcript"], go, job_id]
 
             try:
                 job = studio.speak(text, voice=voice if mode == "saved" else None,
@@ -413,7 +415,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return
             yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps({"job": job.id, "files": []}),
                       result=None, download=gr.update(visible=False, value=None), info="",
-                      go=gr.update(interactive=False))
+                      go=gr.update(interactive=False), job_id=str(job.id))
             last: tuple[str, int] = ("", -1)
             try:
                 for st in studio.follow(job):
@@ -446,11 +448,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
         s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 
-        def on_cancel(lang_: str, request: gr.Request) -> Any:
-            if not studio.cancel_session(request.session_hash if request else ""):
-                gr.Info(t("p_nothing_to_cancel", lang_))
+        def on_cancel(lang_: str, job_id: str, request: gr.Request) -> Any:
+            if studio.cancel_session(request.session_hash if request else ""):
+                return
+            if str(job_id).isdigit() and studio.cancel(int(job_id)):  # started before a reload of this page
+                return
+            gr.Info(t("p_nothing_to_cancel", lang_))
 
-        s_cancel.click(on_cancel, [lang], None, api_visibility="private", concurrency_limit=None,
+        s_cancel.click(on_cancel, [lang, last_job], None, api_visibility="private", concurrency_limit=None,
                        show_progress="hidden")
 
         def on_history(lang_: str, evt: gr.SelectData) -> list[Any]:
