@@ -101,6 +101,9 @@ class BenchOptions:
     fast_estimator: str = "int8"
     flow_steps: int | None = None
     mel_check: bool = False
+    stream: bool = False
+    stream_schedule: str = "chunk"
+    flow_cache: str = "fp16"
 
     def validate(self) -> None:
         for name in ("prompt_tokens", "prompt_text_tokens", "text_tokens", "tokens", "repeat"):
@@ -377,6 +380,15 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
     if opts.flow_fast:
         ref = runs[-1]
         report["fast"] = _run_fast(engine, bundle, opts, threads[1], prompt, ref, runs, audio_s, log)
+    if opts.stream:
+        from .bench_stream import run_stream_bench
+
+        engine.flow_cache_type = opts.flow_cache
+        report["stream"] = run_stream_bench(engine, opts, text, ptext, prompt, log)
+        for k in ("ttfa_s", "stream_total_s", "stream_total_cold_s"):
+            report["metrics"][k] = {**report["stream"]["metrics"][k], "unit": "s"}
+        peak, _ = peak_rss_mb()
+        report["peak_rss_mb"] = round(peak, 1)
     report["machine"]["loadavg_end"] = _loadavg()
     return report
 
@@ -507,6 +519,11 @@ def format_report(rep: dict[str, Any]) -> str:
         lines.append(f"mel check: {c['estimator']} against {c['reference']} ({c['reference_flow_s']:.2f} s): "
                      f"max abs {e['max_abs']:.2e}, mean abs {e['mean_abs']:.2e}, rel L2 {e['rel_l2']:.2e} "
                      f"(mel std {e['ref_std']:.3f})")
+    if rep.get("stream"):
+        from .bench_stream import format_stream
+
+        lines.append("")
+        lines.extend(format_stream(rep["stream"]))
     return "\n".join(lines)
 
 

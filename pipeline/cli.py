@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import CosyVoiceRKError
+from .errors import CosyVoiceRKError, InputError
 
 
 def _log(msg: str) -> None:
@@ -52,6 +52,19 @@ def cmd_verify(a: argparse.Namespace) -> int:
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
                                         hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, log=_log)
         results = run_verify(bundle, goldens, log=_log)
+        sg_path = a.streaming_goldens or (a.goldens.with_name("streaming_goldens.npz") if a.streaming else None)
+        if a.streaming or a.streaming_goldens:
+            from .verify_stream import load_streaming_goldens, run_verify_streaming
+
+            if not sg_path.is_file():
+                raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
+                                 "--streaming-goldens F)")
+            results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)
+        modes_path = a.goldens.with_name("modes_goldens.npz")
+        if modes_path.is_file():  # beside --goldens: checked too
+            from .verify_modes import load_modes_goldens, run_verify_modes
+
+            results += run_verify_modes(bundle, load_modes_goldens(modes_path), goldens, log=_log)
     ok = all(r.passed for r in results)
     if a.json:
         print(json.dumps({"passed": ok, "stages": [r.as_dict() for r in results]}, indent=1))
@@ -234,7 +247,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
         flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
-        mel_check=a.mel_check,
+        mel_check=a.mel_check, stream=a.stream, stream_schedule=a.stream_schedule, flow_cache=a.flow_cache,
     )
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
@@ -323,6 +336,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", type=Path, help="upstream checkpoint folder (converted to a temp bundle)")
     src.add_argument("--bundle", type=Path, help="an existing bundle (must contain the F32 GGUF)")
     v.add_argument("--goldens", type=Path, required=True, help="goldens.npz made by upstream code")
+    v.add_argument("--streaming", action="store_true",
+                   help="also check the streaming path against streaming_goldens.npz beside --goldens")
+    v.add_argument("--streaming-goldens", type=Path, help="streaming goldens file (implies --streaming)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--hift-noise-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
     v.set_defaults(func=cmd_verify)
@@ -408,6 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the flow once with the bundle's plain FP32 graph on ONNX Runtime and report the "
                         "benchmarked flow's mel error against it (on the board: what the NPU's fp16 changes)")
     b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.add_argument("--stream", action="store_true",
+                   help="also time streaming against non-streaming synthesis of the same request, interleaved: "
+                        "time to first audio, totals with and without the voice's flow prompt cache, per chunk")
+    b.add_argument("--stream-schedule", choices=("chunk", "upstream"), default="chunk",
+                   help="emission points: every 25 tokens (default) or upstream's 25/50/100-token hops")
+    b.add_argument("--flow-cache", choices=("fp16", "fp32"), default="fp16",
+                   help="type of the streaming flow's attention K/V cache (fp16 halves its memory)")
     b.set_defaults(func=cmd_bench)
 
     w = sub.add_parser("webui", help="the studio: a web page for voices and speech (this machine or the LAN)")

@@ -36,28 +36,48 @@ class OrtEstimator:
 
     name = backend = "onnxruntime-cpu"
 
-    def __init__(self, path: Path | str, *, n_threads: int | None = None, variant: str = "fp32") -> None:
-        import onnxruntime as ort
+    def __init__(self, path: Path | str, *, n_threads: int | None = None, variant: str = "fp32",
+                 lazy: bool = False) -> None:
+        """``lazy``: create the ONNX Runtime session on first use (a streaming-only process never holds this
+        graph's prepacked weights beside the streaming graph's)."""
+        import threading
 
         from .llm import default_threads
 
         self.path = Path(path)
         self.variant = variant
         self.n_threads = int(n_threads or default_threads())
+        self._session = None
+        self._lock = threading.Lock()
+        if not lazy:
+            self._load()
+
+    @property
+    def session(self):
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._load()
+        return self._session
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.n_threads
         opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(f"ONNX Runtime cannot load the flow estimator {self.path}: {e}") from e
-        names = [i.name for i in self.session.get_inputs()]
+        names = [i.name for i in session.get_inputs()]
         if sorted(names) != sorted(ESTIMATOR_INPUTS):
             raise BundleError(
                 f"{self.path.name} has inputs {names}, the flow estimator has {list(ESTIMATOR_INPUTS)}"
             )
-        self._out = self.session.get_outputs()[0].name
+        self._out = session.get_outputs()[0].name
+        self._session = session
 
     def __call__(
         self, x: np.ndarray, mask: np.ndarray, mu: np.ndarray, t: np.ndarray, spks: np.ndarray,
@@ -132,6 +152,26 @@ class FlowFrontend:
         h = np.repeat(h, self.token_mel_ratio, axis=0)
         return np.ascontiguousarray(h.T)
 
+    def encode_range(self, tokens: np.ndarray, start: int, end: int, *, finalize: bool) -> np.ndarray:
+        """mu (mel_bins, ratio·(end − start)) of tokens ``[start, end)`` of the sequence ``tokens`` (prompt +
+        generated so far), equal to the same frames of :meth:`encode` on the whole sequence. The pre-lookahead
+        conv reads ``pre_lookahead_len`` tokens past ``end``: they must exist unless ``finalize`` (then the
+        sequence ends here and is zero-padded, as upstream's final call)."""
+        la = self.pre_lookahead_len
+        k2 = self.conv2_w.shape[2]
+        n = len(tokens)
+        if not finalize and end + la > n:
+            raise InputError(f"tokens {start}..{end} need {la} look-ahead tokens, only {n - end} exist")
+        lo = max(0, start - (k2 - 1))
+        hi = min(n, end + la)
+        emb = self.embedding[np.maximum(np.asarray(tokens[lo:hi]), 0)]
+        x = np.concatenate([emb, np.zeros((end + la - hi, emb.shape[1]), _F32)])
+        y = _conv1d_valid(x, self.conv1_w, self.conv1_b)  # conv1 outputs for tokens lo..end-1
+        y = np.where(y > 0, y, y * _F32(0.01))
+        y = np.concatenate([np.zeros((k2 - 1 - (start - lo), y.shape[1]), _F32), y])
+        h = _conv1d_valid(y, self.conv2_w, self.conv2_b) + emb[start - lo : end - lo]
+        return np.ascontiguousarray(np.repeat(h, self.token_mel_ratio, axis=0).T)
+
 
 def _conv1d_valid(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Conv1d without padding on time-major x (L, Cin); w (Cout, Cin, K) → (L−K+1, Cout)."""
@@ -139,6 +179,33 @@ def _conv1d_valid(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
     n = x.shape[0] - k + 1
     cols = np.stack([x[i : i + n] for i in range(k)], axis=2)  # (n, Cin, K)
     return cols.reshape(n, -1) @ w.reshape(w.shape[0], -1).T + b
+
+
+def euler(
+    x: np.ndarray, ts: np.ndarray, cfg_rate: float,
+    velocity: Callable[[int, np.ndarray, np.ndarray], np.ndarray], *,
+    on_step: Callable[[int, int], None] | None = None, should_stop: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Upstream ``solve_euler`` with classifier-free guidance, in its float32 op order.
+
+    ``velocity(step, x, t)`` returns the estimator output (2, M, T) for the CFG pair (row 0 conditional,
+    row 1 unconditional) at 1-based ``step``; ``x`` is the state before the step, ``t`` (1,) its time."""
+    # Upstream scales by python floats, i.e. by their float32 roundings.
+    a, r = _F32(1.0 + cfg_rate), _F32(cfg_rate)
+    t, dt = ts[0:1].copy(), ts[1] - ts[0]
+    n_steps = len(ts) - 1
+    for step in range(1, n_steps + 1):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"flow stopped before step {step} of {n_steps}")
+        out = velocity(step, x, t)
+        v = a * out[0] - r * out[1]
+        x = x + dt * v
+        t = t + dt
+        if step < n_steps:
+            dt = ts[step + 1] - t
+        if on_step is not None:
+            on_step(step, n_steps)
+    return x
 
 
 def t_span(n_timesteps: int, scheduler: str = "cosine") -> np.ndarray:
@@ -289,29 +356,18 @@ class Flow:
         mu_in[0] = mu
         spks_in[0] = np.asarray(spks, _F32).reshape(-1)
         cond_in[0] = np.asarray(cond, _F32).reshape(m, n_frames)
-        # Upstream scales by python floats, i.e. by their float32 roundings.
-        a, r = _F32(1.0 + self.cfg_rate), _F32(self.cfg_rate)
-        ts = self.t_span()
-        t, dt = ts[0:1].copy(), ts[1] - ts[0]
-        n_steps = len(ts) - 1
-        for step in range(1, n_steps + 1):
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"flow stopped before step {step} of {n_steps}")
-            x_in[:] = x
-            t_in[:] = t
+
+        def velocity(step: int, x_cur: np.ndarray, t_cur: np.ndarray) -> np.ndarray:
+            x_in[:] = x_cur
+            t_in[:] = t_cur
             out = np.asarray(self.estimator(x_in, mask_in, mu_in, t_in, spks_in, cond_in), _F32)
             if out.shape != x_in.shape:
                 raise BackendError(f"flow estimator returned shape {out.shape}, expected {x_in.shape}")
             if trace is not None:
-                trace.append({"x": x.copy(), "t": t_in.copy(), "out": out.copy()})
-            v = a * out[0] - r * out[1]
-            x = x + dt * v
-            t = t + dt
-            if step < n_steps:
-                dt = ts[step + 1] - t
-            if on_step is not None:
-                on_step(step, n_steps)
-        return x
+                trace.append({"x": x_cur.copy(), "t": t_in.copy(), "out": out.copy()})
+            return out
+
+        return euler(x, self.t_span(), self.cfg_rate, velocity, on_step=on_step, should_stop=should_stop)
 
     def __call__(
         self,
@@ -341,11 +397,14 @@ class Flow:
         return np.ascontiguousarray(x[:, n_prompt:])
 
 
-def ort_estimator(bundle: Any, n_threads: int | None = None) -> OrtEstimator:
+def ort_estimator(bundle: Any, n_threads: int | None = None, *, lazy: bool = False) -> OrtEstimator:
     """The full-fidelity estimator on ONNX Runtime: the graph with fused attention when the bundle has it
     (``flow.estimator.onnx_fused``, same weights, rounding-level differences, ~5-10 % faster per step), else
-    the exported graph. Use it wherever an ONNX Runtime estimator of a bundle is built."""
+    the exported graph. Use it wherever an ONNX Runtime estimator of a bundle is built. ``lazy``: the session
+    is created on first use (then an ONNX Runtime without fused attention is not detected ahead)."""
     est = bundle.manifest["flow"]["estimator"]
+    if lazy:
+        return OrtEstimator(bundle.path(est.get("onnx_fused") or est["onnx"]), n_threads=n_threads, lazy=True)
     if est.get("onnx_fused"):
         try:
             return OrtEstimator(bundle.path(est["onnx_fused"]), n_threads=n_threads)

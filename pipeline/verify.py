@@ -159,9 +159,9 @@ def _prefill_rows(lm, temb, text_ids, prompt_tok, c) -> np.ndarray:
 
 
 def format_table(results: list[StageResult]) -> str:
-    lines = [f"{'stage':<20} {'max abs err':>12} {'tolerance':>10}  result"]
+    lines = [f"{'stage':<26} {'max abs err':>12} {'tolerance':>10}  result"]
     for r in results:
         tol = "exact" if r.tolerance is None else f"{r.tolerance:.0e}"
-        lines.append(f"{r.stage:<20} {r.max_abs_err:>12.3e} {tol:>10}  {'ok' if r.passed else 'FAIL'}"
+        lines.append(f"{r.stage:<26} {r.max_abs_err:>12.3e} {tol:>10}  {'ok' if r.passed else 'FAIL'}"
                      + (f"  ({r.detail})" if r.detail else ""))
     return "\n".join(lines)

@@ -171,32 +171,46 @@ class HiFT:
             x = _elu(_conv1d_f64(x, wi, w[f"conv{i}_bias"], causal_padding(wi.shape[2]), 0))
         return np.abs(w["classifier_weight"][0] @ x + w["classifier_bias"][0])
 
-    def source(self, f0: np.ndarray, noise: np.ndarray | None = None) -> np.ndarray:
+    def phase_cumsum(self, f0: np.ndarray, phase0: np.ndarray | None = None) -> np.ndarray:
+        """Running phase (frames, harmonics) in float64 cycles: upstream's float32 cumsum of the per-frame
+        ``(f0·h / sr) % 1``, which accumulates in double. ``phase0``: the running value before the first frame
+        (continuing a stream gives the same sums as one cumsum over everything)."""
+        f32 = np.float32
+        f0 = np.asarray(f0, f32).reshape(-1)
+        harm = np.arange(1, self.n_harmonics + 1, dtype=f32)
+        rad = np.mod(f0[:, None] * harm / f32(self.sample_rate), f32(1))
+        if phase0 is None:
+            return np.cumsum(rad, axis=0, dtype=np.float64)
+        return np.cumsum(np.concatenate([np.asarray(phase0, np.float64)[None], rad]), axis=0)[1:]
+
+    def source(self, f0: np.ndarray, noise: np.ndarray | None = None, *, phase: np.ndarray | None = None,
+               start_frame: int = 0) -> np.ndarray:
         """SineGen2 + Linear + tanh for float32 frame f0: (samples_per_frame·T,) float32.
 
         The phase is per frame: upstream's linear ×1/480 downsample reads samples 480k+239 and 480k+240,
         both f0[k]; its float32 cumsum accumulates in double; the ×480 nearest upsample repeats it.
+        A stream passes the frames' running ``phase`` (:meth:`phase_cumsum`) and the absolute ``start_frame``
+        of ``f0[0]`` (the noise table is indexed from the first sample of the utterance).
         """
         f0 = np.asarray(f0, np.float32).reshape(-1)
         table = self.noise if noise is None else self._as_table(noise)
         spf = self.samples_per_frame
         n = f0.shape[0] * spf
-        if n > table.shape[0]:
+        s0 = start_frame * spf
+        if s0 + n > table.shape[0]:
             raise InputError(
-                f"audio of {n / self.sample_rate:.1f} s ({f0.shape[0]} mel frames) is longer than the HiFT "
-                f"noise table ({table.shape[0] / self.sample_rate:.1f} s); synthesise shorter segments or "
-                "convert with a longer table"
+                f"audio of {(s0 + n) / self.sample_rate:.1f} s ({start_frame + f0.shape[0]} mel frames) is longer "
+                f"than the HiFT noise table ({table.shape[0] / self.sample_rate:.1f} s); synthesise shorter "
+                "segments or convert with a longer table"
             )
         f32 = np.float32
-        harm = np.arange(1, self.n_harmonics + 1, dtype=f32)
-        rad = np.mod(f0[:, None] * harm / f32(self.sample_rate), f32(1))
-        phase = np.cumsum(rad, axis=0, dtype=np.float64).astype(f32)
-        phase = phase * f32(2) * f32(np.pi) * f32(spf)
+        cum = self.phase_cumsum(f0) if phase is None else np.asarray(phase, np.float64)
+        phase = cum.astype(f32) * f32(2) * f32(np.pi) * f32(spf)
         sine = np.sin(phase) * f32(self.nsf_alpha)
         uv = (f0 > self.voiced_threshold).astype(f32)
         noise_amp = uv * f32(self.nsf_sigma) + ((f32(1) - uv) * f32(self.nsf_alpha)) / f32(3)
         sw = np.repeat(sine * uv[:, None], spf, axis=0)
-        sw += np.repeat(noise_amp, spf)[:, None] * table[:n]
+        sw += np.repeat(noise_amp, spf)[:, None] * table[s0 : s0 + n]
         lw = self._f0w["source_linear_weight"].astype(f32)
         lb = self._f0w["source_linear_bias"].astype(f32)
         return np.tanh(sw @ lw[0] + lb[0]).astype(f32)

@@ -64,6 +64,7 @@ def convert_checkpoint(
     ``flow_int8``: also write the INT8 flow estimator of the opt-in fast mode (``flow_fast``)."""
     from .flow_export import convert_flow
     from .flow_fast import convert_flow_fast
+    from .flow_stream_export import convert_flow_chunks
     from .hift_export import convert_hift
     from .llm_gguf import convert_llm
 
@@ -94,6 +95,7 @@ def convert_checkpoint(
             flow["estimator"]["rknn"] = r["rknn"]
             flow["files"] = [*flow["files"], *r["files"]]
         flow = convert_flow_fast(work, flow, int8=flow_int8, log=log)
+        flow = convert_flow_chunks(src, work, flow, log=log)
         log("HiFT → f0 weights, decoder ONNX, noise tables")
         hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
         frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}

@@ -1,0 +1,172 @@
+"""Converter step: the streaming flow's chunk graphs (``flow_estimator.chunk.fp32.onnx``, ``.chunk.fp16.onnx``).
+
+Exported from ``flow.pt`` through the project's torch DiT (:mod:`pipeline.convert.dit_chunk`), checked against
+that DiT's chunk-masked full-sequence output, and saved with every weight pointing into the plain estimator's
+external data file (``flow_estimator.onnx.data``), so the bundle holds one copy of the weights and ONNX Runtime
+memory-maps the same file. The two graphs differ only in the K/V cache tensors' type (the runtime's
+``--flow-cache``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SourceError
+
+CHUNK_NAMES = {"fp32": "flow_estimator.chunk.fp32.onnx", "fp16": "flow_estimator.chunk.fp16.onnx"}
+# the chunked graph against the torch DiT run over the whole sequence with upstream's chunk mask
+CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
+_MIN_EXTERNAL = 1024
+
+
+def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
+                        log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Write the chunk graphs into bundle folder ``out`` (after :func:`convert_flow_fast`, whose external data
+    file they share); returns the flow section with ``estimator.onnx_chunk`` and the new files."""
+    import torch
+
+    from .dit_chunk import export_chunk_onnx
+    from .dit_torch import load_dit
+
+    out = Path(out)
+    sec = dict(section)
+    est = dict(sec["estimator"])
+    data_name = est["onnx"] + ".data"
+    if not (out / data_name).is_file():
+        raise SourceError(f"{data_name} is missing: the chunk graphs share the estimator's external data")
+    sd = torch.load(Path(src) / "flow.pt", map_location="cpu", weights_only=True)
+    dit = load_dit(sd)
+    index = _data_index(out / est["onnx"], out / data_name)
+    chunk_frames = int(sec.get("dims", {}).get("static_chunk_size", 50))
+    names: dict[str, str] = {}
+    for kind, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
+        name = CHUNK_NAMES[kind]
+        log(f"flow → streaming chunk graph ({kind} K/V cache)")
+        with tempfile.TemporaryDirectory(dir=out) as tmp:
+            raw = Path(tmp) / "chunk.onnx"
+            export_chunk_onnx(dit, raw, cache_dtype=dtype)
+            _share_weights(raw, out / name, index, data_name)
+        err = check_chunk_graph(out / name, dit, chunk_frames)
+        if err > CHECK_TOLERANCE[kind]:
+            raise SourceError(f"{name}: chunked output differs from the chunk-masked DiT by {err:.3g}")
+        log(f"  chunked vs chunk-masked DiT: max abs {err:.2e}")
+        names[kind] = name
+    est["onnx_chunk"] = names
+    sec["estimator"] = est
+    sec["files"] = list(dict.fromkeys([*sec["files"], *names.values()]))
+    return sec
+
+
+def _data_index(graph: Path, data: Path) -> dict[bytes, tuple[int, int]]:
+    """Digest of each external tensor of ``graph`` → (offset, length) in ``data``."""
+    import onnx
+
+    m = onnx.load(str(graph), load_external_data=False)
+    index: dict[bytes, tuple[int, int]] = {}
+    with open(data, "rb") as f:
+        for t in m.graph.initializer:
+            if t.data_location != onnx.TensorProto.EXTERNAL:
+                continue
+            info = {e.key: e.value for e in t.external_data}
+            off, n = int(info.get("offset", 0)), int(info["length"])
+            f.seek(off)
+            index[_digest(t.data_type, f.read(n))] = (off, n)
+    return index
+
+
+def _digest(dtype: int, raw: bytes) -> bytes:
+    return hashlib.blake2b(raw, digest_size=16, person=dtype.to_bytes(16, "little")).digest()
+
+
+def _share_weights(raw: Path, dst: Path, index: dict[bytes, tuple[int, int]], data_name: str) -> None:
+    """Save ``raw`` as ``dst`` with each large initializer that has the same bytes in the shared data file
+    pointing there. A large initializer with no twin there (none is expected) is an error."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(raw))
+    missing = []
+    for t in m.graph.initializer:
+        arr = numpy_helper.to_array(t)
+        if arr.nbytes < _MIN_EXTERNAL:
+            continue
+        hit = index.get(_digest(t.data_type, np.ascontiguousarray(arr).tobytes()))
+        if hit is None:
+            missing.append(t.name)
+            continue
+        t.ClearField("raw_data")
+        for f in ("float_data", "int32_data", "int64_data", "double_data"):
+            t.ClearField(f)
+        del t.external_data[:]
+        t.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", data_name), ("offset", str(hit[0])), ("length", str(hit[1]))):
+            e = t.external_data.add()
+            e.key, e.value = k, v
+    if missing:
+        raise SourceError(f"chunk graph weights not found in {data_name}: {', '.join(missing[:5])}")
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    onnx.save_model(m, str(tmp))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+
+
+def check_chunk_graph(path: Path, dit: Any, chunk_frames: int, frames: int = 130, seed: int = 0) -> float:
+    """Run ``path`` chunk by chunk over random inputs and compare with the torch DiT over the whole sequence
+    with upstream's static chunk mask; returns the max abs difference."""
+    import onnxruntime as ort
+    import torch
+
+    from .dit_chunk import ChunkDiT
+
+    cd = ChunkDiT(dit)
+    mel = dit.proj_out.out_features
+    spk = dit.input_embed.proj.in_features - 3 * mel
+    g = torch.Generator().manual_seed(seed)
+    x, mu, cond = (torch.randn(2, mel, frames, generator=g) for _ in range(3))
+    spks, t = torch.randn(2, spk, generator=g), torch.rand(2, generator=g)
+    ref = _chunk_masked(dit, x, mu, cond, spks, t, chunk_frames).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    cache_t = np.float16 if sess.get_inputs()[8].type == "tensor(float16)" else np.float32
+    kv = (cd.depth, 2, cd.heads, 0, cd.dim_head)
+    k_past = np.zeros(kv, cache_t)
+    v_past = np.zeros(kv, cache_t)
+    c1 = c2 = np.zeros((2, cd.dim, cd.conv_context), np.float32)
+    outs = []
+    for a in range(0, frames, chunk_frames):
+        b = min(frames, a + chunk_frames)
+        vel, kn, vn, c1, c2 = sess.run(None, {
+            "x": x[:, :, a:b].numpy(), "mu": mu[:, :, a:b].numpy(), "cond": cond[:, :, a:b].numpy(),
+            "spks": spks.numpy(), "t": t.numpy(), "offset": np.array([a], np.int64), "conv1_cache": c1,
+            "conv2_cache": c2, "k_voice": np.zeros(kv, cache_t), "v_voice": np.zeros(kv, cache_t),
+            "k_past": k_past, "v_past": v_past})
+        k_past = np.concatenate([k_past, kn], axis=3)
+        v_past = np.concatenate([v_past, vn], axis=3)
+        outs.append(vel)
+    return float(np.abs(np.concatenate(outs, axis=2) - ref).max())
+
+
+def _chunk_masked(dit: Any, x: Any, mu: Any, cond: Any, spks: Any, t: Any, chunk: int) -> Any:
+    """The torch DiT over the whole sequence with upstream's streaming mask (query i sees key j iff
+    j < (i // chunk + 1) · chunk)."""
+    import torch
+
+    n = x.shape[-1]
+    i = torch.arange(n)
+    allowed = i[None, :] < ((i[:, None] // chunk) + 1) * chunk  # (T, T)
+    xt, mut, condt = x.transpose(1, 2), mu.transpose(1, 2), cond.transpose(1, 2)
+    with torch.no_grad():
+        temb = dit.time_embed(t)
+        h = dit.input_embed(xt, condt, mut, spks)
+        freqs = dit.rotary_embed(n)
+        mask = allowed[None, None].expand(x.shape[0], 1, n, n)
+        valid = torch.ones(x.shape[0], n, dtype=torch.bool)
+        for block in dit.transformer_blocks:
+            h = block(h, temb, mask, valid, freqs)
+        return dit.proj_out(dit.norm_out(h, temb)).transpose(1, 2)
