@@ -118,7 +118,7 @@ def test_imports_with_an_unknown_language_or_nan_features(tts, tmp_path):
     # a saved voice whose features rotted on disk is recomputed, not used
     np.savez(tts.store.root / "imported-nan" / "features.npz", **nan)
     v = tts.load_voice("Imported NaN")
-    assert np.isfinite(v.features.mel).all()
+    assert np.isfinite(v.features.mel).all() and "features.npz did not pass the checks" in v.warnings[0]
 
 
 def test_a_damaged_cached_prefix_is_rebuilt(tts):
@@ -128,6 +128,9 @@ def test_a_damaged_cached_prefix_is_rebuilt(tts):
     f.write_bytes(bytes(len(good)))
     v = tts.load_voice("Prefix")
     assert v.prefix_state == good and f.read_bytes() == good
+    assert v.warnings == ["voice 'Prefix': its saved llm_prefix.bin did not pass the checks (damaged on disk?) and "
+                          "was rebuilt from its recording"]
+    assert tts.load_voice("Prefix").warnings == []  # rebuilt once
     list(tts.create_stream("Раз.", v, language="ru", seed=1))
 
 

@@ -18,7 +18,7 @@ from pipeline.errors import CosyVoiceRKError
 
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
-from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .serve import SlowAuth
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .views import (
@@ -495,7 +495,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 msg = _ok(t("saved", lang_, name=res["name"], secs=info.get("duration", 0.0),
                             tokens=info.get("prompt_tokens", "?")))
                 if info.get("warning"):
-                    msg += "\n\n⚠ " + _esc(info["warning"])
+                    msg += "\n\n⚠ " + _esc(localize(info["warning"], lang_))
                 yield [*fields, msg, voice_choices(res["name"]), voice_choices(None), *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the save button
                 yield [*fields, _err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]

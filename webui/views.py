@@ -169,7 +169,7 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
         b = backends.get(key, "?")
         lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
     for w in e.get("warnings", []) or []:
-        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
+        lines += ["", f"⚠ {_esc(t('warning', lang, w=localize(w, lang)))}"]
     return "\n".join(lines)
 
 
