@@ -118,6 +118,26 @@ _S: dict[str, tuple[str, str]] = {
                "Готовые {secs:.1f} с сохранены в «Последних результатах»."),
     "r_partial": ("**Partial result:** {secs:.1f} s of audio, {k} of {n} part(s) made before the job stopped.",
                   "**Частичный результат:** {secs:.1f} с звука, частей: {k} из {n} — сделано до остановки."),
+    # live playback (webui/live_player.js), the streaming switch
+    "lp_waiting": ("Waiting for the first audio…", "Ожидание первого звука…"),
+    "lp_buffering": ("Buffering… {made} s made; it plays once it can play to the end without pauses.",
+                     "Буферизация… готово {made} с; звук пойдёт, когда сможет звучать до конца без пауз."),
+    "lp_playing": ("▶ Playing: {played} s of {made} s made.", "▶ Звучит: {played} с из {made} с готовых."),
+    "lp_played": ("Played {played} s.", "Прослушано {played} с."),
+    "lp_stopped": ("Stopped after {played} s.", "Остановлено после {played} с."),
+    "lp_ended": ("The job stopped before playback began ({made} s made).",
+                 "Задание остановлено до начала воспроизведения (готово {made} с)."),
+    "lp_failed": ("Live playback failed: {error}", "Живое воспроизведение не удалось: {error}"),
+    "lp_no_webaudio": ("This browser cannot play audio as it is made (no Web Audio); the result appears below "
+                       "when it is done.",
+                       "Этот браузер не умеет воспроизводить звук по мере готовности (нет Web Audio); результат "
+                       "появится ниже, когда будет готов."),
+    "lp_stop": ("Stop", "Стоп"),
+    "stream": ("Play while it is made (streaming)", "Воспроизводить по мере готовности (потоково)"),
+    "stream_info": ("Off: each part is made in one pass (upstream's non-streaming synthesis) and heard when it is "
+                    "done", "Выкл.: каждая часть создаётся за один проход (синтез без потока, как в оригинале) и "
+                    "звучит, когда готова"),
+    "r_ttfa": ("First audio after {secs:.1f} s.", "Первый звук через {secs:.1f} с."),
     # result
     "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "
                   "tokens · {segments} part(s) · seed {seed}",
