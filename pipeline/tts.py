@@ -200,11 +200,16 @@ class CosyVoiceRK:
         """A saved voice; stale or damaged features (another bundle, not finite, wrong shapes) are recomputed
         from its prompt audio and saved; a damaged cached prefix is rebuilt."""
         p = self.store.load(name)
+        damaged = list(p.damaged)
+        if p.features is not None and self._features_problem(p.features):
+            damaged.append("features.npz")
         if not p.fits(self.bundle.fingerprint) or self._features_problem(p.features):
             feats, _ = self.features_from_audio(p.audio_path.read_bytes())
             self.store.update_features(p, feats, self.bundle.fingerprint)
         ids = self._ensure_prefix(p)
-        return Voice(p.name, p.transcript, p.features, ids, p.prefix_state)
+        warnings = [f"voice {p.name!r}: its saved {', '.join(sorted(set(damaged)))} did not pass the checks (damaged "
+                    "on disk?) and was rebuilt from its recording"] if damaged else []
+        return Voice(p.name, p.transcript, p.features, ids, p.prefix_state, warnings=warnings)
 
     def _prefix(self, ids: list[int]) -> tuple[bytes, str]:
         """The cached LLM state after ``[sos, prompt text]`` and the key it is valid for."""

@@ -502,3 +502,22 @@ def test_recent_results_and_the_last_result_after_a_reload(page, studio):
     assert newest["created"].replace("T", " ")[5:16] in page.inner_text("#cv-history")
     page.wait_for_selector("#cv-download:not([hidden])", state="attached")
     assert page.locator("#cv-first").is_hidden()  # voices exist: no first-visit hint
+
+
+def test_cancel_reaches_a_job_started_before_a_reload(page, studio):
+    pg = page
+    field(pg, "cv-text").fill(LONG * 3)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
+    cancelled = studio.worker.status()["cancelled"]
+    pg.click("#cv-generate")
+    pg.wait_for_function("window.cvLive && window.cvLive.seen.size >= 1")
+    pg.reload()  # the job runs on (a new Gradio session)
+    pg.wait_for_selector("#cv-generate")
+    pg.wait_for_timeout(1000)
+    assert studio.worker.status()["cancelled"] == cancelled
+    pg.click("#cv-cancel")
+    deadline = time.monotonic() + 120
+    while studio.worker.status()["cancelled"] == cancelled and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert studio.worker.status()["cancelled"] == cancelled + 1

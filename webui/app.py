@@ -19,7 +19,7 @@ from pipeline.errors import CosyVoiceRKError
 from . import live
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
-from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .serve import SlowAuth
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .views import (
@@ -62,6 +62,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
     with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
+        # the job this browser started last: Cancel still reaches it after a reload (a new Gradio session)
+        last_job = gr.BrowserState("", storage_key="cosyvoice-rk-last-job")
         with gr.Row(equal_height=True, elem_id="cv-header"):
             with gr.Column(scale=4, min_width=300):
                 tr(gr.HTML(title_md("en")), value=title_md)
@@ -348,7 +350,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
-                       s_audio_msg, s_ptext_msg, s_go]
+                       s_audio_msg, s_ptext_msg, s_go, last_job]
 
         def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
                         text: str, language: str, temperature: float, seed: float | None, top_k: float,
@@ -358,9 +360,9 @@ def build_app(studio: Studio) -> gr.Blocks:
             msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
 
             def out(progress: Any = keep, live: Any = keep, result: Any = keep, download: Any = keep,
-                    info: Any = keep, history: Any = keep, go: Any = keep) -> list[Any]:
+                    info: Any = keep, history: Any = keep, go: Any = keep, job_id: Any = keep) -> list[Any]:
                 return [progress, live, result, download, info, history, msgs["text"], msgs["voice"],
-                        msgs["audio"], msgs["transcript"], go]
+                        msgs["audio"], msgs["transcript"], go, job_id]
 
             try:
                 job = studio.speak(text, voice=voice if mode == "saved" else None,
@@ -380,7 +382,7 @@ def build_app(studio: Studio) -> gr.Blocks:
             live_spec = {"job": job.id, "url": job.meta["live_url"], "rate": studio.sample_rate}
             yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps(live_spec),
                       result=None, download=gr.update(visible=False, value=None), info="",
-                      go=gr.update(interactive=False))
+                      go=gr.update(interactive=False), job_id=str(job.id))
             last = ""
             try:
                 for st in studio.follow(job):
@@ -411,11 +413,14 @@ def build_app(studio: Studio) -> gr.Blocks:
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
         s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 
-        def on_cancel(lang_: str, request: gr.Request) -> Any:
-            if not studio.cancel_session(request.session_hash if request else ""):
-                gr.Info(t("p_nothing_to_cancel", lang_))
+        def on_cancel(lang_: str, job_id: str, request: gr.Request) -> Any:
+            if studio.cancel_session(request.session_hash if request else ""):
+                return
+            if str(job_id).isdigit() and studio.cancel(int(job_id)):  # started before a reload of this page
+                return
+            gr.Info(t("p_nothing_to_cancel", lang_))
 
-        s_cancel.click(on_cancel, [lang], None, api_visibility="private", concurrency_limit=None,
+        s_cancel.click(on_cancel, [lang, last_job], None, api_visibility="private", concurrency_limit=None,
                        show_progress="hidden")
 
         def on_history(lang_: str, evt: gr.SelectData) -> list[Any]:
@@ -455,7 +460,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 msg = _ok(t("saved", lang_, name=res["name"], secs=info.get("duration", 0.0),
                             tokens=info.get("prompt_tokens", "?")))
                 if info.get("warning"):
-                    msg += "\n\n⚠ " + _esc(info["warning"])
+                    msg += "\n\n⚠ " + _esc(localize(info["warning"], lang_))
                 yield [*fields, msg, voice_choices(res["name"]), voice_choices(None), *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the save button
                 yield [*fields, _err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]

@@ -1,7 +1,7 @@
 """Page text in English and Russian. ``t(key, lang, **params)``; a missing Russian string falls back to English.
 
-Messages that come from the pipeline (prompt checks, bundle and preset errors) are shown as the pipeline
-words them (English); everything the page itself says is here.
+Everything the page itself says is here; messages that come from the pipeline (prompt checks, bundle, voice
+and worker errors) are put into Russian by :func:`localize` (``docs/reliability.md`` lists them with both texts).
 """
 
 from __future__ import annotations
@@ -296,8 +296,8 @@ def pick_language(accept_language: str | None) -> str:
     return best
 
 
-# Russian for the pipeline's most common messages (prompt checks, voices, the worker). Anything not listed is
-# shown in English as the pipeline words it.
+# Russian for the pipeline's messages (prompt checks, voices, imports, bundles, the worker). tests/bad_inputs.py
+# runs every refusal a person can meet through these; one without a pattern fails tests/test_reliability.py.
 _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r in (
     (r"^prompt is ([\d.]+) s of speech after trimming silence; record (.+)$",
      "в образце {0} с речи после обрезки тишины; запишите {1}"),
@@ -388,6 +388,11 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                        "сконвертируйте снова"),
     (r"^the worker ran out of memory", "обработчику не хватило памяти на это задание; возьмите текст короче"),
     (r"^cancelled", "отменено"),
+    (r"^the prompt gives only (\d+) speech tokens \(([\d.]+) s\); (\d+) or more",
+     "образец даёт только {0} речевых токенов ({1} с); {2} и больше (образец от 3 с) клонируют голос надёжнее"),
+    (r"^voice '(.+)': its saved (.+) did not pass the checks", "у голоса «{0}» сохранённые данные ({1}) не прошли "
+                                                             "проверку (повреждены на диске?) и восстановлены из "
+                                                             "его записи"),
     (r"^prompt contains invalid samples", "образец содержит недопустимые отсчёты (NaN или бесконечность); "
                                           "сохраните его заново как 16-битный WAV"),
     (r"^no voice named '(.+)'; saved voices: (.+)$", "нет голоса «{0}»; сохранённые голоса: {1}"),

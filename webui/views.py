@@ -171,7 +171,7 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
     if e.get("ttfa_s") is not None:
         lines += ["", t("r_ttfa", lang, secs=e["ttfa_s"])]
     for w in e.get("warnings", []) or []:
-        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
+        lines += ["", f"⚠ {_esc(t('warning', lang, w=localize(w, lang)))}"]
     return "\n".join(lines)
 
 
