@@ -210,6 +210,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 if not sh.mel and sh.flow_done:
                     break
                 mel, last = sh.mel.pop(0)
+            if should_stop is not None and should_stop():  # queued mel is not vocoded after a cancel
+                raise Cancelled("stopped")
             if on_mel:
                 on_mel(mel, last)
             if on_progress:
