@@ -260,3 +260,83 @@ class RknnChunkEstimator:
             self.close()
         except Exception:
             pass
+
+
+def rknn_chunk_section(bundle: Any) -> dict | None:
+    """The manifest's ``flow.estimator.rknn_chunk`` section, or None when the bundle has no streaming graphs."""
+    sec = bundle.manifest.get("flow", {}).get("estimator", {}).get("rknn_chunk")
+    return sec if sec else None
+
+
+def make_chunk_estimator(
+    bundle: Any,
+    backend: str = "auto",
+    *,
+    cache: str = "fp16",
+    n_threads: int | None = None,
+    spin: bool = True,
+    core_mask: str | int | None = "auto",
+    cfg: str = "split",
+    overflow: str = "onnx",
+    log: Log = print,
+    detect: Callable[[str], tuple[bool, str]] | None = None,
+) -> tuple[Any, str]:
+    """The streaming flow's chunk estimator for ``--flow-backend auto|rknn|onnx`` and the reason (also logged),
+    with the rules of :func:`pipeline.flow_rknn.make_estimator`: ``auto`` takes the NPU only when the bundle has
+    RKNN streaming graphs of the ``cfg`` kind and ``detect`` finds the NPU and its runtime, and falls back to the
+    ONNX chunk graph (``cache`` fp16/fp32) saying why; ``rknn`` raises instead of falling back."""
+    from .flow_rknn import BACKENDS, detect_npu
+    from .flow_stream import CACHE_DTYPES, ChunkEstimator
+
+    backend = (backend or "auto").strip().lower()
+    if backend not in BACKENDS:
+        raise InputError(f"flow backend {backend!r}: choose {', '.join(BACKENDS)}")
+    if cfg not in CFG_MODES:
+        raise InputError(f"CFG mode {cfg!r}: choose {' or '.join(CFG_MODES)}")
+    if cache not in CACHE_DTYPES:
+        raise InputError(f"flow cache type must be one of {', '.join(CACHE_DTYPES)}, not {cache!r}")
+    files = bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
+    if cache not in files:
+        raise BundleError(f"bundle {bundle.root} has no streaming flow graph ({cache} cache); convert it again "
+                          "with this version to stream")
+
+    def onnx_est() -> ChunkEstimator:
+        return ChunkEstimator(bundle.path(files[cache]), n_threads=n_threads, spin=spin)
+
+    def onnx(why: str) -> tuple[Any, str]:
+        est = onnx_est()
+        reason = f"streaming flow on ONNX Runtime CPU ({cache} K/V cache): {why}"
+        log(reason)
+        return est, reason
+
+    if backend == "onnx":
+        return onnx("--flow-backend onnx asked for it")
+    sec = rknn_chunk_section(bundle)
+    graphs = (sec or {}).get("graphs", {}).get(cfg) if sec else None
+    if not graphs:
+        why = ("the bundle has no RKNN streaming graphs (convert with --rknn rk3588)" if sec is None else
+               f"the bundle has no RKNN streaming graphs for CFG {cfg} (built: {', '.join(sec.get('graphs', {}))})")
+        if backend == "rknn":
+            raise BackendError(f"--flow-backend rknn: {why}")
+        return onnx(why)
+    ok, why = (detect or detect_npu)(str(sec.get("target", "rk3588")))
+    if not ok:
+        if backend == "rknn":
+            raise BackendError(f"--flow-backend rknn: {why}")
+        return onnx(why)
+    try:
+        paths = {int(g["past"]): bundle.path(g["file"]) for g in graphs}
+        est = RknnChunkEstimator(paths, sec, cfg=cfg, core_mask=core_mask, cache_dtype=CACHE_DTYPES[cache],
+                                 fallback=onnx_est, overflow=overflow, preload=[min(paths)],
+                                 target=str(sec.get("target", "rk3588")), log=log)
+    except (KeyError, TypeError, ValueError) as e:
+        raise BundleError(f"bundle {bundle.root}: manifest flow.estimator.rknn_chunk is malformed ({e!r}); "
+                          "convert again") from e
+    except BackendError as e:
+        if backend == "rknn":
+            raise
+        return onnx(f"the NPU was detected ({why}) but the RKNN runtime failed: {e}")
+    reason = (f"streaming flow on the RKNN NPU ({'asked for' if backend == 'rknn' else 'auto'}: {why}); {est.name}; "
+              f"calls longer than the chunk or past the largest bucket run on ONNX Runtime CPU, logged")
+    log(reason)
+    return est, reason

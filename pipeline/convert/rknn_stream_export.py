@@ -50,6 +50,28 @@ def chunk_file_name(batch: int, past: int) -> str:
     return f"flow_chunk.b{int(batch)}.p{int(past)}.rknn"
 
 
+def chunk_geometry(dit: Any, chunk: int) -> dict[str, Any]:
+    """What the runtime needs to feed the graphs of ``dit`` (a :class:`~pipeline.convert.dit_torch.DiT`)."""
+    from .dit_chunk_npu import NpuChunkDiT
+
+    m = NpuChunkDiT(dit)
+    return {
+        "chunk": int(chunk), "depth": m.depth, "heads": m.heads, "dim_head": m.dim_head, "dim": m.dim,
+        "conv_context": m.conv_context, "mel_bins": m.mel, "spk_dim": m.spk,
+        "time_embedding": {"dim": int(dit.time_embed.time_embed.dim), "scale": 1000.0, "max_period": 10000.0},
+        "rope_inv_freq": [float(v) for v in dit.rotary_embed.inv_freq.numpy().astype(np.float32)],
+    }
+
+
+def manifest_section(geo: dict[str, Any], graphs: dict[str, list[dict[str, Any]]], *, target: str = "rk3588",
+                     toolkit: str = TOOLKIT, max_rel_err: float = DEFAULT_MAX_REL_ERR) -> dict[str, Any]:
+    """The ``flow.estimator.rknn_chunk`` manifest section that :mod:`pipeline.flow_rknn_stream` reads;
+    ``graphs``: {"split"|"batch": [{"past": P, "batch": B, "file": name, …}]}."""
+    return {"target": target, "toolkit": toolkit, "dtype": "float16", "inputs": list(NPU_CHUNK_INPUTS),
+            "outputs": list(OUTPUTS), **geo, "max_rel_err": max_rel_err, "host": platform.machine(),
+            "sim_inputs": {"t": SIM_T, "past_fraction": SIM_PAST_FRACTION, "seed": 0}, "graphs": graphs}
+
+
 def _ort(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     import onnxruntime as ort
 
@@ -149,7 +171,7 @@ def convert_rknn_stream(
     returns ``{"rknn_chunk": <manifest section for flow.estimator>, "files": [...]}``."""
     import torch
 
-    from .dit_chunk_npu import NpuChunkDiT, export_npu_chunk_onnx
+    from .dit_chunk_npu import export_npu_chunk_onnx
     from .dit_torch import load_dit
 
     kinds = [k for k in CFG_KINDS if k in set(cfg)]
@@ -159,15 +181,7 @@ def convert_rknn_stream(
     target, buckets, python = preflight(target, past_buckets, rknn_python)
     ref_graph = out / flow_section["estimator"]["onnx_chunk"]["fp32"]
     dit = load_dit(torch.load(src / "flow.pt", map_location="cpu", weights_only=True))
-    m = NpuChunkDiT(dit)
-    sinus = dit.time_embed.time_embed
-    geo: dict[str, Any] = {
-        "chunk": int(flow_section.get("dims", {}).get("static_chunk_size", 50)), "depth": m.depth,
-        "heads": m.heads, "dim_head": m.dim_head, "dim": m.dim, "conv_context": m.conv_context,
-        "mel_bins": m.mel, "spk_dim": m.spk,
-        "time_embedding": {"dim": int(sinus.dim), "scale": 1000.0, "max_period": 10000.0},
-        "rope_inv_freq": [float(v) for v in dit.rotary_embed.inv_freq.numpy().astype(np.float32)],
-    }
+    geo = chunk_geometry(dit, int(flow_section.get("dims", {}).get("static_chunk_size", 50)))
     c = geo["chunk"]
     work = out / ".rknn-stream-build"
     work.mkdir(parents=True, exist_ok=True)
@@ -230,10 +244,9 @@ def convert_rknn_stream(
                 onnx_path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    section = {"target": target, "toolkit": toolkit or TOOLKIT, "dtype": "float16", "inputs": list(NPU_CHUNK_INPUTS),
-               "outputs": list(OUTPUTS), **geo, "max_rel_err": max_rel_err, "host": platform.machine(),
-               "sim_inputs": {"t": SIM_T, "past_fraction": SIM_PAST_FRACTION, "seed": 0}, "graphs": graphs}
+    section = manifest_section(geo, graphs, target=target, toolkit=toolkit or TOOLKIT, max_rel_err=max_rel_err)
     return {"rknn_chunk": section, "files": files}
 
 
-__all__ = ["DEFAULT_PAST_BUCKETS", "CFG_KINDS", "chunk_file_name", "convert_rknn_stream", "parse_buckets"]
+__all__ = ["DEFAULT_PAST_BUCKETS", "CFG_KINDS", "chunk_file_name", "chunk_geometry", "convert_rknn_stream",
+           "manifest_section", "parse_buckets"]
