@@ -155,6 +155,14 @@ def _max_err(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> tuple[lis
     return errs, scales
 
 
+def check_options(past_buckets: str | Sequence[int], cfg: Sequence[str]) -> tuple[list[int], list[str]]:
+    """Parsed past buckets and CFG kinds (in build order); :class:`SourceError` when either is wrong."""
+    kinds = [k for k in CFG_KINDS if k in set(cfg)]
+    if not kinds or set(cfg) - set(CFG_KINDS):
+        raise SourceError(f"CFG graph kinds {list(cfg)}: choose from {', '.join(CFG_KINDS)}")
+    return parse_buckets(past_buckets), kinds
+
+
 def convert_rknn_stream(
     src: Path | str,
     out: Path | str,
@@ -174,9 +182,7 @@ def convert_rknn_stream(
     from .dit_chunk_npu import export_npu_chunk_onnx
     from .dit_torch import load_dit
 
-    kinds = [k for k in CFG_KINDS if k in set(cfg)]
-    if not kinds or set(cfg) - set(CFG_KINDS):
-        raise SourceError(f"CFG graph kinds {list(cfg)}: choose from {', '.join(CFG_KINDS)}")
+    _, kinds = check_options(past_buckets, cfg)
     src, out = Path(src), Path(out)
     target, buckets, python = preflight(target, past_buckets, rknn_python)
     ref_graph = out / flow_section["estimator"]["onnx_chunk"]["fp32"]
