@@ -19,6 +19,8 @@ bucket (``overflow="error"`` refuses the latter instead).
 from __future__ import annotations
 
 import importlib
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -43,6 +45,7 @@ NPU_CHUNK_INPUTS = ("x", "mu", "cond", "spks", "t_freq", "rope_cos", "rope_sin",
 CFG_MODES = ("split", "batch")
 SPLIT_CORES = (CORE_MASKS["0"], CORE_MASKS["1"])  # row 0 (conditional) on core 0, row 1 on core 1
 MASK_BIAS = -10000.0
+NPU_CFG_ENV = "COSYVOICE_RK_NPU_CFG"  # split | batch: the streaming graphs' CFG kind (board comparison)
 _F32 = np.float32
 
 
@@ -111,6 +114,8 @@ class RknnChunkEstimator:
         self._fallback: Any = None
         self._said: set[str] = set()
         self._runtimes: dict[int, list[Any]] = {}
+        self._bufs: dict[tuple, tuple[np.ndarray, int]] = {}
+        self._lock = threading.Lock()  # one call at a time on the NPU runtimes and the input buffers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npu-cfg") if cfg == "split" else None
         self.last_choice: dict[str, Any] = {}
         try:
@@ -194,12 +199,6 @@ class RknnChunkEstimator:
         bias = np.zeros((2, past + c), _F32)
         bias[..., t_all:past] = MASK_BIAS
         bias[..., past + n:] = MASK_BIAS
-        kv_in = []
-        for name in ("k", "v"):
-            a = np.zeros((self.depth, 2, self.heads, past, self.dim_head), _F32)
-            a[:, :, :, :tv] = feeds[f"{name}_voice"]
-            a[:, :, :, tv:t_all] = feeds[f"{name}_past"]
-            kv_in.append(a)
 
         def row(sl: slice) -> list[np.ndarray]:
             def pad(z: np.ndarray) -> np.ndarray:
@@ -207,11 +206,11 @@ class RknnChunkEstimator:
                 out[..., :n] = z[sl]
                 return out
 
+            k, v = (self._kv_buffer(name, past, sl, feeds, tv, t_all) for name in ("k", "v"))
             return [pad(feeds["x"]), pad(feeds["mu"]), pad(feeds["cond"]),
                     np.ascontiguousarray(feeds["spks"][sl], _F32), np.ascontiguousarray(t_freq[sl]), cos, sin,
                     np.ascontiguousarray(bias[sl]), np.ascontiguousarray(feeds["conv1_cache"][sl], _F32),
-                    np.ascontiguousarray(feeds["conv2_cache"][sl], _F32),
-                    np.ascontiguousarray(kv_in[0][:, sl]), np.ascontiguousarray(kv_in[1][:, sl])]
+                    np.ascontiguousarray(feeds["conv2_cache"][sl], _F32), k, v]
 
         def run(i: int, sl: slice) -> list[np.ndarray]:
             outs = rts[i].inference(inputs=row(sl))
@@ -227,16 +226,17 @@ class RknnChunkEstimator:
                 raise BackendError(f"RKNN streaming graph p{past} returned shapes {got}, expected {want}")
             return outs
 
-        if self._pool is not None:
-            second = self._pool.submit(run, 1, slice(1, 2))
-            try:
-                first = run(0, slice(0, 1))
-            finally:
-                wait([second])
-            rows = [first, second.result()]
-            outs = [np.concatenate([r[k] for r in rows], axis=1 if k in (1, 2) else 0) for k in range(5)]
-        else:
-            outs = run(0, slice(0, 2))
+        with self._lock:
+            if self._pool is not None:
+                second = self._pool.submit(run, 1, slice(1, 2))
+                try:
+                    first = run(0, slice(0, 1))
+                finally:
+                    wait([second])
+                rows = [first, second.result()]
+                outs = [np.concatenate([r[k] for r in rows], axis=1 if k in (1, 2) else 0) for k in range(5)]
+            else:
+                outs = run(0, slice(0, 2))
         vel = np.ascontiguousarray(np.asarray(outs[0], _F32)[:, :, :n])
         if not kv:
             return [vel]
@@ -247,11 +247,29 @@ class RknnChunkEstimator:
             tails = [np.full_like(z, np.nan) for z in tails]
         return [vel, k_new, v_new, *tails]
 
+    def _kv_buffer(self, name: str, past: int, sl: slice, feeds: dict[str, np.ndarray], tv: int,
+                   t_all: int) -> np.ndarray:
+        """The padded K or V input of the rows ``sl`` (depth, rows, heads, past, dim_head) float32: the voice's
+        frames, then the request's, then zeros (masked). One buffer per (name, bucket, rows) is kept and
+        refilled, so a call copies the caches once and only re-zeroes what the last call left past ``t_all``.
+        Callers of one estimator never overlap (each row's buffer is used by one thread)."""
+        key = (name, past, sl.start, sl.stop)
+        buf, used = self._bufs.get(key, (None, 0))
+        if buf is None:
+            buf = np.zeros((self.depth, sl.stop - sl.start, self.heads, past, self.dim_head), _F32)
+        buf[:, :, :, :tv] = feeds[f"{name}_voice"][:, sl]
+        buf[:, :, :, tv:t_all] = feeds[f"{name}_past"][:, sl]
+        if used > t_all:
+            buf[:, :, :, t_all:used] = 0.0
+        self._bufs[key] = (buf, t_all)
+        return buf
+
     def close(self) -> None:
         for rts in self._runtimes.values():
             for rt in rts:
                 rt.release()
         self._runtimes.clear()
+        self._bufs.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
@@ -276,7 +294,7 @@ def make_chunk_estimator(
     n_threads: int | None = None,
     spin: bool = True,
     core_mask: str | int | None = "auto",
-    cfg: str = "split",
+    cfg: str | None = None,
     overflow: str = "onnx",
     log: Log = print,
     detect: Callable[[str], tuple[bool, str]] | None = None,
@@ -284,11 +302,13 @@ def make_chunk_estimator(
     """The streaming flow's chunk estimator for ``--flow-backend auto|rknn|onnx`` and the reason (also logged),
     with the rules of :func:`pipeline.flow_rknn.make_estimator`: ``auto`` takes the NPU only when the bundle has
     RKNN streaming graphs of the ``cfg`` kind and ``detect`` finds the NPU and its runtime, and falls back to the
-    ONNX chunk graph (``cache`` fp16/fp32) saying why; ``rknn`` raises instead of falling back."""
+    ONNX chunk graph (``cache`` fp16/fp32) saying why; ``rknn`` raises instead of falling back. ``cfg``: split or
+    batch; default ``$COSYVOICE_RK_NPU_CFG``, else split."""
     from .flow_rknn import BACKENDS, detect_npu
     from .flow_stream import CACHE_DTYPES, ChunkEstimator
 
     backend = (backend or "auto").strip().lower()
+    cfg = cfg or os.environ.get(NPU_CFG_ENV) or "split"
     if backend not in BACKENDS:
         raise InputError(f"flow backend {backend!r}: choose {', '.join(BACKENDS)}")
     if cfg not in CFG_MODES:

@@ -31,7 +31,7 @@ from pipeline.engine import PromptFeatures
 from pipeline.errors import BackendError, InputError
 from pipeline.flow import Flow
 from pipeline.flow_rknn import CORE_MASKS
-from pipeline.flow_rknn_stream import RknnChunkEstimator, make_chunk_estimator
+from pipeline.flow_rknn_stream import NPU_CFG_ENV, RknnChunkEstimator, make_chunk_estimator
 from pipeline.flow_stream import ChunkedFlow, ChunkEstimator
 
 PAST = (100, 700)  # the streaming goldens' request reaches 650 past frames
@@ -129,7 +129,7 @@ def test_each_call_equals_the_onnx_chunk_graph(standin, stream_bundle, npu_dir, 
     est = RknnChunkEstimator({p: out / chunk_file_name(b, p) for p in PAST}, geo, cfg=cfg, cache_dtype=np.float32,
                              log=lambda m: None)
     rng = np.random.default_rng(0)
-    for n, voice, past, bucket in ((50, 0, 0, 100), (50, 50, 50, 100), (37, 100, 450, 700), (50, 0, 700, 700)):
+    for n, voice, past, bucket in ((50, 0, 0, 100), (50, 50, 50, 100), (50, 0, 700, 700), (37, 100, 450, 700)):
         feeds = _feeds(est, rng, n=n, voice=voice, past=past)
         got, want = est(feeds), ref(feeds)
         assert est.last_choice == {"backend": "rknn-npu", "past": bucket, "padding": bucket - voice - past, "frames": n}
@@ -143,17 +143,18 @@ def test_each_call_equals_the_onnx_chunk_graph(standin, stream_bundle, npu_dir, 
     rts = standin.instances
     if cfg == "split":  # two runtimes per bucket, rows on cores 0 and 1, each fed one row
         assert [r.core_mask for r in rts] == [CORE_MASKS["0"], CORE_MASKS["1"]] * 2
-        fed = rts[2].calls[0]
+        fed = rts[2].calls[-1]
         assert fed["x"].shape == (1, 80, 50)
         assert fed["k_past"].shape == (geo["depth"], 1, geo["heads"], 700, geo["dim_head"])
     else:
         assert [r.core_mask for r in rts] == [CORE_MASKS["auto"]] * 2
-        fed = rts[1].calls[0]
+        fed = rts[1].calls[-1]
         assert fed["x"].shape == (2, 80, 50)
     # the short chunk after 550 past frames: keys 550..699 (past padding) and 700+37.. (chunk padding) masked
     assert (fed["key_bias"][:, :550] == 0).all() and (fed["key_bias"][:, 550:700] < -1e3).all()
     assert (fed["key_bias"][:, 700:737] == 0).all() and (fed["key_bias"][:, 737:] < -1e3).all()
     assert not fed["x"][..., 37:].any()
+    assert not fed["k_past"][:, :, :, 550:].any() and fed["k_past"][:, :, :, 549].all()  # 700 → 550: re-zeroed
     est.close()
     assert all(r.released for r in rts)
 
@@ -254,6 +255,13 @@ def test_backend_choice(standin, stream_bundle, npu_dir):
             make_chunk_estimator(bundle, backend, log=logs.append, detect=det)
     with pytest.raises(InputError, match="CFG mode 'pair'"):
         make_chunk_estimator(b, "auto", cfg="pair", detect=_present)
+
+
+def test_cfg_kind_from_the_environment(standin, stream_bundle, npu_dir, monkeypatch):
+    monkeypatch.setenv(NPU_CFG_ENV, "batch")
+    est, why = make_chunk_estimator(make_bundle(stream_bundle, npu_dir), "rknn", log=lambda m: None, detect=_present)
+    assert est.cfg == "batch" and est.batch == 2 and "CFG batch" in why
+    assert [Path(r.path).name for r in standin.instances] == [chunk_file_name(2, 100)]
 
 
 def test_runtime_failures_are_errors(standin, stream_bundle, npu_dir, monkeypatch):
