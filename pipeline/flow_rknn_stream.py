@@ -113,7 +113,7 @@ class RknnChunkEstimator:
         self._fallback_factory = fallback
         self._fallback: Any = None
         self._said: set[str] = set()
-        self._runtimes: dict[int, list[Any]] = {}
+        self._runtimes: dict[Path, list[Any]] = {}
         self._bufs: dict[tuple, tuple[np.ndarray, int]] = {}
         self._lock = threading.Lock()  # one call at a time on the NPU runtimes and the input buffers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="npu-cfg") if cfg == "split" else None
@@ -136,10 +136,10 @@ class RknnChunkEstimator:
         return np.zeros((self.depth, 2, self.heads, frames, self.dim_head), self.cache_dtype)
 
     def _runtime(self, past: int) -> list[Any]:
-        rts = self._runtimes.get(past)
+        path = self.graphs[past]  # a dynamic-shape graph serves several buckets: one set of runtimes per file
+        rts = self._runtimes.get(path)
         if rts is not None:
             return rts
-        path = self.graphs[past]
         t0 = time.monotonic()
         rts = []
         try:
@@ -157,8 +157,8 @@ class RknnChunkEstimator:
             for rt in rts:
                 rt.release()
             raise
-        self._runtimes[past] = rts
-        self.log(f"flow stream: RKNN graph p{past} (batch {self.batch}) loaded on NPU core(s) "
+        self._runtimes[path] = rts
+        self.log(f"flow stream: RKNN graph {path.name} (batch {self.batch}) loaded on NPU core(s) "
                  f"{'/'.join(core_mask_name(m) for m in self.core_masks)} in {time.monotonic() - t0:.1f} s")
         return rts
 

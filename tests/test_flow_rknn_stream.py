@@ -64,6 +64,7 @@ def npu_dir(stream_bundle, tmp_path_factory) -> tuple[Path, dict]:
     for b in (1, 2):
         for p in PAST:
             export_npu_chunk_onnx(dit, out / chunk_file_name(b, p), batch=b, chunk=50, past=p)
+    export_npu_chunk_onnx(dit, out / chunk_file_name(1, None), batch=1, chunk=50, past=PAST[0], dynamic_past=True)
     (out / "flow_chunk.broken.rknn").write_bytes(b"not a graph")
     return out, chunk_geometry(dit, 50)
 
@@ -200,6 +201,31 @@ def test_streaming_on_the_npu_backend_matches_upstream(standin, stream_bundle, n
     assert not any("such calls run on ONNX Runtime CPU" in m for m in logs)  # every chunk ran on the "NPU"
     assert {Path(r.path).name for r in standin.instances} == {chunk_file_name(1 if cfg == "split" else 2, p)
                                                               for p in PAST}
+
+
+def test_one_dynamic_shape_graph_serves_every_bucket(standin, stream_bundle, npu_dir, flow, sg, monkeypatch):
+    """``--flow-stream-shapes dynamic``: both buckets name one file; one pair of runtimes serves them."""
+    def inference(self, inputs, **kw):  # the stand-in, with the graph's symbolic past length accepted
+        specs = self.sess.get_inputs()
+        if any(a.dtype != np.float32 or len(a.shape) != len(sp.shape) or any(
+                isinstance(d, int) and d != s for d, s in zip(sp.shape, a.shape, strict=True))
+               for sp, a in zip(specs, inputs, strict=True)):
+            return None
+        self.calls.append({sp.name: a.shape for sp, a in zip(specs, inputs, strict=True)})
+        return self.sess.run(None, {sp.name: a for sp, a in zip(specs, inputs, strict=True)})
+
+    monkeypatch.setattr(standin, "inference", inference)
+    b = make_bundle(stream_bundle, npu_dir, kinds=("split",))
+    for g in b.manifest["flow"]["estimator"]["rknn_chunk"]["graphs"]["split"]:
+        g["file"] = chunk_file_name(1, None)
+    b.manifest["files"][chunk_file_name(1, None)] = file_entry(npu_dir[0] / chunk_file_name(1, None))
+    cf = ChunkedFlow.from_bundle(b, flow, backend="rknn", npu={"log": lambda m: None, "detect": _present})
+    mels = _stream(cf, sg, "stream")
+    for k, m in enumerate(mels):
+        assert _err(m, _want(sg, "stream", k, k == len(mels) - 1)) < TOL
+    assert [Path(r.path).name for r in standin.instances] == [chunk_file_name(1, None)] * 2
+    pasts = {c["k_past"][3] for c in standin.instances[0].calls}
+    assert pasts == set(PAST)  # both shape sets used, by the same runtime
 
 
 def test_past_longer_than_the_buckets_runs_on_the_cpu_and_says_so(standin, stream_bundle, npu_dir, flow, sg):

@@ -60,6 +60,8 @@ def test_check_options():
     for b, c in (("500", ["pair"]), ("500", []), ("x", ["split"])):
         with pytest.raises(SourceError):
             check_options(b, c)
+    with pytest.raises(SourceError, match="shapes 'ragged'"):
+        check_options("500", ["split"], "ragged")
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +90,20 @@ def test_simulator_conversion_of_the_streaming_graphs(chunk_dir, tiny_src, capsy
             err, ref = g["sim_max_abs_err"][name], g["sim_ref_max_abs"][name]
             assert 0 < err < DEFAULT_MAX_REL_ERR * ref
             assert err < FP16_REL * ref, (kind, name, err, ref)  # ~1e-3 of the scale, as the non-streaming graphs
+    # dynamic shapes: one graph (one copy of the weights) for every past bucket, each shape set simulated
+    dyn = convert_rknn_stream(tiny_src, out, sec, past_buckets=[100, 200], cfg=("split",), shapes="dynamic",
+                              log=logs.append)
+    assert dyn["files"] == ["flow_chunk.b1.dyn.rknn"]
+    entries = dyn["rknn_chunk"]["graphs"]["split"]
+    assert [(g["past"], g["file"], g["shapes"]) for g in entries] == [(100, "flow_chunk.b1.dyn.rknn", "dynamic"),
+                                                                     (200, "flow_chunk.b1.dyn.rknn", "dynamic")]
+    for g in entries:
+        assert g["pad_max_abs_err"] < 1e-4
+        for name in OUTPUTS:
+            assert g["sim_max_abs_err"][name] < FP16_REL * g["sim_ref_max_abs"][name], (g["past"], name)
     with capsys.disabled():  # the numbers docs/rknn-simulator.md keeps
         print("\n" + "\n".join(logs))
-        print(json.dumps(r["graphs"], indent=1))
+        print(json.dumps([*r["graphs"]["split"], *r["graphs"]["batch"], *entries], indent=1))
 
 
 # --- RKNNLite on the simulator --------------------------------------------------------------------------------

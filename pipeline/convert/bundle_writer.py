@@ -58,6 +58,7 @@ def convert_checkpoint(
     flow_int8: bool = True,
     flow_stream_buckets: str | Sequence[int] = "500,1000",
     flow_stream_cfg: Sequence[str] = ("split",),
+    flow_stream_shapes: str = "static",
     extra_manifest: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
@@ -79,7 +80,7 @@ def convert_checkpoint(
         preflight(rknn_target, flow_buckets)  # fails before the long LLM conversion if the toolkit env is missing
         from .rknn_stream_export import check_options
 
-        check_options(flow_stream_buckets, flow_stream_cfg)
+        check_options(flow_stream_buckets, flow_stream_cfg, flow_stream_shapes)
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
             raise BundleError(f"{out} exists and is not a bundle; choose an empty or new folder")
@@ -105,9 +106,9 @@ def convert_checkpoint(
             from .rknn_stream_export import convert_rknn_stream
 
             log(f"streaming flow chunk step → RKNN ({rknn_target}, past buckets {flow_stream_buckets}, "
-                f"CFG {'/'.join(flow_stream_cfg)})")
+                f"CFG {'/'.join(flow_stream_cfg)}, {flow_stream_shapes} shapes)")
             r = convert_rknn_stream(src, work, flow, target=rknn_target, past_buckets=flow_stream_buckets,
-                                    cfg=flow_stream_cfg, log=log)
+                                    cfg=flow_stream_cfg, shapes=flow_stream_shapes, log=log)
             flow["estimator"]["rknn_chunk"] = r["rknn_chunk"]
             flow["files"] = [*flow["files"], *r["files"]]
         log("HiFT → f0 weights, decoder ONNX, noise tables")

@@ -40,14 +40,16 @@ from .rknn_export import (
 
 DEFAULT_PAST_BUCKETS = (500, 1000)
 CFG_KINDS = {"split": 1, "batch": 2}
+SHAPES = ("static", "dynamic")
 PAD_TOL = 1e-4  # FP32 vs FP32: only summation order differs
 SIM_PAST_FRACTION = 0.6
 SIM_T = 0.9
 OUTPUTS = ("velocity", "k_new", "v_new", "conv1_tail", "conv2_tail")
 
 
-def chunk_file_name(batch: int, past: int) -> str:
-    return f"flow_chunk.b{int(batch)}.p{int(past)}.rknn"
+def chunk_file_name(batch: int, past: int | None) -> str:
+    """``flow_chunk.b<B>.p<P>.rknn``, or ``flow_chunk.b<B>.dyn.rknn`` for the dynamic-shape graph of all P."""
+    return f"flow_chunk.b{int(batch)}.{'dyn' if past is None else f'p{int(past)}'}.rknn"
 
 
 def chunk_geometry(dit: Any, chunk: int) -> dict[str, Any]:
@@ -135,7 +137,7 @@ class _Case:
         self.npu_feeds = {k: np.ascontiguousarray(v if k in ("rope_cos", "rope_sin") else
                                                   (v[:, b] if k in ("k_past", "v_past") else v[b]), f32)
                           for k, v in npu.items()}
-        self.batch, self.n, self.full = batch, n, n == c
+        self.batch, self.n, self.full, self.t_valid = batch, n, n == c, t_valid
 
     def valid(self, outs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The outputs' valid part (batch rows of this case; frames < n; tails only for a full chunk)."""
@@ -155,11 +157,71 @@ def _max_err(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> tuple[lis
     return errs, scales
 
 
-def check_options(past_buckets: str | Sequence[int], cfg: Sequence[str]) -> tuple[list[int], list[str]]:
-    """Parsed past buckets and CFG kinds (in build order); :class:`SourceError` when either is wrong."""
+def _build(onnx_path: Path, rknn_path: Path, pasts: list[int], geo: dict[str, Any], ref_graph: Path, batch: int,
+           target: str, python: Path, max_rel_err: float, log: Callable[[str], None]) -> tuple[list[dict], dict]:
+    """Check ``onnx_path`` (padding, per past length), build it (several past lengths: rknn-toolkit2's
+    ``dynamic_input``, one shape set each) and check every shape set in the simulator; the manifest entries."""
+    c, work, tag = geo["chunk"], rknn_path.parent, rknn_path.name
+    pads, sims, refs = [], [], []
+    for p in pasts:
+        pad_err = 0.0
+        for n, tv in ((c - 13, p - 7), (c, p // 3)):  # short chunk + padded past; full chunk (tails)
+            case = _Case(geo, ref_graph, batch, p, n, tv, seed=1)
+            errs, scales = _max_err(case.valid(_ort(onnx_path, case.npu_feeds)),
+                                    case.valid(_ort(ref_graph, case.ref_feeds)))
+            bad = [f"{OUTPUTS[i]} {e:.3g}" for i, (e, s) in enumerate(zip(errs, scales, strict=True))
+                   if not e <= PAD_TOL * max(s, 1.0)]
+            if bad:
+                raise BackendError(f"{tag} p{p}: the chunk graph on padded inputs differs from {ref_graph.name} "
+                                   f"at the exact lengths: {', '.join(bad)}")
+            pad_err = max(pad_err, *errs)
+        sim = _Case(geo, ref_graph, batch, p, c, int(SIM_PAST_FRACTION * p), seed=0)
+        refs.append(_ort(onnx_path, sim.npu_feeds))
+        np.savez(work / f"{tag}.p{p}.inputs.npz", **sim.npu_feeds)
+        pads.append(pad_err)
+        sims.append(sim)
+    g: dict[str, Any] = {"seq": pasts[0], "onnx": str(onnx_path), "rknn": str(rknn_path),
+                         "inputs": [str(work / f"{tag}.p{p}.inputs.npz") for p in pasts],
+                         "sim_out": [str(work / f"{tag}.p{p}.sim.npz") for p in pasts]}
+    if rknn_path.name.endswith(".dyn.rknn"):
+        g["dynamic_input"] = [[list(v.shape) for v in s.npu_feeds.values()] for s in sims]
+    log(f"flow stream → RKNN {target} {tag}: rknn-toolkit2 build + simulator check")
+    t0 = time.monotonic()
+    answer = run_worker(python, {"target": target, "simulate": True, "disable_rules_fallback": [SDPA_FUSION_RULE],
+                                 "graphs": [g]},
+                        heartbeat=lambda s: log(f"  {tag}: rknn-toolkit2 still working ({s / 60:.0f} min)"))
+    res = answer["graphs"][0]
+    if not res["ok"]:
+        raise BackendError(f"rknn-toolkit2 could not convert {tag}: {res['attempts'][-1]['error']}\n"
+                           f"{answer['log_tail']}")
+    entries = []
+    for p, pad_err, sim, ref, dst in zip(pasts, pads, sims, refs, g["sim_out"], strict=True):
+        with np.load(dst) as z:
+            got = [z[f"arr_{i}"] for i in range(len(OUTPUTS))]
+        errs, scales = _max_err(sim.valid(got), sim.valid(ref))
+        for name, e, s in zip(OUTPUTS, errs, scales, strict=True):
+            if not e <= max_rel_err * max(s, 1e-6):
+                raise BackendError(f"RKNN streaming graph {tag} p{p} refused: simulator {name} max abs error "
+                                   f"{e:.3g} exceeds {max_rel_err:g} × max|ONNX Runtime| {s:.3g}")
+        entries.append({"past": p, "batch": batch, "disable_rules": res["disable_rules"], "pad_max_abs_err": pad_err,
+                        "build_s": res["build_s"], "sim_s": res["sim_s"], "sim_past_frames": sim.t_valid,
+                        "sim_max_abs_err": dict(zip(OUTPUTS, errs, strict=True)),
+                        "sim_ref_max_abs": dict(zip(OUTPUTS, scales, strict=True))})
+        log(f"  {tag} p{p}: simulator max abs err velocity {errs[0]:.3g} (max |ref| {scales[0]:.3g}), k_new "
+            f"{errs[1]:.3g} ({scales[1]:.3g}), v_new {errs[2]:.3g} ({scales[2]:.3g}); padding err {pad_err:.2g}")
+    log(f"  {tag}: built and simulated in {time.monotonic() - t0:.1f} s "
+        f"({(rknn_path.stat().st_size / 2**20):.1f} MB)")
+    return entries, answer
+
+
+def check_options(past_buckets: str | Sequence[int], cfg: Sequence[str],
+                  shapes: str = "static") -> tuple[list[int], list[str]]:
+    """Parsed past buckets and CFG kinds (in build order); :class:`SourceError` when an option is wrong."""
     kinds = [k for k in CFG_KINDS if k in set(cfg)]
     if not kinds or set(cfg) - set(CFG_KINDS):
         raise SourceError(f"CFG graph kinds {list(cfg)}: choose from {', '.join(CFG_KINDS)}")
+    if shapes not in SHAPES:
+        raise SourceError(f"RKNN streaming graph shapes {shapes!r}: choose {' or '.join(SHAPES)}")
     return parse_buckets(past_buckets), kinds
 
 
@@ -171,18 +233,21 @@ def convert_rknn_stream(
     target: str = "rk3588",
     past_buckets: str | Sequence[int] = DEFAULT_PAST_BUCKETS,
     cfg: Sequence[str] = ("split",),
+    shapes: str = "static",
     log: Callable[[str], None] = print,
     rknn_python: Path | str | None = None,
     max_rel_err: float = DEFAULT_MAX_REL_ERR,
 ) -> dict[str, Any]:
     """Build the streaming chunk graphs into bundle folder ``out`` (after the ONNX chunk graphs are written);
-    returns ``{"rknn_chunk": <manifest section for flow.estimator>, "files": [...]}``."""
+    returns ``{"rknn_chunk": <manifest section for flow.estimator>, "files": [...]}``. ``shapes``: ``static``
+    (one graph per past bucket) or ``dynamic`` (one graph per CFG kind holding every bucket as a shape set:
+    one copy of the weights; docs/rknn-simulator.md has the measured sizes)."""
     import torch
 
     from .dit_chunk_npu import export_npu_chunk_onnx
     from .dit_torch import load_dit
 
-    _, kinds = check_options(past_buckets, cfg)
+    _, kinds = check_options(past_buckets, cfg, shapes)
     src, out = Path(src), Path(out)
     target, buckets, python = preflight(target, past_buckets, rknn_python)
     ref_graph = out / flow_section["estimator"]["onnx_chunk"]["fp32"]
@@ -196,57 +261,23 @@ def convert_rknn_stream(
     try:
         for kind in kinds:
             batch = CFG_KINDS[kind]
-            for p in buckets:
-                tag = f"b{batch}.p{p}"
-                log(f"flow stream → RKNN {target} {tag}: static ONNX export (chunk {c}, past {p}, batch {batch})")
-                onnx_path = export_npu_chunk_onnx(dit, work / f"{tag}.onnx", batch=batch, chunk=c, past=p)
-                pad_err = 0.0
-                for n, tv in ((c - 13, p - 7), (c, p // 3)):  # short chunk + padded past; full chunk (tails)
-                    case = _Case(geo, ref_graph, batch, p, n, tv, seed=1)
-                    errs, scales = _max_err(case.valid(_ort(onnx_path, case.npu_feeds)),
-                                            case.valid(_ort(ref_graph, case.ref_feeds)))
-                    bad = [f"{OUTPUTS[i]} {e:.3g}" for i, (e, s) in enumerate(zip(errs, scales, strict=True))
-                           if not e <= PAD_TOL * max(s, 1.0)]
-                    if bad:
-                        raise BackendError(f"{tag}: the static chunk graph on padded inputs differs from "
-                                           f"{ref_graph.name} at the exact lengths: {', '.join(bad)}")
-                    pad_err = max(pad_err, *errs)
-                sim = _Case(geo, ref_graph, batch, p, c, int(SIM_PAST_FRACTION * p), seed=0)
-                ref = _ort(onnx_path, sim.npu_feeds)
-                np.savez(work / f"{tag}.inputs.npz", **sim.npu_feeds)
-                rknn_path = work / chunk_file_name(batch, p)
-                job = {"target": target, "simulate": True, "disable_rules_fallback": [SDPA_FUSION_RULE],
-                       "graphs": [{"seq": p, "onnx": str(onnx_path), "rknn": str(rknn_path),
-                                   "inputs": str(work / f"{tag}.inputs.npz"),
-                                   "sim_out": str(work / f"{tag}.sim.npz")}]}
-                log(f"flow stream → RKNN {target} {tag}: rknn-toolkit2 build + simulator check")
-                t0 = time.monotonic()
-                answer = run_worker(python, job, heartbeat=lambda s, tag=tag: log(
-                    f"  {tag}: rknn-toolkit2 still working ({s / 60:.0f} min)"))
-                res = answer["graphs"][0]
+            units = [[p] for p in buckets] if shapes == "static" else [list(buckets)]
+            for pasts in units:
+                name = chunk_file_name(batch, pasts[0] if shapes == "static" else None)
+                onnx_path = work / f"{name}.onnx"
+                log(f"flow stream → RKNN {target} {name}: {shapes} ONNX export (chunk {c}, past "
+                    f"{'/'.join(map(str, pasts))}, batch {batch})")
+                export_npu_chunk_onnx(dit, onnx_path, batch=batch, chunk=c, past=pasts[0],
+                                      dynamic_past=shapes == "dynamic")
+                entries, answer = _build(onnx_path, work / name, pasts, geo, ref_graph, batch, target, python,
+                                         max_rel_err, log)
                 toolkit = answer.get("toolkit")
-                if not res["ok"]:
-                    raise BackendError(f"rknn-toolkit2 could not convert {tag}: "
-                                       f"{res['attempts'][-1]['error']}\n{answer['log_tail']}")
-                with np.load(work / f"{tag}.sim.npz") as z:
-                    got = [z[f"arr_{i}"] for i in range(len(OUTPUTS))]
-                errs, scales = _max_err(sim.valid(got), sim.valid(ref))
-                for name, e, s in zip(OUTPUTS, errs, scales, strict=True):
-                    if not e <= max_rel_err * max(s, 1e-6):
-                        raise BackendError(f"RKNN streaming graph {tag} refused: simulator {name} max abs error "
-                                           f"{e:.3g} exceeds {max_rel_err:g} × max|ONNX Runtime| {s:.3g}")
-                shutil.move(str(rknn_path), str(out / rknn_path.name))
-                entry = {"past": p, "batch": batch, "file": rknn_path.name, "disable_rules": res["disable_rules"],
-                         "pad_max_abs_err": pad_err, "build_s": res["build_s"], "sim_s": res["sim_s"],
-                         "size_mb": round((out / rknn_path.name).stat().st_size / 2**20, 2),
-                         "sim_past_frames": int(SIM_PAST_FRACTION * p),
-                         "sim_max_abs_err": dict(zip(OUTPUTS, errs, strict=True)),
-                         "sim_ref_max_abs": dict(zip(OUTPUTS, scales, strict=True))}
-                log(f"  {tag}: simulator max abs err velocity {errs[0]:.3g} (max |ref| {scales[0]:.3g}), k_new "
-                    f"{errs[1]:.3g} ({scales[1]:.3g}), v_new {errs[2]:.3g} ({scales[2]:.3g}); padding err "
-                    f"{pad_err:.2g}; {entry['size_mb']} MB; {time.monotonic() - t0:.1f} s")
-                graphs[kind].append(entry)
-                files.append(rknn_path.name)
+                shutil.move(str(work / name), str(out / name))
+                size = round((out / name).stat().st_size / 2**20, 2)
+                for e in entries:
+                    e.update(file=name, size_mb=size, shapes=shapes)
+                graphs[kind] += entries
+                files.append(name)
                 onnx_path.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)
