@@ -46,6 +46,8 @@ CFG_MODES = ("split", "batch")
 SPLIT_CORES = (CORE_MASKS["0"], CORE_MASKS["1"])  # row 0 (conditional) on core 0, row 1 on core 1
 MASK_BIAS = -10000.0
 NPU_CFG_ENV = "COSYVOICE_RK_NPU_CFG"  # split | batch: the streaming graphs' CFG kind (board comparison)
+NPU_KV_ENV = "COSYVOICE_RK_NPU_KV"  # fp32 | fp16: the dtype the past K/V inputs are handed to RKNNLite in
+KV_INPUT_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 _F32 = np.float32
 
 
@@ -73,6 +75,7 @@ class RknnChunkEstimator:
         cfg: str = "split",
         core_mask: str | int | None = "auto",
         cache_dtype: Any = np.float16,
+        kv_input: str = "fp32",
         fallback: Callable[[], Any] | None = None,
         overflow: str = "onnx",
         preload: Sequence[int] = (),
@@ -106,6 +109,9 @@ class RknnChunkEstimator:
             log(f"flow stream: --npu-cores {core_mask_name(parse_core_mask(core_mask))} ignored: the CFG split runs "
                 "the two rows on NPU cores 0 and 1")
         self.cache_dtype = np.dtype(cache_dtype).type
+        if kv_input not in KV_INPUT_DTYPES:
+            raise InputError(f"K/V input type {kv_input!r}: choose {' or '.join(KV_INPUT_DTYPES)}")
+        self.kv_input = kv_input
         self.n_threads = 1
         self.overflow = overflow
         self.target = target
@@ -130,7 +136,7 @@ class RknnChunkEstimator:
     def name(self) -> str:
         cores = "/".join(core_mask_name(m) for m in self.core_masks)
         return (f"rknn-npu streaming ({self.target}, CFG {self.cfg}, chunk {self.chunk}, past buckets "
-                f"{'/'.join(f'p{b}' for b in self.buckets)}, cores {cores})")
+                f"{'/'.join(f'p{b}' for b in self.buckets)}, cores {cores}, K/V in {self.kv_input})")
 
     def empty_kv(self, frames: int = 0) -> np.ndarray:
         return np.zeros((self.depth, 2, self.heads, frames, self.dim_head), self.cache_dtype)
@@ -249,14 +255,16 @@ class RknnChunkEstimator:
 
     def _kv_buffer(self, name: str, past: int, sl: slice, feeds: dict[str, np.ndarray], tv: int,
                    t_all: int) -> np.ndarray:
-        """The padded K or V input of the rows ``sl`` (depth, rows, heads, past, dim_head) float32: the voice's
+        """The padded K or V input of the rows ``sl`` (depth, rows, heads, past, dim_head) in ``kv_input``
+        (float32, which RKNNLite converts to the graph's fp16; float16 hands the fp16 cache over as is): the voice's
         frames, then the request's, then zeros (masked). One buffer per (name, bucket, rows) is kept and
         refilled, so a call copies the caches once and only re-zeroes what the last call left past ``t_all``.
         Callers of one estimator never overlap (each row's buffer is used by one thread)."""
         key = (name, past, sl.start, sl.stop)
         buf, used = self._bufs.get(key, (None, 0))
         if buf is None:
-            buf = np.zeros((self.depth, sl.stop - sl.start, self.heads, past, self.dim_head), _F32)
+            buf = np.zeros((self.depth, sl.stop - sl.start, self.heads, past, self.dim_head),
+                           KV_INPUT_DTYPES[self.kv_input])
         buf[:, :, :, :tv] = feeds[f"{name}_voice"][:, sl]
         buf[:, :, :, tv:t_all] = feeds[f"{name}_past"][:, sl]
         if used > t_all:
@@ -347,6 +355,7 @@ def make_chunk_estimator(
     try:
         paths = {int(g["past"]): bundle.path(g["file"]) for g in graphs}
         est = RknnChunkEstimator(paths, sec, cfg=cfg, core_mask=core_mask, cache_dtype=CACHE_DTYPES[cache],
+                                 kv_input=os.environ.get(NPU_KV_ENV) or "fp32",
                                  fallback=onnx_est, overflow=overflow, preload=[min(paths)],
                                  target=str(sec.get("target", "rk3588")), log=log)
     except (KeyError, TypeError, ValueError) as e:

@@ -31,7 +31,7 @@ from pipeline.engine import PromptFeatures
 from pipeline.errors import BackendError, InputError
 from pipeline.flow import Flow
 from pipeline.flow_rknn import CORE_MASKS
-from pipeline.flow_rknn_stream import NPU_CFG_ENV, RknnChunkEstimator, make_chunk_estimator
+from pipeline.flow_rknn_stream import NPU_CFG_ENV, NPU_KV_ENV, RknnChunkEstimator, make_chunk_estimator
 from pipeline.flow_stream import ChunkedFlow, ChunkEstimator
 
 PAST = (100, 700)  # the streaming goldens' request reaches 650 past frames
@@ -201,6 +201,37 @@ def test_streaming_on_the_npu_backend_matches_upstream(standin, stream_bundle, n
     assert not any("such calls run on ONNX Runtime CPU" in m for m in logs)  # every chunk ran on the "NPU"
     assert {Path(r.path).name for r in standin.instances} == {chunk_file_name(1 if cfg == "split" else 2, p)
                                                               for p in PAST}
+
+
+def test_fp16_kv_inputs_from_the_environment(standin, stream_bundle, npu_dir, monkeypatch):
+    """``COSYVOICE_RK_NPU_KV=fp16`` hands the fp16 cache to the runtime as is (the simulator accepts float16
+    inputs with identical outputs, docs/rknn-simulator.md §3); a runtime that refuses them is an error."""
+    b = make_bundle(stream_bundle, npu_dir, kinds=("split",))
+    rng = np.random.default_rng(1)
+    ref, _ = make_chunk_estimator(b, "rknn", log=lambda m: None, detect=_present)
+    feeds = _feeds(ref, rng, n=50, voice=50, past=60)
+    for k in ("k_voice", "v_voice", "k_past", "v_past"):
+        feeds[k] = feeds[k].astype(np.float16)  # the fp16 cache ChunkedFlow keeps
+    want = ref(feeds)
+    monkeypatch.setenv(NPU_KV_ENV, "fp16")
+    est, why = make_chunk_estimator(b, "rknn", log=lambda m: None, detect=_present)
+    assert est.kv_input == "fp16" and "K/V in fp16" in why
+    with pytest.raises(BackendError, match="RKNN inference failed"):  # the stand-in takes float32 only
+        est(feeds)
+    real = standin.inference
+
+    def inference(self, inputs, **kw):
+        specs = [i.name for i in self.sess.get_inputs()]
+        if [a.dtype for a in inputs] != [np.float16 if n in ("k_past", "v_past") else np.float32 for n in specs]:
+            return None
+        return real(self, [np.asarray(a, np.float32) for a in inputs])
+
+    monkeypatch.setattr(standin, "inference", inference)
+    got = est(feeds)
+    for g, w in zip(got, want, strict=True):
+        assert np.array_equal(g, w)
+    with pytest.raises(InputError, match="K/V input type 'int8'"):
+        RknnChunkEstimator({100: npu_dir[0] / chunk_file_name(1, 100)}, npu_dir[1], kv_input="int8")
 
 
 def test_one_dynamic_shape_graph_serves_every_bucket(standin, stream_bundle, npu_dir, flow, sg, monkeypatch):
