@@ -1,8 +1,10 @@
 """Converter step: the streaming flow's chunk step as fixed-shape RKNN graphs (``convert --rknn rk3588``).
 
 One graph per (CFG kind, past bucket P): ``flow_chunk.b1.p<P>.rknn`` (one CFG row; the runtime runs the two rows
-on two NPU cores) and, on request, ``flow_chunk.b2.p<P>.rknn`` (the CFG pair as a batch of 2). Each is the
-:class:`~pipeline.convert.dit_chunk_npu.NpuChunkDiT` exported with static shapes and checked twice:
+on two NPU cores) and, on request, ``flow_chunk.b2.p<P>.rknn`` (the CFG pair as a batch of 2). With
+``shapes="dynamic"`` one graph per CFG kind (``flow_chunk.b<B>.dyn.rknn``) holds every P as an rknn-toolkit2
+shape set, with one copy of the weights. Each is the :class:`~pipeline.convert.dit_chunk_npu.NpuChunkDiT`
+exported from ``flow.pt`` and checked twice (per P):
 
 1. padding (ONNX Runtime, FP32): on a short chunk with padded past K/V, the valid frames' velocity and new K/V
    equal the bundle's chunk graph (``flow_estimator.chunk.fp32.onnx``) at the exact lengths, and on a full
@@ -12,7 +14,7 @@ on two NPU cores) and, on request, ``flow_chunk.b2.p<P>.rknn`` (the CFG pair as 
    same static graph, refused above ``max_rel_err`` × the output's largest magnitude (as the non-streaming graphs).
 
 Every ``.rknn`` embeds its own fp16 copy of the DiT weights (≈ 0.7 GB at CosyVoice3 size), so the number of
-buckets is the disk (and, loaded, RAM) cost.
+static graphs is the disk (and, loaded, RAM) cost.
 """
 
 from __future__ import annotations
