@@ -41,7 +41,8 @@ def accepted_formats() -> str:
 
 
 def _describe(src: AudioSource) -> str:
-    return "the uploaded data" if isinstance(src, bytes | bytearray) else str(src)
+    # the file's own name only: a path may be a server's temp folder, which means nothing to the person
+    return "the uploaded data" if isinstance(src, bytes | bytearray) else os.path.basename(os.fspath(src))
 
 
 def _open(src: AudioSource):
@@ -49,9 +50,13 @@ def _open(src: AudioSource):
 
 
 def _unreadable(src: AudioSource, err: Exception) -> InputError:
+    # libsndfile's own words ("Format not recognised", "Error in WAV file") are not a message for a person
+    size = len(src) if isinstance(src, bytes | bytearray) else os.path.getsize(src)
+    if size == 0:
+        return InputError(f"{_describe(src)} is empty (0 bytes); upload or record 3–10 s of speech")
     return InputError(
-        f"{_describe(src)} is not an audio file that can be read ({err}); "
-        f"use one of: {accepted_formats()}"
+        f"{_describe(src)} is not an audio file that can be read (damaged, or a format this machine does not "
+        f"read); use one of: {accepted_formats()}"
     )
 
 
@@ -60,7 +65,7 @@ def audio_info(src: AudioSource) -> tuple[int, int, int]:
     import soundfile as sf
 
     if not isinstance(src, bytes | bytearray) and not os.path.isfile(src):
-        raise InputError(f"prompt file {src} does not exist")
+        raise InputError(f"prompt file {_describe(src)} does not exist")
     try:
         info = sf.info(_open(src))
     except Exception as e:  # noqa: BLE001 - libsndfile raises several types for a bad file
@@ -76,7 +81,7 @@ def load_audio(src: AudioSource) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     if not isinstance(src, bytes | bytearray) and not os.path.isfile(src):
-        raise InputError(f"prompt file {src} does not exist")
+        raise InputError(f"prompt file {_describe(src)} does not exist")
     try:
         data, sr = sf.read(_open(src), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001

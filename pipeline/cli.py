@@ -65,6 +65,11 @@ def cmd_verify(a: argparse.Namespace) -> int:
                 raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
                                  "--streaming-goldens F)")
             results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)
+        modes_path = a.goldens.with_name("modes_goldens.npz")
+        if modes_path.is_file():  # beside --goldens: checked too
+            from .verify_modes import load_modes_goldens, run_verify_modes
+
+            results += run_verify_modes(bundle, load_modes_goldens(modes_path), goldens, log=_log)
     ok = all(r.passed for r in results)
     if a.json:
         print(json.dumps({"passed": ok, "stages": [r.as_dict() for r in results]}, indent=1))
@@ -72,6 +77,19 @@ def cmd_verify(a: argparse.Namespace) -> int:
         print(format_table(results))
         print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def cmd_check(a: argparse.Namespace) -> int:
+    from .bundle import Bundle
+
+    bundle = Bundle.load(a.bundle, check="size")
+    _log(f"hashing every file of {a.bundle} (the real bundle: ~3 GB, 15-30 s on an RK3588's eMMC)")
+    bad = bundle.scan(log=_log)
+    if bad:
+        _log(f"DAMAGED: {', '.join(bad)}; copy the bundle again from where it was converted, or convert again")
+        return 1
+    _log(f"every file of {a.bundle} matches its manifest")
+    return 0
 
 
 def _default_bundle() -> Path:
@@ -156,6 +174,12 @@ def cmd_say(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cli_words(msg: str) -> str:
+    """The voice store words its refusals for the page ("tick replace"); here the switch is --overwrite."""
+    return (msg.replace("or save as", "or add --overwrite and save as").replace(" or replace it", " or add --overwrite")
+            .replace("tick “replace”", "add --overwrite"))
+
+
 def cmd_speakers(a: argparse.Namespace) -> int:
     from .errors import PresetError
     from .presets import SpeakerStore
@@ -165,12 +189,14 @@ def cmd_speakers(a: argparse.Namespace) -> int:
         voices = store.list()
         if a.json:
             print(json.dumps(voices, ensure_ascii=False, indent=1))
-        elif not voices:
+            return 0
+        if not voices:
             print(f"no voices in {store.root}; add one with "
                   "`cosyvoice-rk speakers add NAME --prompt-wav F --prompt-text T`")
         for v in voices:
             if "error" in v:
-                print(f"{v['slug']}: UNREADABLE ({v['error']})")
+                print(f"{v['slug']}: DAMAGED ({v['error']}); repair it with `speakers add {v['slug']} --overwrite "
+                      "...` from its recording, or delete it")
             else:
                 print(f"{v['name']}  [{v['slug']}]  {v.get('language', '')}  {v['transcript'][:60]}")
         return 0
@@ -185,9 +211,17 @@ def cmd_speakers(a: argparse.Namespace) -> int:
         print(store.export(a.name, a.file or Path(".")))
         return 0
     if a.action == "add":
-        if store.exists(a.name) and not a.overwrite:
-            raise PresetError(f"a voice named {a.name!r} already exists; choose another name or add --overwrite")
+        try:
+            store.claim(a.name, overwrite=a.overwrite)
+        except PresetError as e:
+            raise PresetError(_cli_words(str(e))) from None
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
+    if a.action == "import":  # a bad file is refused before the models load
+        meta, _, _ = store.read_export(a.file)
+        try:
+            store.claim(a.name or meta["name"], overwrite=a.overwrite)
+        except PresetError as e:
+            raise PresetError(_cli_words(str(e))) from None
     with _open_tts(a) as tts:
         if a.action == "add":
             p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=a.language, overwrite=a.overwrite)
@@ -229,6 +263,20 @@ def cmd_webui(a: argparse.Namespace) -> int:
     from webui.serve import serve
 
     return serve(a)
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _seed(v: str) -> int | None:
+    """``--seed``: -1 (or any negative number) means random, as on the page; else 0 … 2**32-1."""
+    try:
+        n = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{v!r} is not a whole number; give 0–{MAX_SEED}, or -1 for random") from None
+    if n > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{n} is too large; give 0–{MAX_SEED}, or -1 for random")
+    return None if n < 0 else n
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -317,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--text", required=True, help="what to say")
     s.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (drives text normalisation)")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0 = upstream)")
-    s.add_argument("--seed", type=int, default=None, help="fix the sampling for a repeatable result")
+    s.add_argument("--seed", type=_seed, default=None,
+                   help=f"fix the sampling for a repeatable result (0–{MAX_SEED}; -1 = random, as on the page)")
     s.add_argument("-o", "--output", type=Path, required=True, help="output .wav (24 kHz)")
     s.set_defaults(func=cmd_say)
 
@@ -346,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (lst, add, ren, dele, exp, imp):
         _runtime_args(q)
     sp.set_defaults(func=cmd_speakers)
+
+    ck = sub.add_parser("check", help="hash every file of a bundle against its manifest (finds a damaged copy or "
+                                      "a failing SD card; exit 1 when a file is damaged)")
+    ck.add_argument("--bundle", type=Path, default=_default_bundle(), help="model bundle (env COSYVOICE_RK_BUNDLE)")
+    ck.set_defaults(func=cmd_check)
 
     r = sub.add_parser("make-random-bundle", help="a bundle with random weights (tests, benchmarks; not speech)")
     r.add_argument("out", type=Path)

@@ -96,20 +96,25 @@ class Engine:
     @classmethod
     def load(cls, bundle: Bundle | Path | str, *, quant: str | None = None, n_threads: int | None = None,
              exact: bool = False, flow_backend: str = "auto", npu_cores: str = "auto", flow_fast: bool = False,
-             flow_steps: int | None = None, log: Callable[[str], None] | None = None) -> Engine:
+             flow_steps: int | None = None, flow_cache: str = "fp16",
+             log: Callable[[str], None] | None = None) -> Engine:
         """``flow_backend``: auto (RKNN only when the bundle has RKNN graphs and the NPU is present), rknn or
         onnx; the choice and its reason are logged and kept in ``flow_backend_reason``. ``flow_fast`` (the
         INT8 estimator on ONNX Runtime) and ``flow_steps`` (Euler steps instead of the bundle's 10) are the
-        opt-in fast mode: faster, and the mel is no longer upstream's."""
-        from .flow import Flow
+        opt-in fast mode: faster, and the mel is no longer upstream's. ``flow_cache``: the streaming flow's K/V
+        cache type (fp16 or fp32). The ONNX Runtime estimators load on first use: a process that only streams
+        holds only the streaming graph."""
+        from .flow import Flow, ort_estimator
         from .flow_rknn import make_estimator
         from .llm import SpeechLM, TextEmbedding
         from .vocoder import HiFT
 
         b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         log = log or log_to_stderr
+        if flow_cache not in ("fp16", "fp32"):
+            raise InputError(f"flow cache type must be fp16 or fp32, not {flow_cache!r}")
         est, reason = make_estimator(b, flow_backend, n_threads=n_threads, core_mask=npu_cores, fast=flow_fast,
-                                     log=log)
+                                     log=log, onnx_factory=lambda: ort_estimator(b, n_threads, lazy=True))
         flow = Flow.from_bundle(b, estimator=est, n_threads=n_threads, n_timesteps=flow_steps)
         if flow_steps is not None:
             log(f"flow: {flow.n_timesteps} Euler steps asked for (the bundle's: "
@@ -119,6 +124,7 @@ class Engine:
         e = cls(b, lm, temb, flow, HiFT.from_bundle(b, n_threads=n_threads))
         e.flow_backend_reason = reason
         e.n_threads = n_threads
+        e.flow_cache_type = flow_cache
         e.flow_backend, e.npu_cores, e.log = flow_backend, npu_cores, log
         return e
 
@@ -128,8 +134,10 @@ class Engine:
 
         with self._chunked_lock:
             if self._chunked is None:
+                # the flow thread shares the cores with the LLM and vocoder threads: no busy-waiting workers
                 self._chunked = ChunkedFlow.from_bundle(self.bundle, self.flow, n_threads=self.n_threads,
-                                                        cache=self.flow_cache_type, backend=self.flow_backend,
+                                                        cache=self.flow_cache_type, spin=False,
+                                                        backend=self.flow_backend,
                                                         npu={"core_mask": self.npu_cores, "log": self.log})
             return self._chunked
 
@@ -149,10 +157,15 @@ class Engine:
                           *, voice_key: str = "", use_prompt_cache: bool = True, **kw):
         """Streaming synthesis of one segment: yields float32 audio arrays as they become final, then the
         :class:`SynthesisResult` (whole audio, tokens, timings, ``stats``). See :mod:`pipeline.streaming`."""
+        from .modes import check_speed
         from .streaming import stream_segment
 
         if len(text_ids) == 0:
             raise InputError("text is empty: nothing to say")
+        if check_speed(kw.pop("speed", 1.0)) != 1.0:
+            raise InputError("a speed other than 1.0 resamples the whole utterance's mel, which streaming does not "
+                             "have until the end (upstream applies speed only without streaming): turn streaming "
+                             "off to change the speed")
         t0 = time.perf_counter()
         hit = use_prompt_cache and self.prompt_caches.get(
             "|".join([voice_key or _features_key(prompt), self.flow_cache_type, str(self.flow.n_timesteps)]))
@@ -191,38 +204,49 @@ class Engine:
         return self.lm.save_state()
 
     def _prefill(self, text_ids: np.ndarray, prompt_text_ids: np.ndarray, prompt: PromptFeatures,
-                 prefix_state: bytes | None) -> np.ndarray:
+                 prefix_state: bytes | None, *, tail: Sequence[int] | None = None) -> np.ndarray:
+        """[sos, prompt text, text, task_id, *tail]; ``tail``: the LLM's prompt speech tokens (default: the
+        prompt's; none in cross_lingual and instruct2). ``prefix_state``: llama.cpp state after [sos, prompt text]."""
         from .llm import prefill_zero_shot
 
         c = self.constants
+        tail = prompt.speech_tokens if tail is None else np.asarray(tail, np.int64)
         if prefix_state is None:
             self.lm.reset()
             ids = np.concatenate([prompt_text_ids, text_ids])
-            return prefill_zero_shot(self.lm, self.text_embedding, ids, prompt.speech_tokens, c)
+            return prefill_zero_shot(self.lm, self.text_embedding, ids, tail, c)
         self.lm.load_state(prefix_state)
         if self.lm.n_past != 1 + len(prompt_text_ids):
             raise InputError(f"cached prompt state holds {self.lm.n_past} positions, the prompt text needs "
                              f"{1 + len(prompt_text_ids)}; the voice preset must be recomputed")
         self.lm.prefill(self.text_embedding.lookup(text_ids))
-        return self.lm.feed([int(c["task_id"]), *prompt.speech_tokens.tolist()])
+        return self.lm.feed([int(c["task_id"]), *np.asarray(tail).tolist()])
 
     def generate_tokens(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt: PromptFeatures, *,
                         rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
                         max_tokens: int | None = None, prefix_state: bytes | None = None,
                         on_progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                        on_token: Callable[[int, int], None] | None = None) -> list[int]:
+                        on_token: Callable[[int, int], None] | None = None, mode: str = "zero_shot") -> list[int]:
+        """Speech tokens for ``text_ids`` in ``mode`` (:mod:`pipeline.modes`; ``prompt_text_ids`` is the system
+        prefix + transcript in zero_shot, the instruction in instruct2, the system prefix in cross_lingual).
+        ``prefix_state`` (llama.cpp after [sos, prompt text]) is used in zero_shot only."""
+        from .modes import llm_inputs, mode_name
         from .sampling import generate_tokens
 
         if len(text_ids) == 0:
             raise InputError("text is empty: nothing to say")
         check_temperature(temperature)
+        mode = mode_name(mode)
         rng = rng if rng is not None else np.random.default_rng()
-        tids = np.asarray(text_ids, np.int64)
-        pids = np.asarray(prompt_text_ids, np.int64)
+        p_ids, t_ids, tail = llm_inputs(mode, prompt_text_ids, text_ids, prompt.speech_tokens)
+        if mode != "zero_shot":
+            prefix_state = None
+        tids = np.asarray(t_ids, np.int64)
+        pids = np.asarray(p_ids, np.int64)
         if on_progress:
-            on_progress("prefill", {"positions": len(tids) + len(pids) + len(prompt.speech_tokens) + 2,
+            on_progress("prefill", {"positions": len(tids) + len(pids) + len(tail) + 2,
                                     "cached": prefix_state is not None})
-        logits = self._prefill(tids, pids, prompt, prefix_state)
+        logits = self._prefill(tids, pids, prompt, prefix_state, tail=tail)
 
         def tick(i: int, tok: int) -> None:
             if on_token:
@@ -238,16 +262,23 @@ class Engine:
                    rng: np.random.Generator | None = None, temperature: float = 1.0, sampler=None,
                    flow_noise: np.ndarray | None = None, hift_noise: np.ndarray | None = None,
                    prefix_state: bytes | None = None, on_progress: Progress | None = None,
-                   should_stop: Callable[[], bool] | None = None) -> SynthesisResult:
-        """Non-streaming zero-shot synthesis of one text segment; returns float32 audio at the bundle's rate."""
+                   should_stop: Callable[[], bool] | None = None, mode: str = "zero_shot",
+                   speed: float = 1.0) -> SynthesisResult:
+        """Non-streaming synthesis of one text segment in ``mode`` (see :meth:`generate_tokens`); ``speed``
+        (0.5-2.0) resamples the mel before the vocoder as upstream does. Returns float32 audio at the bundle's
+        rate."""
+        from .modes import check_speed, speed_mel
         from .sampling import filter_silent
+
+        speed = check_speed(speed)
 
         c = self.constants
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         tokens = self.generate_tokens(text_ids, prompt_text_ids, prompt, rng=rng, temperature=temperature,
                                       sampler=sampler, max_tokens=self.max_new_tokens(len(prompt.speech_tokens)),
-                                      prefix_state=prefix_state, on_progress=on_progress, should_stop=should_stop)
+                                      prefix_state=prefix_state, on_progress=on_progress, should_stop=should_stop,
+                                      mode=mode)
         timings["llm"] = time.perf_counter() - t0
         kept = filter_silent(tokens, c["silent_tokens"], c["max_silent_run"])
         if not kept:
@@ -258,6 +289,7 @@ class Engine:
         mel = self.flow(np.asarray(kept, np.int64), prompt.speech_tokens, prompt.mel, prompt.embedding,
                         noise=flow_noise, should_stop=should_stop)
         timings["flow"] = time.perf_counter() - t0
+        mel = speed_mel(mel, speed)
         if on_progress:
             on_progress("vocoder", {"frames": mel.shape[1]})
         t0 = time.perf_counter()

@@ -36,28 +36,48 @@ class OrtEstimator:
 
     name = backend = "onnxruntime-cpu"
 
-    def __init__(self, path: Path | str, *, n_threads: int | None = None, variant: str = "fp32") -> None:
-        import onnxruntime as ort
+    def __init__(self, path: Path | str, *, n_threads: int | None = None, variant: str = "fp32",
+                 lazy: bool = False) -> None:
+        """``lazy``: create the ONNX Runtime session on first use (a streaming-only process never holds this
+        graph's prepacked weights beside the streaming graph's)."""
+        import threading
 
         from .llm import default_threads
 
         self.path = Path(path)
         self.variant = variant
         self.n_threads = int(n_threads or default_threads())
+        self._session = None
+        self._lock = threading.Lock()
+        if not lazy:
+            self._load()
+
+    @property
+    def session(self):
+        if self._session is None:
+            with self._lock:
+                if self._session is None:
+                    self._load()
+        return self._session
+
+    def _load(self) -> None:
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = self.n_threads
         opts.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(f"ONNX Runtime cannot load the flow estimator {self.path}: {e}") from e
-        names = [i.name for i in self.session.get_inputs()]
+        names = [i.name for i in session.get_inputs()]
         if sorted(names) != sorted(ESTIMATOR_INPUTS):
             raise BundleError(
                 f"{self.path.name} has inputs {names}, the flow estimator has {list(ESTIMATOR_INPUTS)}"
             )
-        self._out = self.session.get_outputs()[0].name
+        self._out = session.get_outputs()[0].name
+        self._session = session
 
     def __call__(
         self, x: np.ndarray, mask: np.ndarray, mu: np.ndarray, t: np.ndarray, spks: np.ndarray,
@@ -377,11 +397,14 @@ class Flow:
         return np.ascontiguousarray(x[:, n_prompt:])
 
 
-def ort_estimator(bundle: Any, n_threads: int | None = None) -> OrtEstimator:
+def ort_estimator(bundle: Any, n_threads: int | None = None, *, lazy: bool = False) -> OrtEstimator:
     """The full-fidelity estimator on ONNX Runtime: the graph with fused attention when the bundle has it
     (``flow.estimator.onnx_fused``, same weights, rounding-level differences, ~5-10 % faster per step), else
-    the exported graph. Use it wherever an ONNX Runtime estimator of a bundle is built."""
+    the exported graph. Use it wherever an ONNX Runtime estimator of a bundle is built. ``lazy``: the session
+    is created on first use (then an ONNX Runtime without fused attention is not detected ahead)."""
     est = bundle.manifest["flow"]["estimator"]
+    if lazy:
+        return OrtEstimator(bundle.path(est.get("onnx_fused") or est["onnx"]), n_threads=n_threads, lazy=True)
     if est.get("onnx_fused"):
         try:
             return OrtEstimator(bundle.path(est["onnx_fused"]), n_threads=n_threads)

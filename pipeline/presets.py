@@ -1,8 +1,12 @@
 """Speaker presets on disk: ``speakers/<slug>/{preset.json, prompt.<ext>, features.npz, llm_prefix.bin}``.
 
-A preset is created in a temp folder and renamed into place, every later update is an atomic file
-replace, and a preset that cannot be read is reported (``PresetError``) and left untouched.
-Whether a preset's features still fit the loaded bundle is the caller's decision (``Preset.fits``).
+One place decides a voice's folder (:meth:`SpeakerStore.claim`): ``slugify(name)``, and a name whose folder
+holds a voice with another name is refused, naming that voice. A voice is built completely in a temp folder
+(audio, validated features, cached LLM prefix, metadata) and renamed into place only then; every later update
+is an atomic file replace. A preset that cannot be read is listed as damaged (``error``) and left untouched;
+features that are not finite or not the right shapes are not trusted (recomputed from the audio), and the
+cached LLM prefix is checked against its sha256. A folder renamed or copied by hand is listed under its folder
+name. Whether a preset's features still fit the loaded bundle is the caller's decision (``Preset.fits``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import unicodedata
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +36,10 @@ FEATURE_VERSION = 1
 EXPORT_SUFFIX = ".cvvoice"
 MAX_NAME = 64
 MAX_EXPORT_BYTES = 64 * 1024 * 1024
+# what each member of a .cvvoice file may hold once inflated (read through size-limited streams)
+_MEMBER_LIMITS = {"preset.json": 256 * 1024, "features.npz": 16 * 1024 * 1024}
+MAX_AUDIO_BYTES = 50 * 1024 * 1024
+_LOCK = threading.Lock()  # renames into place within one process (voices are created in the worker process only)
 _META = "preset.json"
 _FEATS = "features.npz"
 _PREFIX = "llm_prefix.bin"
@@ -48,6 +57,40 @@ def slugify(name: str) -> str:
         raise PresetError("voice name contains control characters")
     slug = re.sub(r"-+", "-", "".join(ch.lower() if ch.isalnum() else "-" for ch in name)).strip("-")
     return slug or "voice-" + hashlib.sha1(name.encode()).hexdigest()[:8]
+
+
+def same_name(a: str, b: str) -> bool:
+    """Two voice names are the same voice only when they are equal after Unicode normalisation and trimming."""
+    return unicodedata.normalize("NFC", str(a)).strip() == unicodedata.normalize("NFC", str(b)).strip()
+
+
+def features_problem(f: PromptFeatures | None, *, vocab: int | None = None, mel_bins: int | None = None,
+                     emb_dim: int | None = None) -> str | None:
+    """Why ``f`` cannot be used (not finite, wrong shapes, tokens out of range), or None when it can."""
+    if f is None:
+        return "no features"
+    tok, mel, emb = f.speech_tokens, f.mel, f.embedding
+    if tok.ndim != 1 or len(tok) == 0:
+        return "no speech tokens"
+    if (tok < 0).any() or (vocab is not None and (tok >= vocab).any()):
+        return "speech tokens out of range"
+    if mel.ndim != 2 or mel.shape[0] != 2 * len(tok) or (mel_bins is not None and mel.shape[1] != mel_bins):
+        return f"prompt mel has shape {mel.shape}"
+    if emb.ndim != 1 or emb.size == 0 or (emb_dim is not None and emb.size != emb_dim):
+        return f"speaker embedding has shape {emb.shape}"
+    if not (np.isfinite(mel).all() and np.isfinite(emb).all()):
+        return "features are not finite (NaN or infinity)"
+    return None
+
+
+def _read_features(data: bytes | Path) -> PromptFeatures | None:
+    """Features from an ``.npz`` (path or bytes), or None when they are unreadable or fail the checks."""
+    try:
+        with np.load(io.BytesIO(data) if isinstance(data, bytes) else data, allow_pickle=False) as z:
+            f = PromptFeatures(z["speech_tokens"], z["mel"], z["embedding"])
+    except Exception:  # noqa: BLE001 - unreadable features are recomputed from the prompt audio, not trusted
+        return None
+    return None if features_problem(f) else f
 
 
 @dataclass
@@ -89,29 +132,63 @@ class SpeakerStore:
         return d
 
     def list(self) -> list[dict[str, Any]]:
-        """Every preset folder: its metadata, or ``{"slug", "error"}`` when it cannot be read."""
+        """Every preset folder: its metadata (``name`` is what the voice is called here), or ``{"slug", "name",
+        "error"}`` when it cannot be read (a damaged voice: repair it by saving it again, or delete it)."""
         out = []
         if not self.root.is_dir():
             return out
         for d in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
                 meta = self._read_meta(d)
-                out.append({"slug": d.name, **meta})
+                out.append({**meta, "slug": d.name, "name": self._listed_name(d.name, meta)})
             except PresetError as e:
                 out.append({"slug": d.name, "name": d.name, "error": str(e)})
         return out
 
+    @staticmethod
+    def _listed_name(slug: str, meta: dict[str, Any]) -> str:
+        # a folder renamed or copied by hand keeps the old name inside: it is called by its folder, which is
+        # what the person changed, so every listed name leads back to exactly one folder
+        return meta["name"] if slugify(meta["name"]) == slug else slug
+
     def find(self, name_or_slug: str) -> str:
-        """Slug of a voice given its name or slug."""
-        slug = slugify(name_or_slug)
-        if (self.root / slug / _META).is_file() or (self.root / name_or_slug / _META).is_file():
-            return slug if (self.root / slug / _META).is_file() else name_or_slug
-        names = [v["name"] for v in self.list() if "error" not in v]
+        """Slug of a voice given its name (as listed) or its folder name."""
+        voices = self.list()
+        for v in voices:
+            if same_name(v["name"], name_or_slug) or v["slug"] == str(name_or_slug).strip():
+                if "error" in v:
+                    raise PresetError(f"voice {v['name']!r} is damaged ({v['error']}); repair it by saving it "
+                                      "again from its recording, or delete it")
+                return v["slug"]
+        names = [v["name"] for v in voices if "error" not in v]
         hint = f"; saved voices: {', '.join(names)}" if names else "; no voices are saved yet"
         raise PresetError(f"no voice named {name_or_slug!r}{hint}")
 
     def exists(self, name: str) -> bool:
-        return (self.root / slugify(name) / _META).is_file()
+        return self._dir(slugify(name)).exists()
+
+    def claim(self, name: str, *, overwrite: bool = False, current: str | None = None) -> str:
+        """The folder (slug) a voice called ``name`` goes to. Refused when the folder holds another voice (a name
+        that differs only in case or punctuation), naming it; a voice of the same name only with ``overwrite``.
+        ``current``: the slug of the voice being renamed (its own folder is no clash)."""
+        slug = slugify(name)
+        d = self._dir(slug)
+        if slug == current or not d.exists():
+            return slug
+        try:
+            other = self._listed_name(slug, self._read_meta(d))
+        except PresetError:
+            if overwrite:
+                return slug  # replacing a damaged voice is how it is repaired
+            raise PresetError(f"a damaged voice is stored under the name {name!r}; tick “replace” to save this one "
+                              "in its place, or delete the damaged one first") from None
+        if not same_name(other, name):
+            raise PresetError(f"the name {name!r} is taken by the saved voice {other!r} (names that differ only in "
+                              f"case or punctuation share one folder); choose another name, or save as {other!r} "
+                              "to replace it")
+        if not overwrite:
+            raise PresetError(f"a voice named {other!r} already exists; choose another name or replace it")
+        return slug
 
     @staticmethod
     def _read_meta(d: Path) -> dict[str, Any]:
@@ -120,7 +197,8 @@ class SpeakerStore:
         except FileNotFoundError:
             raise PresetError(f"voice folder {d.name} has no {_META}") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PresetError(f"voice {d.name} is corrupt ({_META}: {e}); it was left as it is") from e
+            raise PresetError(f"voice {d.name} is corrupt ({_META} cannot be read: {type(e).__name__}); it was "
+                              "left as it is") from e
         if not isinstance(meta, dict) or not all(isinstance(meta.get(k), str) for k in ("name", "transcript", "audio")):
             raise PresetError(f"voice {d.name} is corrupt ({_META} lacks name/transcript/audio); left as it is")
         if Path(meta["audio"]).name != meta["audio"] or not (d / meta["audio"]).is_file():
@@ -131,26 +209,28 @@ class SpeakerStore:
         slug = self.find(name_or_slug)
         d = self._dir(slug)
         meta = self._read_meta(d)
-        feats = None
-        if (d / _FEATS).is_file():
-            try:
-                with np.load(d / _FEATS, allow_pickle=False) as z:
-                    feats = PromptFeatures(z["speech_tokens"], z["mel"], z["embedding"])
-            except Exception:  # unreadable features are recomputed from the prompt audio, not trusted
-                feats = None
+        feats = _read_features(d / _FEATS) if (d / _FEATS).is_file() else None
         prefix = (d / _PREFIX).read_bytes() if (d / _PREFIX).is_file() else None
+        if prefix is not None and hashlib.sha256(prefix).hexdigest() != meta.get("llm_prefix_sha256"):
+            prefix = None  # damaged or from before the hash was kept: rebuilt on first use
         return Preset(slug, d, meta, feats, prefix)
 
     def create(self, name: str, audio: bytes, audio_ext: str, transcript: str, *, language: str,
                features: PromptFeatures, bundle_fingerprint: str, info: dict[str, Any] | None = None,
-               overwrite: bool = False) -> Preset:
-        slug = slugify(name)
+               prefix: tuple[bytes, str] | None = None, overwrite: bool = False) -> Preset:
+        """Write a complete voice (``prefix``: the cached LLM state and its key) in a temp folder, check it reads
+        back, then rename it into place; on any failure nothing is left behind and a replaced voice is kept."""
+        from .text import check_language
+
+        slug = self.claim(name, overwrite=overwrite)
         ext = audio_ext.lower() if audio_ext.lower() in _AUDIO_EXTS else ".wav"
         if not transcript.strip():
             raise PresetError("the transcript is empty: type exactly what the prompt recording says")
+        check_language(language)
+        problem = features_problem(features)
+        if problem:
+            raise PresetError(f"the voice's features cannot be used ({problem}); save it again from its recording")
         dst = self._dir(slug)
-        if dst.exists() and not overwrite:
-            raise PresetError(f"a voice named {name!r} already exists; choose another name or replace it")
         self.root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{slug}.tmp-", dir=self.root))
         try:
@@ -163,14 +243,25 @@ class SpeakerStore:
             }
             atomic_write_bytes(work / meta["audio"], audio)
             _save_features(work, features)
+            if prefix is not None:
+                atomic_write_bytes(work / _PREFIX, prefix[0])
+                meta.update(llm_prefix_key=prefix[1], llm_prefix_sha256=hashlib.sha256(prefix[0]).hexdigest())
             atomic_write_json(work / _META, meta)
-            if dst.exists():
-                old = dst.with_name(f".{slug}.old-{os.getpid()}")
-                os.replace(dst, old)
-                os.replace(work, dst)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(work, dst)
+            self._read_meta(work)
+            if _read_features(work / _FEATS) is None:
+                raise PresetError("the voice's features did not read back; check the disk and save it again")
+            with _LOCK:  # two clients saving one name at once: one wins, the other is told, nothing mixes
+                self.claim(name, overwrite=overwrite)
+                if dst.exists() and not overwrite:
+                    raise PresetError(f"a voice named {meta['name']!r} was saved by someone else a moment ago; "
+                                      "choose another name or replace it")
+                if dst.exists():
+                    old = Path(tempfile.mkdtemp(prefix=f".{slug}.old-", dir=self.root))
+                    os.replace(dst, old / slug)
+                    os.replace(work, dst)
+                    shutil.rmtree(old, ignore_errors=True)
+                else:
+                    os.replace(work, dst)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -180,31 +271,43 @@ class SpeakerStore:
         _save_features(p.path, features)
         p.meta.update(bundle_fingerprint=bundle_fingerprint, feature_version=FEATURE_VERSION)
         p.meta.pop("llm_prefix_key", None)
+        p.meta.pop("llm_prefix_sha256", None)
         atomic_write_json(p.path / _META, p.meta)
         (p.path / _PREFIX).unlink(missing_ok=True)
         p.features, p.prefix_state = features, None
 
     def update_prefix(self, p: Preset, state: bytes, key: str) -> None:
         atomic_write_bytes(p.path / _PREFIX, state)
-        p.meta["llm_prefix_key"] = key
+        p.meta.update(llm_prefix_key=key, llm_prefix_sha256=hashlib.sha256(state).hexdigest())
         atomic_write_json(p.path / _META, p.meta)
         p.prefix_state = state
 
     def rename(self, old: str, new: str) -> str:
         slug = self.find(old)
-        new_slug = slugify(new)
-        src = self._dir(slug)
-        meta = self._read_meta(src)
-        if new_slug != slug and self._dir(new_slug).exists():
-            raise PresetError(f"a voice named {new!r} already exists")
-        meta["name"] = unicodedata.normalize("NFC", new).strip()
-        atomic_write_json(src / _META, meta)
-        if new_slug != slug:
-            os.replace(src, self._dir(new_slug))
+        with _LOCK:
+            new_slug = self.claim(new, current=slug)
+            src = self._dir(slug)
+            meta = self._read_meta(src)
+            old_meta = dict(meta)
+            meta["name"] = unicodedata.normalize("NFC", new).strip()
+            atomic_write_json(src / _META, meta)
+            if new_slug != slug:
+                try:
+                    os.rename(src, self._dir(new_slug))  # fails when another process took the folder meanwhile
+                except OSError:
+                    atomic_write_json(src / _META, old_meta)
+                    raise PresetError(f"a voice named {new!r} was saved by someone else a moment ago; choose "
+                                      "another name") from None
         return new_slug
 
     def delete(self, name_or_slug: str) -> None:
-        d = self._dir(self.find(name_or_slug))
+        self.delete_folder(self.find(name_or_slug))
+
+    def delete_folder(self, slug: str) -> None:
+        """Remove a voice's folder (also a damaged one, which :meth:`find` refuses)."""
+        d = self._dir(slug)
+        if not d.is_dir():
+            raise PresetError(f"no voice folder {slug!r}")
         trash = d.with_name(f".{d.name}.deleted-{os.getpid()}")
         os.replace(d, trash)  # one atomic step; the rest is cleanup
         shutil.rmtree(trash, ignore_errors=True)
@@ -219,7 +322,7 @@ class SpeakerStore:
             dest = dest / f"{slug}{EXPORT_SUFFIX}"
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-            public = {k: v for k, v in meta.items() if k != "llm_prefix_key"}
+            public = {k: v for k, v in meta.items() if k not in ("llm_prefix_key", "llm_prefix_sha256")}
             z.writestr(_META, json.dumps(public, ensure_ascii=False, indent=1))
             z.write(d / meta["audio"], meta["audio"])
             if (d / _FEATS).is_file():
@@ -228,32 +331,65 @@ class SpeakerStore:
         return dest
 
     def read_export(self, src: Path | str | bytes) -> tuple[dict[str, Any], bytes, PromptFeatures | None]:
-        """Parse an exported voice file (nothing is written)."""
-        data = src if isinstance(src, bytes) else Path(src).read_bytes()
-        if len(data) > MAX_EXPORT_BYTES:
-            raise PresetError(f"voice file is {len(data) / 2**20:.1f} MB; exported voices are at most "
+        """Parse an exported voice file (nothing is written). Every member is read through a stream that stops
+        at its limit, so a small file that inflates to gigabytes is refused after reading at most the limit.
+        Features that are not finite or not the right shapes come back as None (recomputed from the audio)."""
+        if isinstance(src, bytes):
+            size = len(src)
+        else:
+            path = Path(src)
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                raise PresetError(f"voice file {path.name} does not exist") from None
+        if size > MAX_EXPORT_BYTES:
+            raise PresetError(f"the voice file is {size / 2**20:.1f} MB; exported voices are at most "
                               f"{MAX_EXPORT_BYTES // 2**20} MB")
+        if size == 0:
+            raise PresetError("the voice file is empty (0 bytes); export the voice again")
         try:
-            with zipfile.ZipFile(io.BytesIO(data)) as z:
+            with (io.BytesIO(src) if isinstance(src, bytes) else open(path, "rb")) as fh, zipfile.ZipFile(fh) as z:
                 names = set(z.namelist())
-                meta = json.loads(z.read(_META).decode("utf-8"))
+                if _META not in names:
+                    raise PresetError("this is a zip file but not a voice file (no preset.json inside); "
+                                      "export one with “Export” or `cosyvoice-rk speakers export`")
+                meta = json.loads(_read_member(z, _META, _MEMBER_LIMITS[_META]).decode("utf-8"))
+                if not isinstance(meta, dict):
+                    raise PresetError("the voice file's preset.json is not a voice description; export it again")
                 audio_name = meta.get("audio", "")
-                if audio_name not in names or Path(audio_name).name != audio_name or \
-                        Path(audio_name).suffix.lower() not in _AUDIO_EXTS:
-                    raise PresetError("voice file has no prompt audio")
-                audio = z.read(audio_name)
+                if not isinstance(audio_name, str) or audio_name not in names or \
+                        Path(audio_name).name != audio_name or Path(audio_name).suffix.lower() not in _AUDIO_EXTS:
+                    raise PresetError("the voice file has no prompt audio; export the voice again")
+                audio = _read_member(z, audio_name, MAX_AUDIO_BYTES)
                 feats = None
                 if _FEATS in names:
-                    with np.load(io.BytesIO(z.read(_FEATS)), allow_pickle=False) as f:
-                        feats = PromptFeatures(f["speech_tokens"], f["mel"], f["embedding"])
+                    feats = _read_features(_read_member(z, _FEATS, _MEMBER_LIMITS[_FEATS]))
         except PresetError:
             raise
-        except Exception as e:
-            raise PresetError(f"not a cosyvoice-rk voice file ({type(e).__name__}: {e}); "
-                              f"export one with `cosyvoice-rk speakers export`") from e
-        if not isinstance(meta.get("name"), str) or not isinstance(meta.get("transcript"), str):
-            raise PresetError("voice file's preset.json lacks name or transcript")
+        except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError, OSError, EOFError) as e:
+            raise PresetError(f"this is not a cosyvoice-rk voice file ({type(e).__name__}); export one with "
+                              "“Export” or `cosyvoice-rk speakers export`") from e
+        for key in ("name", "transcript"):
+            if not isinstance(meta.get(key), str) or not meta[key].strip():
+                raise PresetError(f"the voice file has no {key}; export the voice again")
+        if not isinstance(meta.get("language", "auto"), str):
+            raise PresetError("the voice file's language is not text; export the voice again")
         return meta, audio, feats
+
+
+def _read_member(z: zipfile.ZipFile, name: str, limit: int) -> bytes:
+    """A zip member, read in chunks and refused as soon as it passes ``limit`` bytes (whatever its header says)."""
+    if z.getinfo(name).file_size > limit:
+        raise PresetError(f"{name} in the voice file inflates to {z.getinfo(name).file_size / 2**20:.0f} MB, more "
+                          f"than a voice can hold ({limit / 2**20:.1f} MB); this file is damaged or not a voice")
+    out = bytearray()
+    with z.open(name) as f:
+        while chunk := f.read(1 << 16):
+            out += chunk
+            if len(out) > limit:
+                raise PresetError(f"{name} in the voice file is larger than a voice can hold "
+                                  f"({limit / 2**20:.1f} MB); this file is damaged or not a voice")
+    return bytes(out)
 
 
 def _save_features(d: Path, f: PromptFeatures) -> None:

@@ -85,7 +85,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                    rng: np.random.Generator | None = None, temperature: float = 1.0, sampler: Any = None,
                    prefix_state: bytes | None = None, flow_cache: Any = None, schedule: str = "upstream",
                    final: str = "causal", hift_noise: np.ndarray | None = None, tokens: Any = None,
-                   on_mel: Callable[[np.ndarray, bool], None] | None = None,
+                   on_mel: Callable[[np.ndarray, bool], None] | None = None, mode: str = "zero_shot",
                    on_progress: Callable[[str, dict], None] | None = None,
                    should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Yield float32 audio arrays as they become final, then one :class:`SynthesisResult` (tokens, timings,
@@ -135,7 +135,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             engine.generate_tokens(text_ids, prompt_text_ids, prompt, rng=rng, temperature=temperature,
                                    sampler=sampler, max_tokens=engine.max_new_tokens(n_prompt),
                                    prefix_state=prefix_state, on_progress=on_progress and _only_prefill(on_progress),
-                                   should_stop=stopped, on_token=on_token)
+                                   should_stop=stopped, on_token=on_token, mode=mode)
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             sh.fail(e)
         finally:
@@ -235,7 +235,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             t.join()
     stats = {"ttfa_s": ttfa or 0.0, "wall_s": time.perf_counter() - t_start, "chunks": req.stats["chunks"],
              "emissions": emissions, "prompt_cache_frames": flow_cache.frames if flow_cache is not None else 0,
-             "schedule": schedule, "final": final}
+             "schedule": schedule, "final": final,
+             "threads": {"llm": getattr(engine.lm, "n_threads", None), "flow": getattr(cf.est, "n_threads", None),
+                         "vocoder": getattr(engine.hift, "n_threads", None)}}
     yield SynthesisResult(np.concatenate(parts) if parts else np.zeros(0, np.float32), int(c["sample_rate"]),
                           list(sh.raw), dict(sh.timings), engine.backends, stats=stats)
 

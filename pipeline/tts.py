@@ -23,15 +23,21 @@ from .audio import AudioSource, prepare_prompt
 from .bundle import Bundle
 from .engine import Engine, PromptFeatures, SynthesisResult, log_to_stderr
 from .errors import InputError, PresetError
-from .presets import Preset, SpeakerStore
+from .presets import Preset, SpeakerStore, features_problem
 
 Progress = Callable[[str, dict], None]
 
 
+MAX_TRANSCRIPT_CHARS = 1000  # a 10 s prompt says ~200 characters; more is not this recording's transcript
+
+
 def check_transcript(transcript: str | None) -> None:
-    """Raise :class:`InputError` when a prompt's transcript is empty."""
-    if not transcript or not transcript.strip():
+    """Raise :class:`InputError` when a prompt's transcript is empty or far longer than a prompt can say."""
+    if not isinstance(transcript, str) or not transcript.strip():
         raise InputError("the prompt transcript is empty: type exactly what the prompt recording says")
+    if len(transcript) > MAX_TRANSCRIPT_CHARS:
+        raise InputError(f"the transcript has {len(transcript)} characters, the limit is {MAX_TRANSCRIPT_CHARS}: "
+                         "use a 3–10 s prompt and type exactly its words")
 
 
 @dataclass
@@ -118,47 +124,69 @@ class CosyVoiceRK:
 
     def add_voice(self, name: str, audio: AudioSource, transcript: str, *, language: str = "auto",
                   overwrite: bool = False, **limits: Any) -> tuple[Preset, dict[str, Any]]:
-        """Validate the prompt, compute its features and cached LLM prefix, and save it as a preset."""
-        if self.store.exists(name) and not overwrite:
-            raise PresetError(f"a voice named {name!r} already exists; choose another name or replace it")
+        """Validate the prompt, compute its features and cached LLM prefix, and save it as a preset (written to
+        its folder only when all of that succeeded)."""
+        from .text import check_language
+
+        self.store.claim(name, overwrite=overwrite)
         check_transcript(transcript)
+        check_language(language)
+        ids = self.text.prompt_ids(transcript, language)
         data, ext = _audio_bytes(audio)
         feats, info = self.features_from_audio(data, **limits)
         preset = self.store.create(name, data, ext, transcript, language=language, features=feats,
                                    bundle_fingerprint=self.bundle.fingerprint, info=_jsonable(info),
-                                   overwrite=overwrite)
-        self._ensure_prefix(preset)
+                                   prefix=self._prefix(ids), overwrite=overwrite)
         return preset, info
 
     def import_voice(self, src: Path | str | bytes, *, name: str | None = None, overwrite: bool = False) -> Preset:
-        """Import an exported voice file; its features are recomputed when they came from another bundle."""
+        """Import an exported voice file. Its features are used only when they come from this bundle and pass
+        the checks (finite, shapes, token range); otherwise they are recomputed from its audio."""
+        from .text import check_language
+
         meta, audio, feats = self.store.read_export(src)
         name = name or meta["name"]
-        if self.store.exists(name) and not overwrite:
-            raise PresetError(f"a voice named {name!r} already exists; import it under another name")
-        if feats is None or meta.get("bundle_fingerprint") != self.bundle.fingerprint:
+        language = meta.get("language", "auto")
+        self.store.claim(name, overwrite=overwrite)
+        try:
+            check_language(language)
+        except InputError as e:
+            raise PresetError(f"the voice file says its language is {language!r}, which this version does not "
+                              "know; export it again with a language of ru, en, zh, ja or auto") from e
+        ids = self.text.prompt_ids(meta["transcript"], language)
+        if meta.get("bundle_fingerprint") != self.bundle.fingerprint or self._features_problem(feats):
             feats, _ = self.features_from_audio(audio)
-        preset = self.store.create(name, audio, Path(meta["audio"]).suffix, meta["transcript"],
-                                   language=meta.get("language", "auto"), features=feats,
-                                   bundle_fingerprint=self.bundle.fingerprint, info=meta.get("info", {}),
-                                   overwrite=overwrite)
-        self._ensure_prefix(preset)
-        return preset
+        info = meta.get("info") if isinstance(meta.get("info"), dict) else {}
+        return self.store.create(name, audio, Path(meta["audio"]).suffix, meta["transcript"], language=language,
+                                 features=feats, bundle_fingerprint=self.bundle.fingerprint, info=_jsonable(info),
+                                 prefix=self._prefix(ids), overwrite=overwrite)
+
+    def _features_problem(self, f: PromptFeatures | None) -> str | None:
+        c = self.bundle.constants
+        return features_problem(f, vocab=c.get("speech_token_size"), mel_bins=c.get("mel_bins"),
+                                emb_dim=c.get("spk_embed_dim"))
 
     def load_voice(self, name: str) -> Voice:
-        """A saved voice; stale features (another bundle) are recomputed from its prompt audio and saved."""
+        """A saved voice; stale or damaged features (another bundle, not finite, wrong shapes) are recomputed
+        from its prompt audio and saved; a damaged cached prefix is rebuilt."""
         p = self.store.load(name)
-        if not p.fits(self.bundle.fingerprint):
+        if not p.fits(self.bundle.fingerprint) or self._features_problem(p.features):
             feats, _ = self.features_from_audio(p.audio_path.read_bytes())
             self.store.update_features(p, feats, self.bundle.fingerprint)
         ids = self._ensure_prefix(p)
         return Voice(p.name, p.transcript, p.features, ids, p.prefix_state)
 
+    def _prefix(self, ids: list[int]) -> tuple[bytes, str]:
+        """The cached LLM state after ``[sos, prompt text]`` and the key it is valid for."""
+        key = self._gguf_key + hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
+        return self.engine.prompt_prefix_state(ids), key
+
     def _ensure_prefix(self, p: Preset) -> list[int]:
         ids = self.text.prompt_ids(p.transcript, p.meta.get("language", "auto"))
         key = self._gguf_key + hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]
         if not p.prefix_fits(key):
-            self.store.update_prefix(p, self.engine.prompt_prefix_state(ids), key)
+            state, key = self._prefix(ids)
+            self.store.update_prefix(p, state, key)
         return ids
 
     # speech -------------------------------------------------------------------------------------

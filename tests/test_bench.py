@@ -142,17 +142,19 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
 
     from pipeline.bundle import Bundle
     from pipeline.convert.flow_fast import upgrade_bundle
+    from pipeline.convert.flow_stream_export import CHUNK_NAMES
     from pipeline.flow import Flow, OrtEstimator
 
     root = tmp_path / "b"
     shutil.copytree(no_int8_bundle.root, root)
     before = Bundle.load(root).manifest["flow"]["estimator"]
-    assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx"}
+    chunk = {"onnx_chunk": CHUNK_NAMES}  # the streaming graphs share flow_estimator.onnx.data and are kept
+    assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx", **chunk}
     upgrade_bundle(root, log=lambda m: None)
     b = Bundle.load(root)
     est = b.manifest["flow"]["estimator"]
     assert est == {"onnx": "flow_estimator.onnx", "onnx_int8": "flow_estimator.int8.onnx",
-                   "onnx_fused": "flow_estimator.fused.onnx"}
+                   "onnx_fused": "flow_estimator.fused.onnx", **chunk}
     for name in ("flow_estimator.onnx.data", "flow_estimator.fused.onnx", "flow_estimator.int8.onnx",
                  "flow_estimator.int8.onnx.data"):
         assert name in b.manifest["files"]

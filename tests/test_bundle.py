@@ -57,7 +57,7 @@ def test_missing_truncated_and_corrupt_files(tmp_path):
     with pytest.raises(BundleError, match="a.bin has 299 bytes"):
         Bundle.load(root)
     (root / "a.bin").write_bytes(b"x" + data[1:])  # same size, different content: the cache must not hide it
-    with pytest.raises(BundleError, match="a.bin is corrupt"):
+    with pytest.raises(BundleError, match="a.bin is damaged"):
         Bundle.load(root)
     (root / "a.bin").unlink()
     with pytest.raises(BundleError, match="a.bin is missing"):
@@ -83,3 +83,37 @@ def test_quant_parsing():
     assert parse_quants("f32, Q4_K_M") == ["f32", "q4_k_m"]
     with pytest.raises(SourceError, match="unknown quantization q3"):
         parse_quants("f32,q3")
+
+
+def test_changed_byte_with_restored_mtime_is_caught(tmp_path):
+    """Issue 11: the hash cache trusted size + mtime, so a byte changed with the mtime put back passed."""
+    import os
+
+    root = _mini_bundle(tmp_path / "b")
+    Bundle.load(root)  # first load: full hash, cached
+    p = root / "a.bin"
+    st = p.stat()
+    with open(p, "r+b") as f:
+        f.seek(150)
+        f.write(b"X")
+    os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert p.stat().st_mtime_ns == st.st_mtime_ns and p.stat().st_size == st.st_size
+    with pytest.raises(BundleError, match="a.bin is damaged.*copy the bundle again"):
+        Bundle.load(root)
+
+
+def test_check_command_hashes_everything_regardless_of_the_cache(tmp_path):
+    from pipeline.cli import main
+
+    root = _mini_bundle(tmp_path / "b")
+    assert main(["check", "--bundle", str(root)]) == 0
+    b = Bundle.load(root, check="none")
+    # rot the cache cannot see: rewrite the cache so that it matches the damaged file's stat
+    (root / "a.bin").write_bytes(b"x" + (root / "a.bin").read_bytes()[1:])
+    st = (root / "a.bin").stat()
+    from pipeline.bundle import _stamp
+
+    (root / ".verified.json").write_text(json.dumps({"a.bin": _stamp(st, b.manifest["files"]["a.bin"]["sha256"])}))
+    Bundle.load(root)  # the cached policy trusts the stamp ...
+    assert b.scan() == ["a.bin"]  # ... the full scan does not
+    assert main(["check", "--bundle", str(root)]) == 1

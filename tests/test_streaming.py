@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import TINY
 
 from pipeline.engine import Engine, PromptCacheLRU, PromptFeatures
 from pipeline.errors import InputError
@@ -16,8 +17,6 @@ from pipeline.streaming import SilentFilter, emission_points
 from pipeline.verify_stream import run_verify_streaming
 from pipeline.vocoder import HiFT
 from pipeline.vocoder_stream import HiFTStream, decoder_context
-
-from conftest import TINY
 
 TOL = 1e-3
 
@@ -64,7 +63,7 @@ def test_chunked_flow_matches_upstream_chunks(stream_bundle, parts, sg, pre, voi
         assert pc.frames == cf.voice_frames(p) > 0
     req = cf.start(prompt, pc)
     toks, have = sg["in_stream_token"].tolist(), 0
-    for k, (off, n, fin) in enumerate(_calls(sg, pre)):
+    for k, (_off, n, fin) in enumerate(_calls(sg, pre)):
         upto = 2 * (p + n) if fin else 2 * (p + n - 3)
         mel = cf.advance(req, toks[have:n], upto, finalize=fin)
         have = n

@@ -124,8 +124,10 @@ def test_corrupt_preset_is_reported_and_left_alone(tts):
 
 def test_rename_delete_export_import(tts, tmp_path):
     tts.add_voice("Exp", PROMPT, ZH_PROMPT_TEXT, language="zh")
-    with pytest.raises(PresetError, match="already exists"):
+    with pytest.raises(PresetError, match="'exp' is taken by the saved voice 'Exp'"):
         tts.add_voice("exp", PROMPT, ZH_PROMPT_TEXT)
+    with pytest.raises(PresetError, match="a voice named 'Exp' already exists"):
+        tts.add_voice("Exp", PROMPT, ZH_PROMPT_TEXT)
     new = tts.store.rename("Exp", "Exported voice")
     assert new == "exported-voice" and tts.store.load("Exported voice").name == "Exported voice"
     f = tts.store.export("Exported voice", tmp_path)

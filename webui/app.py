@@ -8,43 +8,37 @@ Named API endpoints (for ``gradio_client``): ``/synthesize``, ``/synthesize_with
 
 from __future__ import annotations
 
-import html
 import json
-import sys
-import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from pipeline.errors import CosyVoiceRKError
-from pipeline.text import LANGUAGES
-from pipeline.worker import WorkerError
 
+from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
-from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
-
-LANGUAGE_NAMES = {"auto": "auto", "ru": "русский (ru)", "en": "English (en)", "zh": "中文 (zh)", "ja": "日本語 (ja)"}
-BACKEND_NAMES = {"llama.cpp": "llama.cpp (CPU)", "onnxruntime-cpu": "ONNX Runtime (CPU)",
-                 "rknn": "RKNN (NPU)", "rknn-npu": "RKNN (NPU)"}
-STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))
-
-CSS = """
-.cv-msg p { margin: 2px 0 !important; }
-.cv-err { color: var(--error-text-color, #dc2626); font-weight: 600; }
-.cv-ok { color: var(--color-green-600, #16a34a); }
-.cv-mic-hint { display: none; }
-body.cv-insecure .cv-mic-hint { display: block; }
-#cv-live audio { width: 100%; }
-#cv-badge { text-align: right; }
-.cv-dot { color: #9ca3af; }
-.cv-dot.cv-ready { color: #16a34a; }
-.cv-dot.cv-busy { color: #ea580c; }
-.cv-dot.cv-starting, .cv-dot.cv-restarting { color: #ca8a04; }
-.cv-dot.cv-crashed, .cv-dot.cv-unavailable, .cv-dot.cv-failed { color: #dc2626; }
-.cv-refresh { align-self: center; }
-.cv-inline-btn { align-self: end; }
-"""
+from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .serve import SlowAuth
+from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
+from .views import (
+    _err,
+    _esc,
+    _lang_choices,
+    _msg,
+    _ok,
+    _Tr,
+    badge_md,
+    banner_md,
+    damaged_md,
+    heading,
+    history_rows,
+    progress_md,
+    result_md,
+    status_md,
+    title_md,
+    voice_details_md,
+)
 
 # The live player: plays each finished segment in order, as soon as it is on the server (Gradio's own streaming
 # audio re-encodes and buffers; here a segment starts the moment its WAV exists).
@@ -96,234 +90,38 @@ LIVE_JS = "(v) => { if (window.cvLive) window.cvLive.update(v); }"
 LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"></audio></div>'
 
 
-def _esc(s: str) -> str:
-    return html.escape(str(s), quote=False)
-
-
-def _err(msg: str) -> str:
-    return f'<span class="cv-err">✗ {_esc(msg)}</span>'
-
-
-def _ok(msg: str) -> str:
-    return f'<span class="cv-ok">✓ {_esc(msg)}</span>'
-
-
-def _msg(e: BaseException, lang: str) -> str:
-    """User-facing text of an error: our own keys are translated, pipeline messages shown as they are."""
-    if isinstance(e, FieldError) and e.key:
-        return t(e.key, lang, **e.params)
-    if isinstance(e, CosyVoiceRKError):
-        return localize(str(e), lang)
-    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    return t("err_internal", lang, error=f"{type(e).__name__}: {e}")
-
-
-class _Tr:
-    """Components whose text depends on the page language, and the keys of each translated property."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[Any, dict[str, Any]]] = []
-
-    def __call__(self, comp: Any, **keys: Any) -> Any:
-        self.items.append((comp, keys))
-        return comp
-
-    @property
-    def components(self) -> list[Any]:
-        return [c for c, _ in self.items]
-
-    def updates(self, lang: str) -> list[Any]:
-        out = []
-        for _, keys in self.items:
-            kw: dict[str, Any] = {}
-            for prop, key in keys.items():
-                if callable(key):
-                    kw[prop] = key(lang)
-                elif prop == "choices":
-                    kw["choices"] = [(t(k, lang), v) for k, v in key]
-                elif prop == "headers":
-                    kw["headers"] = [t(k, lang) for k in key]
-                else:
-                    kw[prop] = t(key, lang)
-            out.append(gr.update(**kw))
-        return out
-
-
-def title_md(lang: str) -> str:
-    return f"## {t('title', lang)}\n{t('subtitle', lang)}"
-
-
-def heading(key: str, level: str = "###", lang: str = "en") -> str:
-    return f"**{t(key, lang)}**" if level == "**" else f"{level} {t(key, lang)}"
-
-
-def _lang_choices() -> list[tuple[str, str]]:
-    return [(LANGUAGE_NAMES[c], c) for c in LANGUAGES]
-
-
-def _ordinal_stage(st: SpeakState, lang: str) -> str:
-    info = st.info
-    what = {
-        "prefill": lambda: t("p_prefill", lang, positions=info.get("positions", "?"),
-                             cached=t("p_cached", lang) if info.get("cached") else ""),
-        "tokens": lambda: t("p_tokens", lang, n=info.get("n", 0)),
-        "flow": lambda: t("p_flow", lang, tokens=info.get("tokens", "?")),
-        "vocoder": lambda: t("p_vocoder", lang),
-    }.get(st.stage)
-    if what is None:
-        return t("p_voice", lang) if st.stage == "voice" else t("p_starting", lang)
-    return t("p_segment", lang, i=info.get("segment", st.segments_done + 1),
-             n=info.get("segments", st.segments_total or "?"), what=what())
-
-
-def progress_md(st: SpeakState, lang: str) -> str:
-    if st.phase == "queued":
-        return t("p_queued", lang, ahead=st.ahead) if st.ahead else t("p_queued_next", lang)
-    ready = (t("p_ready", lang, k=st.segments_done, n=st.segments_total, secs=st.audio_seconds)
-             if st.segments_done else "")
-    if st.phase == "running":
-        return f"▶ {_ordinal_stage(st, lang)}\n\n{ready}"
-    if st.phase == "done":
-        return _ok(t("p_done", lang, secs=st.audio_seconds))
-    if st.phase == "cancelled":
-        text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
-                else t("p_cancelled", lang))
-        return f"■ {_esc(text)}" + (f" {_esc(st.note)}" if st.note else "")
-    return _err(t("p_error", lang, error=localize(st.error, lang)))
-
-
-def result_md(e: dict[str, Any] | None, lang: str) -> str:
-    if not e:
-        return ""
-    lines = [t("r_summary", lang, secs=e["duration"], compute=e.get("compute_s", 0.0), rtf=e["rtf"],
-               tokens=e["tokens"], segments=e["segments"], seed=e.get("seed", "?")), "",
-             f"| {t('r_stage', lang)} | {t('r_backend', lang)} | {t('r_time', lang)} |", "|---|---|---|"]
-    backends, timings = e.get("backends", {}), e.get("timings", {})
-    for key, label in STAGES:
-        b = backends.get(key, "?")
-        lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
-    for w in e.get("warnings", []) or []:
-        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
-    return "\n".join(lines)
-
-
-def history_rows(studio: Studio, lang: str) -> list[list[Any]]:
-    return [[e["id"], e["created"].replace("T", " ")[5:16], e.get("voice") or t("one_off", lang),
-             (e.get("text", "")[:40] + ("…" if len(e.get("text", "")) > 40 else "")), round(e["duration"], 1),
-             round(e["rtf"], 2)] for e in studio.history.list()]
-
-
-def _state_name(state: str, lang: str) -> str:
-    key = f"state_{state}"
-    try:
-        return t(key, lang)
-    except KeyError:
-        return state
-
-
-def badge_md(s: dict[str, Any], lang: str) -> str:
-    st = s["worker"]
-    return (f'<span class="cv-dot cv-{st["state"]}">●</span> '
-            + t("badge", lang, state=_state_name(st["state"], lang), queued=st.get("queued", 0)))
-
-
-def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
-    """(text, show the banner, show "check again") for a ``Studio.status()``."""
-    b, w = s["bundle"], s["worker"]
-    if not b["found"]:
-        text = t("no_bundle", lang, error=_esc(b["error"])) + "\n\n" + t("how_to_get", lang, bundle=_esc(b["location"]))
-        return text, True, True
-    if w.get("state") in ("unavailable", "failed"):
-        text = t("worker_unavailable", lang, error=_esc(w.get("last_error", ""))) + "\n\n" + \
-            t("how_to_get", lang, bundle=_esc(b["location"]))
-        return text, True, True
-    if b.get("random_weights"):
-        return "⚠ " + t("random_bundle", lang), True, False
-    return "", False, False
-
-
-def status_md(s: dict[str, Any], lang: str) -> str:
-    b, w = s["bundle"], s["worker"]
-
-    def item(key: str, value: Any) -> str:
-        return f"- **{t(key, lang)}:** {value}"
-
-    rows = [f"### {t('s_bundle', lang)}", "", item("s_path", f"`{_esc(b['location'])}`")]
-    if b["found"]:
-        quant = w.get("bundle", {}).get("quant") or ", ".join(b.get("quants", []))
-        rows += [item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
-                 item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
-                 item("s_quant", quant)]
-    else:
-        rows.append(f"- {_err(b['error'])}")
-    rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
-    for key, label in STAGES:
-        be = w.get("backends", {}).get(key)
-        rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
-    placement = w.get("placement") or {}
-    if placement:
-        rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
-                 item("s_cpus", _esc(placement.get("cpus_reason", "")))]
-        if placement.get("flow_steps"):
-            rows.append(item("s_flow_steps", placement["flow_steps"]))
-    rows += ["", f"### {t('s_worker', lang)}", "", item("s_state", _state_name(w["state"], lang))]
-    if w["state"] != "stopped":
-        running = w.get("running")
-        run_text = (t("s_running", lang, kind=running["kind"], id=running["id"], secs=running["seconds"])
-                    if running else t("s_idle", lang))
-        mem = t("u_mb", lang, n=w["rss_mb"]) if w.get("rss_mb") else "—"
-        up = t("u_s", lang, n=w["uptime_s"]) if w.get("uptime_s") is not None else "—"
-        rows += [item("s_pid", w.get("pid") or "—"), item("s_memory", mem), item("s_uptime", up),
-                 item("s_queue", t("s_queue_value", lang, running=run_text, waiting=w["queued"],
-                                   max=w["max_queue"])),
-                 item("s_jobs", f"{w['done']} / {w['failed']} / {w['cancelled']}"),
-                 item("s_restarts", f"{w['restarts']} ({w['crashes']})")]
-        if w.get("last_crash"):
-            rows.append(item("s_last_crash", _esc(w["last_crash"])))
-        if w.get("last_error") and w["state"] in ("unavailable", "failed", "crashed"):
-            rows.append(f"- {_err(w['last_error'])}")
-    rows += ["", f"### {t('s_folders', lang)}", "", item("s_voices", f"`{_esc(s['speakers_dir'])}` ({s['voices']})"),
-             item("history", f"`{_esc(s['results_dir'])}`")]
-    return "\n".join(rows)
-
-
-def voice_details_md(studio: Studio, name: str | None, lang: str) -> tuple[str, str | None]:
-    if not name:
-        return (t("no_voices_yet", lang) if not studio.voice_names() else ""), None
-    try:
-        v = studio.voice(name)
-    except CosyVoiceRKError as e:
-        return _err(t("voice_unreadable", lang, error=str(e))), None
-    secs = t("u_sec1", lang, n=v["duration"]) if isinstance(v.get("duration"), (int, float)) else ""
-    md = t("voice_details", lang, name=_esc(v["name"]), language=LANGUAGE_NAMES.get(v["language"], v["language"]),
-           secs=secs, created=v["created"].replace("T", " ")[:16], transcript=_esc(v["transcript"]))
-    return md, v["audio"]
-
-
 def build_app(studio: Studio) -> gr.Blocks:
     tr = _Tr()
     sampling = studio.sampling_defaults()
+    h_cols = ("#", "h_time", "h_voice", "h_text", "h_seconds", "h_rtf")
 
     # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
     with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
-        with gr.Row(equal_height=True):
-            with gr.Column(scale=4):
-                tr(gr.Markdown(title_md("en")), value=title_md)
-            with gr.Column(scale=2, min_width=240):
-                lang = tr(gr.Radio(LANG_CHOICES, value="en", label=t("ui_language"), elem_id="cv-lang"),
-                          label="ui_language")
+        with gr.Row(equal_height=True, elem_id="cv-header"):
+            with gr.Column(scale=4, min_width=300):
+                tr(gr.HTML(title_md("en")), value=title_md)
+            with gr.Column(scale=2, min_width=220):
+                lang = tr(gr.Radio(LANG_CHOICES, value="en", label=t("ui_language"), elem_id="cv-lang",
+                                   show_label=False, container=False), label="ui_language")
                 badge = gr.Markdown(badge_md(studio.status(), "en"), elem_id="cv-badge")
         with gr.Group(visible=False) as banner_box:
             banner = gr.Markdown("", elem_id="cv-banner")
             check_again = tr(gr.Button(t("check_again"), size="sm", visible=False, elem_id="cv-check-again"),
                              value="check_again")
 
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             # ---------------------------------------------------------------------------------- Speak
             with tr(gr.Tab(t("tab_speak"), id="speak"), label="tab_speak") as tab_speak:
-                with gr.Row():
-                    with gr.Column(scale=3):
+                has_voices = bool(studio.voice_names())
+                with gr.Row(visible=not has_voices, elem_id="cv-first", equal_height=True) as s_first:
+                    with gr.Column(scale=4, min_width=240):
+                        tr(gr.Markdown(t("first_visit")), value="first_visit")
+                    with gr.Column(scale=1, min_width=160):
+                        s_first_go = tr(gr.Button(t("first_visit_go"), variant="primary", size="sm",
+                                                  elem_id="cv-first-go"), value="first_visit_go")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=320, elem_classes="cv-card"):
                         s_mode = tr(gr.Radio([(t("src_saved"), "saved"), (t("src_prompt"), "prompt")], value="saved",
                                              label=t("voice_source"), elem_id="cv-mode"),
                                     label="voice_source", choices=[("src_saved", "saved"), ("src_prompt", "prompt")])
@@ -351,9 +149,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                         s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
                         with gr.Row():
                             s_lang = tr(gr.Dropdown(_lang_choices(), value="ru", label=t("language"),
-                                                    elem_id="cv-language"), label="language")
+                                                    elem_id="cv-language", min_width=160), label="language")
                             s_temp = tr(gr.Slider(*TEMPERATURE_RANGE, value=1.0, step=0.05, label=t("temperature"),
-                                                  info=t("temperature_info"), elem_id="cv-temperature"),
+                                                  info=t("temperature_info"), elem_id="cv-temperature",
+                                                  min_width=200),
                                         label="temperature", info="temperature_info")
                         with tr(gr.Accordion(t("advanced"), open=False), label="advanced"):
                             with gr.Row():
@@ -364,21 +163,25 @@ def build_app(studio: Studio) -> gr.Blocks:
                                 s_topp = tr(gr.Slider(*TOP_P_RANGE, value=sampling["top_p"], step=0.05,
                                                       label=t("top_p")), label="top_p")
                         with gr.Row():
-                            s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate"),
-                                      value="generate")
-                            s_cancel = tr(gr.Button(t("cancel"), variant="stop", elem_id="cv-cancel"), value="cancel")
-                    with gr.Column(scale=2):
-                        s_progress = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-progress")
-                        tr(gr.Markdown(heading("live", "**")), value=lambda lg: heading("live", "**", lg))
-                        gr.HTML(LIVE_HTML, js_on_load=None)
-                        s_live = gr.Textbox("", visible="hidden", elem_id="cv-live-data")
+                            s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate", scale=3,
+                                                size="lg"), value="generate")
+                            s_cancel = tr(gr.Button(t("cancel"), variant="stop", elem_id="cv-cancel", scale=1,
+                                                    size="lg"), value="cancel")
+                        # right under the button: what runs, how far, and any error (never off-screen above it)
+                        s_progress = gr.HTML("", elem_classes="cv-msg", elem_id="cv-progress")
+                    with gr.Column(scale=2, min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("result_title", "**"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("result_title", "**", lg))
                         s_result = tr(gr.Audio(label=t("result"), type="filepath", interactive=False,
                                                elem_id="cv-result"), label="result")
-                        s_download = tr(gr.DownloadButton(t("download_wav"), visible=False, elem_id="cv-download"),
-                                        label="download_wav")
+                        s_download = tr(gr.DownloadButton(t("download_wav"), visible=False, elem_id="cv-download",
+                                                          size="sm"), label="download_wav")
                         s_info = gr.Markdown("", elem_id="cv-info")
-                        tr(gr.Markdown(heading("history", "####")), value=lambda lg: heading("history", "####", lg))
-                        h_cols = ("#", "h_time", "h_voice", "h_text", "h_seconds", "h_rtf")
+                        with tr(gr.Accordion(t("live"), open=True), label="live"):
+                            gr.HTML(LIVE_HTML, js_on_load=None)
+                        s_live = gr.Textbox("", visible="hidden", elem_id="cv-live-data")
+                        tr(gr.Markdown(heading("history", "**"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("history", "**", lg))
                         s_history = gr.Dataframe(history_rows(studio, "en"),
                                                  headers=["#"] + [t(k) for k in h_cols[1:]], interactive=False,
                                                  wrap=True, elem_id="cv-history",
@@ -389,9 +192,10 @@ def build_app(studio: Studio) -> gr.Blocks:
 
             # ---------------------------------------------------------------------------------- Voices
             with tr(gr.Tab(t("tab_voices"), id="voices"), label="tab_voices") as tab_voices:
-                with gr.Row():
-                    with gr.Column():
-                        tr(gr.Markdown(heading("new_voice")), value=lambda lg: heading("new_voice", "###", lg))
+                with gr.Row(equal_height=False):
+                    with gr.Column(min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("new_voice"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("new_voice", "###", lg))
                         v_audio = tr(gr.Audio(sources=["upload", "microphone"], type="filepath",
                                               label=t("voice_audio"), elem_id="cv-v-audio"), label="voice_audio")
                         tr(gr.Markdown(t("mic_hint"), elem_classes="cv-mic-hint"), value="mic_hint")
@@ -402,17 +206,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                         v_transcript_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-transcript-msg")
                         with gr.Row():
                             v_name = tr(gr.Textbox(label=t("voice_name"), placeholder=t("voice_name_ph"),
-                                                   elem_id="cv-v-name"), label="voice_name",
+                                                   elem_id="cv-v-name", min_width=160), label="voice_name",
                                         placeholder="voice_name_ph")
                             v_lang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("voice_language"),
-                                                    elem_id="cv-v-lang"), label="voice_language")
+                                                    elem_id="cv-v-lang", min_width=160), label="voice_language")
                         v_name_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-name-msg")
-                        v_overwrite = tr(gr.Checkbox(False, label=t("replace")), label="replace")
-                        v_save = tr(gr.Button(t("save_voice"), variant="primary", elem_id="cv-v-save"),
+                        v_overwrite = tr(gr.Checkbox(False, label=t("replace"), elem_id="cv-v-overwrite"),
+                                         label="replace")
+                        v_save = tr(gr.Button(t("save_voice"), variant="primary", elem_id="cv-v-save", size="lg"),
                                     value="save_voice")
                         v_save_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-save-msg")
-                    with gr.Column():
-                        tr(gr.Markdown(heading("saved_voices")), value=lambda lg: heading("saved_voices", "###", lg))
+                    with gr.Column(min_width=320, elem_classes="cv-card"):
+                        tr(gr.Markdown(heading("saved_voices"), elem_classes="cv-card-title"),
+                           value=lambda lg: heading("saved_voices", "###", lg))
                         names = studio.voice_names()
                         v_list = tr(gr.Dropdown(names, value=names[0] if names else None, label=t("voice_list"),
                                                 elem_id="cv-v-list"), label="voice_list")
@@ -437,6 +243,19 @@ def build_app(studio: Studio) -> gr.Blocks:
                         v_manage_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-v-manage-msg")
                         v_export_file = tr(gr.File(label=t("export_file"), visible=False, interactive=False,
                                                    elem_id="cv-v-export-file"), label="export_file")
+                        damaged0 = studio.damaged_voices()
+                        with gr.Group(visible=bool(damaged0), elem_id="cv-damaged") as d_box:
+                            d_md = gr.Markdown(damaged_md(damaged0, "en"), elem_id="cv-damaged-list")
+                            d_pick = tr(gr.Dropdown([d["slug"] for d in damaged0],
+                                                    value=damaged0[0]["slug"] if damaged0 else None,
+                                                    label=t("damaged_pick"), elem_id="cv-damaged-pick"),
+                                        label="damaged_pick")
+                            with gr.Row():
+                                d_repair = tr(gr.Button(t("repair"), size="sm", elem_id="cv-repair"), value="repair")
+                                d_delete = tr(gr.Button(t("delete"), size="sm", variant="stop",
+                                                        elem_id="cv-damaged-delete"), value="delete")
+                        # outside the panel: "Deleted" stays said when the last damaged voice goes
+                        d_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-damaged-msg")
                         tr(gr.Markdown(heading("import_title", "####")),
                            value=lambda lg: heading("import_title", "####", lg))
                         v_import_file = tr(gr.File(label=t("import_file"), file_types=[".cvvoice", ".zip"],
@@ -468,13 +287,27 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         live_outputs = [badge, banner, banner_box, check_again, st_md]
 
+        def history_view(lang_: str) -> Any:
+            return gr.update(value=history_rows(studio, lang_), headers=["#"] + [t(k, lang_) for k in h_cols[1:]])
+
+        def voices_view(lang_: str) -> list[Any]:
+            """The first-visit hint and the damaged-voices panel, as the voices on disk are now."""
+            damaged = studio.damaged_voices()
+            slugs = [d["slug"] for d in damaged]
+            return [gr.update(visible=not studio.voice_names()), gr.update(visible=bool(damaged)),
+                    damaged_md(damaged, lang_), gr.update(choices=slugs, value=slugs[0] if slugs else None)]
+
+        voices_outputs = [s_first, d_box, d_md, d_pick]
+
         def on_lang(lang_: str, name: str | None) -> list[Any]:
             details_, _ = voice_details_md(studio, name, lang_)
-            return [*translations(lang_), *live_view(lang_), lang_, details_,
-                    gr.update(value=history_rows(studio, lang_), headers=["#"] + [t(k, lang_) for k in h_cols[1:]])]
+            return [*translations(lang_), *live_view(lang_), lang_, details_, history_view(lang_),
+                    *voices_view(lang_)]
 
-        lang.change(on_lang, [lang, v_list], [*tr.components, *live_outputs, saved_lang, v_details, s_history],
+        lang.change(on_lang, [lang, v_list], [*tr.components, *live_outputs, saved_lang, v_details, s_history,
+                                              *voices_outputs],
                     api_visibility="private", show_progress="hidden")
+        lang.change(None, [lang], None, js=LOCALE_JS, api_visibility="private")
 
         def on_load(saved: str, request: gr.Request) -> list[Any]:
             # ?lang=ru in the address, else the choice this browser made before, else its preferred language
@@ -485,10 +318,17 @@ def build_app(studio: Studio) -> gr.Blocks:
                 choice = saved
             else:
                 choice = pick_language(request.headers.get("accept-language") if request else "")
-            return [choice, voice_choices(None), *live_view(choice)]
+            # everything that changes on the server is read again: a reload shows the results made meanwhile
+            latest = next(iter(studio.history.list()), None)  # the last result is in front, with its waveform
+            return [choice, voice_choices(None), voice_choices(None), *live_view(choice), history_view(choice),
+                    *voices_view(choice), latest["path"] if latest else None,
+                    gr.update(value=latest["path"], visible=True) if latest else gr.update(),
+                    result_md(latest, choice)]
 
-        demo.load(on_load, [saved_lang], [lang, s_voice, *live_outputs], api_visibility="private",
-                  show_progress="hidden")
+        demo.load(on_load, [saved_lang], [lang, s_voice, v_list, *live_outputs, s_history, *voices_outputs,
+                                          s_result, s_download, s_info],
+                  api_visibility="private", show_progress="hidden")
+        demo.load(None, [lang], None, js=LOCALE_JS, api_visibility="private")
         timer.tick(live_view, [lang], live_outputs, api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)
         st_refresh.click(live_view, [lang], live_outputs, api_visibility="private", concurrency_limit=None)
@@ -537,6 +377,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                          show_progress="hidden")
         tab_voices.select(lambda v: voice_choices(v), [v_list], [v_list], api_visibility="private",
                           show_progress="hidden")
+        s_first_go.click(lambda: gr.Tabs(selected="voices"), None, [tabs], api_visibility="private",
+                         show_progress="hidden")
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
@@ -561,11 +403,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                                    seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
                                    session=request.session_hash if request else None)
             except FieldError as e:
-                if e.field in msgs:  # shown next to the input it is about
+                # next to the input it is about, and under the button too: the input may be scrolled away
+                if e.field in msgs:
                     msgs[e.field] = _err(_msg(e, lang_))
-                    yield out(progress="")
-                else:
-                    yield out(progress=_err(_msg(e, lang_)))
+                yield out(progress=_err(_msg(e, lang_)))
                 return
             except Exception as e:  # noqa: BLE001 - shown on the page
                 yield out(progress=_err(_msg(e, lang_)))
@@ -588,7 +429,12 @@ def build_app(studio: Studio) -> gr.Blocks:
                                   info=result_md(st.result, lang_), history=history_rows(studio, lang_),
                                   go=gr.update(interactive=True))
                     elif st.phase in ("error", "cancelled"):
-                        yield out(progress=md, live=live, go=gr.update(interactive=True))
+                        kept = st.result  # the parts made before it stopped, kept in Recent results
+                        yield out(progress=md, live=live, go=gr.update(interactive=True),
+                                  result=kept["path"] if kept else keep,
+                                  download=gr.update(value=kept["path"], visible=True) if kept else keep,
+                                  info=result_md(kept, lang_) if kept else keep,
+                                  history=history_rows(studio, lang_) if kept else keep)
                     else:
                         yield out(progress=md, live=live)
             except Exception as e:  # noqa: BLE001
@@ -598,6 +444,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                  s_topk, s_topp], gen_outputs, api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
+        s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 
         def on_cancel(lang_: str, request: gr.Request) -> Any:
             if not studio.cancel_session(request.session_hash if request else ""):
@@ -624,16 +471,17 @@ def build_app(studio: Studio) -> gr.Blocks:
             audio_ok = "" if "audio" in by_field else prompt_feedback(lang_, audio)
             fields = [by_field.get("audio", audio_ok), by_field.get("transcript", ""), by_field.get("name", "")]
             if errors:
-                yield [*fields, by_field.get("language", ""), keep, keep]
+                yield [*fields, by_field.get("language", ""), keep, keep, *[keep] * len(voices_outputs)]
                 return
             try:
                 job = studio.add_voice(name, audio, transcript, language, overwrite)
-                yield [*fields, t("saving", lang_), keep, keep]
+                same = [keep, keep, *[keep] * len(voices_outputs)]
+                yield [*fields, t("saving", lang_), *same]
                 for ev in job.events_until_done():
                     if ev["type"] == "queued" and ev["ahead"]:
-                        yield [*fields, t("saving_queued", lang_, ahead=ev["ahead"]), keep, keep]
+                        yield [*fields, t("saving_queued", lang_, ahead=ev["ahead"]), *same]
                     elif ev["type"] == "started":
-                        yield [*fields, t("saving", lang_), keep, keep]
+                        yield [*fields, t("saving", lang_), *same]
                 final = job.final or {}
                 if final.get("type") != "done":
                     raise CosyVoiceRKError(final.get("message") or t("p_cancelled", lang_))
@@ -643,21 +491,23 @@ def build_app(studio: Studio) -> gr.Blocks:
                             tokens=info.get("prompt_tokens", "?")))
                 if info.get("warning"):
                     msg += "\n\n⚠ " + _esc(info["warning"])
-                yield [*fields, msg, voice_choices(res["name"]), voice_choices(None)]
+                yield [*fields, msg, voice_choices(res["name"]), voice_choices(None), *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the save button
-                yield [*fields, _err(_msg(e, lang_)), keep, keep]
+                yield [*fields, _err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]
 
         v_save.click(on_save_voice, [lang, v_name, v_audio, v_transcript, v_lang, v_overwrite],
-                     [v_audio_msg, v_transcript_msg, v_name_msg, v_save_msg, v_list, s_voice],
+                     [v_audio_msg, v_transcript_msg, v_name_msg, v_save_msg, v_list, s_voice, *voices_outputs],
                      api_visibility="private", show_progress="minimal")
 
         def on_pick(lang_: str, name: str | None) -> list[Any]:
             md, audio = voice_details_md(studio, name, lang_)
             return [md, audio, gr.update(value=name or ""), gr.update(visible=False, value=None),
-                    gr.update(visible=False), ""]
+                    gr.update(visible=False)]
 
-        v_list.change(on_pick, [lang, v_list], [v_details, v_player, v_rename_to, v_export_file, v_confirm_row,
-                                                v_manage_msg], api_visibility="private", show_progress="hidden")
+        # the list also changes after a rename or delete: what was done stays said until the person picks again
+        v_list.change(on_pick, [lang, v_list], [v_details, v_player, v_rename_to, v_export_file, v_confirm_row],
+                      api_visibility="private", show_progress="hidden")
+        v_list.input(lambda: "", None, [v_manage_msg], api_visibility="private", show_progress="hidden")
 
         def guarded(fn: Callable[..., list[Any]], n_out: int, msg_index: int) -> Callable[..., list[Any]]:
             def run(lang_: str, *args: Any) -> list[Any]:
@@ -693,10 +543,31 @@ def build_app(studio: Studio) -> gr.Blocks:
                 return [_err(t("choose_voice", lang_)), gr.update(), gr.update(), gr.update(visible=False)]
             studio.delete_voice(name)
             return [_ok(t("deleted", lang_, name=name)), voice_choices(None), voice_choices(None),
-                    gr.update(visible=False)]
+                    gr.update(visible=False), *voices_view(lang_)]
 
-        v_delete_yes.click(guarded(on_delete, 4, 0), [lang, v_list], [v_manage_msg, v_list, s_voice, v_confirm_row],
-                           api_visibility="private")
+        v_delete_yes.click(guarded(on_delete, 8, 0), [lang, v_list],
+                           [v_manage_msg, v_list, s_voice, v_confirm_row, *voices_outputs], api_visibility="private")
+
+        def on_repair(lang_: str, slug: str | None) -> list[Any]:
+            """Load a damaged voice's recording into the new-voice form, to be saved again in its place."""
+            if not slug:
+                return [_err(t("choose_voice", lang_)), *[gr.update()] * 4]
+            audio = studio.damaged_audio(slug)
+            return [t("repair_hint", lang_, name=_esc(slug)) if audio else t("repair_no_audio", lang_, name=_esc(slug)),
+                    gr.update(value=slug), gr.update(value=audio) if audio else gr.update(), gr.update(value=True),
+                    gr.update(value="")]
+
+        d_repair.click(guarded(on_repair, 5, 0), [lang, d_pick], [d_msg, v_name, v_audio, v_overwrite, v_transcript],
+                       api_visibility="private")
+
+        def on_delete_damaged(lang_: str, slug: str | None) -> list[Any]:
+            if not slug:
+                return [_err(t("choose_voice", lang_)), *[gr.update()] * len(voices_outputs)]
+            studio.delete_damaged(slug)
+            return [_ok(t("deleted", lang_, name=slug)), *voices_view(lang_)]
+
+        d_delete.click(guarded(on_delete_damaged, 1 + len(voices_outputs), 0), [lang, d_pick],
+                       [d_msg, *voices_outputs], api_visibility="private")
 
         def on_export(lang_: str, name: str | None) -> list[Any]:
             if not name:
@@ -710,144 +581,23 @@ def build_app(studio: Studio) -> gr.Blocks:
         def on_import(lang_: str, path: str | None, name: str, overwrite: bool) -> Iterator[list[Any]]:
             keep = gr.update()
             if not path:
-                yield [_err(t("choose_file", lang_)), keep, keep]
+                yield [_err(t("choose_file", lang_)), keep, keep, *[keep] * len(voices_outputs)]
                 return
             try:
                 job = studio.import_voice(path, name or None, overwrite)
-                yield [t("saving", lang_), keep, keep]
+                yield [t("saving", lang_), keep, keep, *[keep] * len(voices_outputs)]
                 res = studio.run_voice_job(job)
-                yield [_ok(t("imported", lang_, name=res["name"])), voice_choices(res["name"]), voice_choices(None)]
+                yield [_ok(t("imported", lang_, name=res["name"])), voice_choices(res["name"]), voice_choices(None),
+                       *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the input
-                yield [_err(_msg(e, lang_)), keep, keep]
+                yield [_err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]
 
-        v_import.click(on_import, [lang, v_import_file, v_import_name, v_overwrite], [v_import_msg, v_list, s_voice],
-                       api_visibility="private")
+        v_import.click(on_import, [lang, v_import_file, v_import_name, v_overwrite],
+                       [v_import_msg, v_list, s_voice, *voices_outputs], api_visibility="private")
 
         _api(studio)
     demo.queue(max_size=64, default_concurrency_limit=4)
     return demo
-
-
-def _api_error(e: BaseException) -> gr.Error:
-    if isinstance(e, CosyVoiceRKError):
-        return gr.Error(str(e), print_exception=False)
-    traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
-    return gr.Error(t("err_internal", "en", error=f"{type(e).__name__}: {e}"), print_exception=False)
-
-
-def _api(studio: Studio) -> None:
-    """Named endpoints for programs (``gradio_client``); they return data, not page updates."""
-
-    def voices() -> list[dict]:
-        """Saved voices: name, transcript, language, created, duration (s)."""
-        return [{k: v for k, v in d.items() if k != "audio"} for d in studio.voices()]
-
-    def status() -> dict:
-        """Bundle, backends per stage, worker state and queue."""
-        return studio.status()
-
-    def rename_voice(name: str, new_name: str) -> str:
-        """Rename a saved voice; returns the new name."""
-        try:
-            return studio.rename_voice(name, new_name)
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def delete_voice(name: str) -> str:
-        """Delete a saved voice; returns its name."""
-        try:
-            studio.delete_voice(name)
-            return name
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    gr.api(voices, api_name="voices")
-    gr.api(status, api_name="status")
-    gr.api(rename_voice, api_name="rename_voice")
-    gr.api(delete_voice, api_name="delete_voice")
-
-    with gr.Column(visible=False):
-        a_text = gr.Textbox(label="text")
-        a_voice = gr.Textbox(label="voice")
-        a_language = gr.Textbox("auto", label="language")
-        a_temp = gr.Number(1.0, label="temperature")
-        a_seed = gr.Number(-1, label="seed", precision=0)
-        a_topk = gr.Number(0, label="top_k", precision=0)
-        a_topp = gr.Number(0.0, label="top_p")
-        a_paudio = gr.Audio(type="filepath", label="prompt_audio")
-        a_ptext = gr.Textbox("", label="prompt_text")
-        a_plang = gr.Textbox("auto", label="prompt_language")
-        a_wav = gr.Audio(type="filepath", label="audio", format="wav")
-        a_info = gr.JSON(label="info")
-        a_name = gr.Textbox(label="name")
-        a_transcript = gr.Textbox("", label="transcript")
-        a_overwrite = gr.Checkbox(False, label="overwrite")
-        a_file = gr.File(label="file", type="filepath")
-        a_go = gr.Button()
-
-    def run_speak(text: str, voice: str | None, prompt_audio: str | None, prompt_text: str, prompt_language: str,
-                  language: str, temperature: float, seed: float, top_k: float, top_p: float) -> tuple[str, dict]:
-        try:
-            job = studio.speak(text, voice=voice or None, prompt_audio=prompt_audio, prompt_text=prompt_text or "",
-                               prompt_language=prompt_language or "auto", language=language or "auto",
-                               temperature=float(temperature), seed=None if seed is None else int(seed),
-                               top_k=int(top_k) if top_k else None, top_p=float(top_p) if top_p else None)
-            last = None
-            for st in studio.follow(job, poll=None):
-                last = st
-            if last is None or last.phase != "done" or not last.result:
-                raise WorkerError(last.error if last and last.error else "cancelled")
-            e = last.result
-            return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
-                                                 "seed", "voice", "compute_s", "warnings") if k in e}
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def synthesize(text: str, voice: str, language: str, temperature: float, seed: float, top_k: float,
-                   top_p: float) -> tuple[str, dict]:
-        """Speak ``text`` in a saved ``voice``. Returns (WAV file, info: duration, rtf, tokens, segments,
-        backends, timings, seed). ``seed`` -1 = random; ``top_k``/``top_p`` 0 = the bundle's defaults."""
-        return run_speak(text, voice, None, "", "auto", language, temperature, seed, top_k, top_p)
-
-    def synthesize_with_prompt(text: str, prompt_audio: str | None, prompt_text: str, prompt_language: str,
-                               language: str, temperature: float, seed: float, top_k: float,
-                               top_p: float) -> tuple[str, dict]:
-        """Speak ``text`` in the voice of a one-off recording (3–10 s) whose exact words are ``prompt_text``."""
-        return run_speak(text, None, prompt_audio, prompt_text, prompt_language, language, temperature, seed, top_k,
-                         top_p)
-
-    def add_voice(name: str, audio: str | None, transcript: str, language: str, overwrite: bool) -> dict:
-        """Save a voice from a 3–10 s recording and its exact transcript."""
-        try:
-            return studio.run_voice_job(studio.add_voice(name, audio, transcript, language or "auto", overwrite))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def export_voice(name: str) -> str:
-        """One .cvvoice file with the voice."""
-        try:
-            return str(studio.export_voice(name))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    def import_voice(file: str | None, name: str, overwrite: bool) -> dict:
-        """Import a .cvvoice file (optionally under another name)."""
-        try:
-            if not file:
-                raise FieldError("import", "give a .cvvoice file")
-            return studio.run_voice_job(studio.import_voice(file, name or None, overwrite))
-        except Exception as e:  # noqa: BLE001
-            raise _api_error(e) from None
-
-    a_go.click(synthesize, [a_text, a_voice, a_language, a_temp, a_seed, a_topk, a_topp], [a_wav, a_info],
-               api_name="synthesize", concurrency_limit=None)
-    a_go.click(synthesize_with_prompt, [a_text, a_paudio, a_ptext, a_plang, a_language, a_temp, a_seed, a_topk, a_topp],
-               [a_wav, a_info], api_name="synthesize_with_prompt", concurrency_limit=None)
-    a_go.click(add_voice, [a_name, a_paudio, a_transcript, a_language, a_overwrite], [a_info], api_name="add_voice",
-               concurrency_limit=None)
-    a_go.click(export_voice, [a_name], [a_file], api_name="export_voice")
-    a_go.click(import_voice, [a_file, a_name, a_overwrite], [a_info], api_name="import_voice",
-               concurrency_limit=None)
 
 
 def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
@@ -857,9 +607,10 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: l
     demo = build_app(studio)
     allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
     _, url, _ = demo.launch(
-        server_name=host, server_port=port, auth=auth or None, max_file_size=f"{max_upload_mb}mb",
+        server_name=host, server_port=port, auth=SlowAuth(auth).check if auth else None,
+        max_file_size=f"{max_upload_mb}mb",
         allowed_paths=allowed, prevent_thread_lock=not block, quiet=quiet, show_error=False,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
-        footer_links=["api", "settings"], head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
+        footer_links=["api", "settings"], head=HEAD + STUDIO_HEAD, css=CSS, theme=theme(), ssr_mode=False,
     )
     return demo, url

@@ -25,7 +25,7 @@ from pipeline.audio import prepare_prompt
 from pipeline.bundle import HOW_TO_GET, Bundle
 from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from pipeline.presets import MAX_EXPORT_BYTES, SpeakerStore, slugify
+from pipeline.presets import SpeakerStore
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
@@ -33,6 +33,29 @@ TEMPERATURE_RANGE = (0.1, 2.0)
 TOP_K_RANGE = (1, 100)
 TOP_P_RANGE = (0.05, 1.0)
 _LIVE_JOBS_KEPT = 16
+
+
+MAX_SEED = 2**32 - 1
+
+
+def _number(value: Any, what: str, lo: float, hi: float, *, default: float | None, whole: bool = False,
+            below_is_random: bool = False) -> Any:
+    """A number from the page or the API: None means ``default``; anything else must be a finite number in
+    [lo, hi] (whole when ``whole``; with ``below_is_random`` any negative whole number is -1, "random")."""
+    if value is None or value == "":
+        return default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise FieldError("options", f"{what} must be a number, got {str(value)[:40]!r}") from None
+    if whole and below_is_random and x < 0 and x.is_integer():
+        return -1
+    if x != x or not lo <= x <= hi or (whole and not x.is_integer()):
+        kind = "a whole number" if whole else "a number"
+        extra = " (-1 = random)" if below_is_random else ""
+        lo_s, hi_s = (f"{lo:.0f}", f"{hi:.0f}") if whole else (f"{lo:g}", f"{hi:g}")
+        raise FieldError("options", f"{what} must be {kind} within {lo_s}–{hi_s}{extra}, got {str(value)[:40]}")
+    return int(x) if whole else x
 
 
 class FieldError(InputError):
@@ -213,6 +236,25 @@ class Studio:
                         "duration": info.get("duration"), "audio": str(self.store.root / v["slug"] / v["audio"])})
         return out
 
+    def damaged_voices(self) -> list[dict[str, Any]]:
+        """Voices whose folder cannot be read: ``{"slug", "error"}`` (listed with Repair and Delete)."""
+        return [{"slug": v["slug"], "error": v["error"]} for v in self.store.list() if "error" in v]
+
+    def damaged_audio(self, slug: str) -> str | None:
+        """The prompt recording left in a damaged voice's folder (to save the voice again), or None."""
+        d = self._damaged_dir(slug)
+        found = sorted(p for p in d.iterdir() if p.is_file() and p.name.startswith("prompt."))
+        return str(found[0]) if found else None
+
+    def delete_damaged(self, slug: str) -> None:
+        self._damaged_dir(slug)
+        self.store.delete_folder(slug)
+
+    def _damaged_dir(self, slug: str) -> Path:
+        if slug not in {d["slug"] for d in self.damaged_voices()}:
+            raise PresetError(f"there is no damaged voice {slug!r}; the list was out of date, look again")
+        return self.store.root / slug
+
     def voice_names(self) -> list[str]:
         return [v["name"] for v in self.voices() if "error" not in v]
 
@@ -249,10 +291,7 @@ class Studio:
             errors.append(FieldError("transcript", "the transcript is longer than 1000 characters; use a 3–10 s "
                                      "prompt and its exact words", "err_transcript_long"))
         try:
-            slugify(name or "")
-            if self.store.exists(name) and not overwrite:
-                errors.append(FieldError("name", f"a voice named {name!r} already exists; choose another name "
-                                         "or tick “replace”", "err_name_taken", name=name))
+            self.store.claim(name or "", overwrite=overwrite)
         except PresetError as e:
             errors.append(FieldError("name", str(e)))
         if language not in LANGUAGES:
@@ -288,18 +327,18 @@ class Studio:
 
     def import_voice(self, path: str | Path, name: str | None = None, overwrite: bool = False) -> Job:
         p = Path(path)
-        if p.stat().st_size > MAX_EXPORT_BYTES:
-            raise FieldError("import", f"voice file is {p.stat().st_size / 2**20:.1f} MB; exported voices are at "
-                             f"most {MAX_EXPORT_BYTES // 2**20} MB")
-        data = p.read_bytes()
         try:
-            meta, _, _ = self.store.read_export(data)  # a bad file is refused here, without the worker
+            meta, _, _ = self.store.read_export(p)  # a bad file is refused here (size first), without the worker
+            data = p.read_bytes()
         except PresetError as e:
             raise FieldError("import", str(e)) from None
+        except OSError:
+            raise FieldError("import", f"voice file {p.name} could not be read; choose it again") from None
         target = (name or "").strip() or meta["name"]
-        if self.store.exists(target) and not overwrite:
-            raise FieldError("import", f"a voice named {target!r} already exists; import it under another name",
-                             "err_name_taken", name=target)
+        try:
+            self.store.claim(target, overwrite=overwrite)
+        except PresetError as e:
+            raise FieldError("import", str(e)) from None
         return self._worker().submit("import_voice", {"data": data, "name": target, "overwrite": bool(overwrite)})
 
     # speech ---------------------------------------------------------------------------------------
@@ -308,21 +347,19 @@ class Studio:
               temperature: float = 1.0, seed: int | None = None, top_k: int | None = None,
               top_p: float | None = None, session: str | None = None) -> Job:
         text = text or ""
-        if not text.strip():
+        if not isinstance(text, str) or not text.strip():
             raise FieldError("text", "type the text to speak", "err_text_empty")
         if len(text) > self.max_text_chars:
             raise FieldError("text", f"the text has {len(text)} characters, the limit is {self.max_text_chars}: "
                              "split it into parts", "err_text_long", n=len(text), limit=self.max_text_chars)
         if language not in LANGUAGES:
             raise FieldError("language", f"unknown language {language!r}; choose one of {', '.join(LANGUAGES)}")
-        if not TEMPERATURE_RANGE[0] <= float(temperature) <= TEMPERATURE_RANGE[1]:
-            raise FieldError("options", f"temperature must be within {TEMPERATURE_RANGE[0]}–{TEMPERATURE_RANGE[1]}")
-        if top_k is not None and not TOP_K_RANGE[0] <= int(top_k) <= TOP_K_RANGE[1]:
-            raise FieldError("options", f"top-k must be within {TOP_K_RANGE[0]}–{TOP_K_RANGE[1]}")
-        if top_p is not None and not TOP_P_RANGE[0] <= float(top_p) <= TOP_P_RANGE[1]:
-            raise FieldError("options", f"top-p must be within {TOP_P_RANGE[0]}–{TOP_P_RANGE[1]}")
+        temperature = _number(temperature, "temperature", *TEMPERATURE_RANGE, default=1.0)
+        seed = _number(seed, "seed", -1, MAX_SEED, default=-1, whole=True, below_is_random=True)
+        top_k = _number(top_k, "top-k", *TOP_K_RANGE, default=None, whole=True)
+        top_p = _number(top_p, "top-p", *TOP_P_RANGE, default=None)
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
-                                   "seed": None if seed is None or int(seed) < 0 else int(seed),
+                                   "seed": None if seed < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),
                                    "top_p": None if top_p is None else float(top_p)}
         if voice:
@@ -361,57 +398,86 @@ class Studio:
         return any([self.cancel(i) for i in ids])
 
     def follow(self, job: Job, *, poll: float | None = 1.0) -> Iterator[SpeakState]:
-        """Consume a speech job's events; yield the page's view after each one. The whole result is written
-        to the history when the job is done; each segment is written as soon as it arrives (live playback)."""
+        """Consume a speech job's events; yield the page's view after each one. Each segment is written as soon
+        as it arrives (live playback); the whole result goes to the history when the job is done, and the parts
+        a cancelled or failed job made go there too (marked partial). When the page goes away (reload, closed
+        tab) the job runs on and its result still reaches the history: only Cancel stops a job."""
         st = SpeakState(job.id)
         parts: list[np.ndarray] = []
-        sr = 24000
+        rate = [24000]
+        events = job.events_until_done(poll=poll)
         try:
-            for ev in job.events_until_done(poll=poll):
-                t = ev["type"]
-                if t == "idle":
+            for ev in events:
+                if ev["type"] == "idle":
                     yield st
                     continue
-                if t == "queued":
-                    st.ahead = ev["ahead"]
-                elif t == "started":
-                    st.phase = "running"
-                elif t == "progress":
-                    st.phase = "running"
-                    st.stage = ev["stage"]
-                    st.info = ev
-                    st.segments_total = ev.get("segments", st.segments_total)
-                elif t == "segment":
-                    sr = int(ev["sample_rate"])
-                    parts.append(ev["audio"])
-                    st.segments_done = ev["index"] + 1
-                    st.segments_total = ev["total"]
-                    st.audio_seconds += float(ev["duration"])
-                    st.segment_files.append(self._write_segment(job.id, ev["index"], ev["audio"], sr))
-                elif t == "done":
-                    res = ev["result"]
-                    meta = job.meta
-                    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-                    st.result = self.history.add(audio, sr, {
-                        **meta, "text": meta.get("text", "")[:500], "duration": res["duration"], "rtf": res["rtf"],
-                        "tokens": res["tokens"], "segments": res["segments"], "backends": res["backends"],
-                        "timings": res["timings"], "compute_s": res["compute_s"], "seed": res["seed"],
-                        "warnings": res.get("warnings", [])})
-                    st.phase = "done"
-                elif t == "cancelled":
-                    st.phase = "cancelled"
-                    st.note = ev.get("note", "")
-                elif t == "error":
-                    st.phase = "error"
-                    st.error = ev["message"]
+                self._apply(job, st, ev, parts, rate)
                 yield st
         finally:
-            if not job.finished:  # the page went away: do not keep the worker busy for nobody
-                job.cancel()
-            with self._lock:
-                self._jobs.pop(job.id, None)
-                for ids in self._sessions.values():
-                    ids.discard(job.id)
+            if not job.finished:
+                threading.Thread(target=self._drain, args=(job, events, st, parts, rate), daemon=True,
+                                 name=f"cosyvoice-rk-drain-{job.id}").start()
+            else:
+                self._forget(job)
+
+    def _drain(self, job: Job, events: Iterator[dict[str, Any]], st: SpeakState, parts: list[np.ndarray],
+               rate: list[int]) -> None:
+        try:
+            for ev in events:
+                if ev["type"] != "idle":
+                    self._apply(job, st, ev, parts, rate)
+        except Exception as e:  # noqa: BLE001 - a background thread must not die silently
+            print(f"cosyvoice-rk webui: job {job.id} could not be saved: {e}", file=sys.stderr)
+        finally:
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.id, None)
+            for ids in self._sessions.values():
+                ids.discard(job.id)
+
+    def _apply(self, job: Job, st: SpeakState, ev: dict[str, Any], parts: list[np.ndarray], rate: list[int]) -> None:
+        t = ev["type"]
+        if t == "queued":
+            st.ahead = ev["ahead"]
+        elif t == "started":
+            st.phase = "running"
+        elif t == "progress":
+            st.phase = "running"
+            st.stage = ev["stage"]
+            st.info = ev
+            st.segments_total = ev.get("segments", st.segments_total)
+        elif t == "segment":
+            rate[0] = int(ev["sample_rate"])
+            parts.append(ev["audio"])
+            st.segments_done = ev["index"] + 1
+            st.segments_total = ev["total"]
+            st.audio_seconds += float(ev["duration"])
+            st.segment_files.append(self._write_segment(job.id, ev["index"], ev["audio"], rate[0]))
+        elif t == "done":
+            res = ev["result"]
+            st.result = self._save_result(job, parts, rate[0], {
+                "duration": res["duration"], "rtf": res["rtf"], "tokens": res["tokens"], "segments": res["segments"],
+                "backends": res["backends"], "timings": res["timings"], "compute_s": res["compute_s"],
+                "seed": res["seed"], "warnings": res.get("warnings", [])})
+            st.phase = "done"
+        elif t in ("cancelled", "error"):
+            st.phase = t
+            if t == "cancelled":
+                st.note = ev.get("note", "")
+            else:
+                st.error = ev["message"]
+            if parts:  # what the job made before it stopped is kept, not thrown away
+                st.result = self._save_result(job, parts, rate[0], {
+                    "duration": st.audio_seconds, "rtf": 0.0, "tokens": 0, "segments": st.segments_done,
+                    "backends": {}, "timings": {}, "compute_s": 0.0, "seed": job.payload.get("seed") or "?",
+                    "partial": True, "parts_total": st.segments_total, "warnings": []})
+
+    def _save_result(self, job: Job, parts: list[np.ndarray], sr: int, info: dict[str, Any]) -> dict[str, Any]:
+        meta = job.meta
+        audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        return self.history.add(audio, sr, {**meta, "text": meta.get("text", "")[:500], **info})
 
     def run_voice_job(self, job: Job) -> dict[str, Any]:
         """Wait for an add/import job; returns its result or raises its error."""

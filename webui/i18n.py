@@ -20,6 +20,15 @@ _S: dict[str, tuple[str, str]] = {
                  "Клонирование голоса с CosyVoice3 на этой плате: сохраните голос по короткой записи и озвучьте им "
                  "любой текст."),
     "ui_language": ("Interface language", "Язык интерфейса"),
+    "step_voice": ("Make a voice from 3–10 s of speech", "Сделайте голос по 3–10 с речи"),
+    "step_speak": ("Type any text", "Введите любой текст"),
+    "step_listen": ("Listen and download", "Слушайте и скачивайте"),
+    "first_visit": ("**Start here:** no voice is saved yet. Make one on the **Voices** tab from a 3–10 s recording "
+                    "(or use a one-off recording below), then come back and type what it should say.",
+                    "**Начните отсюда:** сохранённых голосов пока нет. Сделайте голос на вкладке **Голоса** по "
+                    "записи 3–10 с (или используйте разовую запись ниже), затем вернитесь и введите текст."),
+    "first_visit_go": ("Make a voice →", "Сделать голос →"),
+    "result_title": ("Result", "Результат"),
     # no bundle
     "no_bundle": ("**No model bundle.** {error}", "**Нет пакета модели.** {error}"),
     "how_to_get": (
@@ -105,6 +114,10 @@ _S: dict[str, tuple[str, str]] = {
     "p_cancelling": ("Cancelling…", "Отмена…"),
     "p_nothing_to_cancel": ("Nothing is running.", "Ничего не выполняется."),
     "p_error": ("Failed: {error}", "Ошибка: {error}"),
+    "p_kept": ("The {secs:.1f} s made before it stopped are kept in Recent results.",
+               "Готовые {secs:.1f} с сохранены в «Последних результатах»."),
+    "r_partial": ("**Partial result:** {secs:.1f} s of audio, {k} of {n} part(s) made before the job stopped.",
+                  "**Частичный результат:** {secs:.1f} с звука, частей: {k} из {n} — сделано до остановки."),
     # result
     "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "
                   "tokens · {segments} part(s) · seed {seed}",
@@ -164,6 +177,21 @@ _S: dict[str, tuple[str, str]] = {
     "import": ("Import", "Импортировать"),
     "imported": ("Imported “{name}”.", "Голос «{name}» импортирован."),
     "choose_voice": ("Choose a voice first.", "Сначала выберите голос."),
+    "damaged_title": ("Damaged voices", "Повреждённые голоса"),
+    "damaged_help": ("These folders cannot be read as voices. **Repair** puts the recording left in the folder into "
+                     "the form on the left: type what it says and press **Save voice**. **Delete** removes the folder.",
+                     "Эти папки не читаются как голоса. **Восстановить** — запись из папки попадёт в форму слева: "
+                     "введите, что в ней сказано, и нажмите **Сохранить голос**. **Удалить** — удаляет папку."),
+    "damaged_pick": ("Damaged voice", "Повреждённый голос"),
+    "repair": ("Repair", "Восстановить"),
+    "repair_hint": ("The recording of “{name}” is in the form on the left: type exactly what it says and press "
+                    "**Save voice** (“replace” is ticked).",
+                    "Запись голоса «{name}» — в форме слева: введите дословно, что в ней сказано, и нажмите "
+                    "**Сохранить голос** («заменить» отмечено)."),
+    "repair_no_audio": ("“{name}” has no recording left: upload or record a new one on the left and save it under "
+                        "this name (“replace” is ticked), or delete it.",
+                        "У голоса «{name}» не осталось записи: загрузите или запишите новую слева и сохраните под "
+                        "этим именем («заменить» отмечено) или удалите его."),
     "choose_file": ("Choose a .cvvoice file first.", "Сначала выберите файл .cvvoice."),
     # status
     "status_refresh": ("Refresh", "Обновить"),
@@ -260,8 +288,85 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
      "образец беззвучен (самое громкое место {0} дБFS); запишите {1} речи ближе к микрофону"),
     (r"^prompt file is ([\d.]+) MB, the limit is ([\d.]+) MB; upload a short clip \((.+) of speech\)$",
      "файл образца {0} МБ, предел — {1} МБ; загрузите короткий фрагмент ({2} речи)"),
-    (r"^(.+) is not an audio file that can be read \((.*)\); use one of: (.+)$",
-     "это не читаемый звуковой файл ({1}); используйте один из форматов: {2}"),
+    (r"^(.+) is not an audio file that can be read \(damaged, or a format this machine does not read\); "
+     r"use one of: (.+)$",
+     "файл {0} не читается как звук (повреждён или в формате, который здесь не читается); используйте один из "
+     "форматов: {1}"),
+    (r"^(.+) is empty \(0 bytes\); upload or record (.+) of speech$",
+     "файл {0} пуст (0 байт); загрузите или запишите {1} речи"),
+    (r"^(.+) contains no audio samples; record (.+) of speech$", "в файле {0} нет звука; запишите {1} речи"),
+    (r"^prompt file (.+) does not exist$", "файла образца {0} нет; загрузите его снова"),
+    (r"^cannot resample (\d+) Hz to (\d+) Hz", "частоту {0} Гц нельзя пересчитать; сохраните образец с частотой "
+                                              "16000, 22050, 24000, 32000, 44100 или 48000 Гц"),
+    (r"^the (?:prompt )?transcript is empty", "текст записи пуст: введите дословно то, что сказано в записи"),
+    (r"^the transcript has (\d+) characters, the limit is (\d+)",
+     "в тексте записи {0} символов, предел — {1}: возьмите запись 3–10 с и введите дословно её слова"),
+    (r"^the name '(.+)' is taken by the saved voice '(.+)' \(.*\); choose another name, or save as '(.+)' to "
+     r"replace it$",
+     "имя «{0}» занято голосом «{1}» (имена, которые отличаются только регистром или знаками, хранятся в одной "
+     "папке); выберите другое имя или сохраните под именем «{2}», чтобы заменить его"),
+    (r"^a damaged voice is stored under the name '(.+)'", "под именем «{0}» хранится повреждённый голос; отметьте "
+                                                          "«заменить», чтобы сохранить этот на его место, или "
+                                                          "сначала удалите повреждённый"),
+    (r"^voice '(.+)' is damaged \(.*\); repair it", "голос «{0}» повреждён; восстановите его, сохранив заново из "
+                                                    "его записи, или удалите"),
+    (r"^voice (\S+) is corrupt \(preset.json: .*\)", "файл описания голоса {0} не читается; голос оставлен "
+                                                       "как есть"),
+    (r"^voice (\S+) is corrupt \(preset.json lacks", "в описании голоса {0} нет имени, текста или записи; голос "
+                                                     "оставлен как есть"),
+    (r"^voice (\S+) is corrupt \(its prompt audio is missing\)", "у голоса {0} пропала запись; голос оставлен "
+                                                                 "как есть"),
+    (r"^voice folder (\S+) has no preset.json", "в папке голоса {0} нет файла описания (preset.json)"),
+    (r"^there is no damaged voice '(.+)'", "повреждённого голоса «{0}» нет; список устарел, посмотрите снова"),
+    (r"^the voice file is ([\d.]+) MB; exported voices are at most (\d+) MB$",
+     "файл голоса весит {0} МБ; экспортированный голос — не больше {1} МБ"),
+    (r"^the voice file is empty", "файл голоса пуст (0 байт); экспортируйте голос снова"),
+    (r"^this is a zip file but not a voice file", "это zip-архив, но не файл голоса (внутри нет preset.json); "
+                                                  "экспортируйте голос кнопкой «Экспорт»"),
+    (r"^this is not a cosyvoice-rk voice file", "это не файл голоса cosyvoice-rk; экспортируйте голос кнопкой "
+                                                "«Экспорт» или командой `cosyvoice-rk speakers export`"),
+    (r"^the voice file has no prompt audio", "в файле голоса нет записи; экспортируйте голос снова"),
+    (r"^the voice file has no (name|transcript)", "в файле голоса нет поля {0}; экспортируйте голос снова"),
+    (r"^the voice file's (?:preset.json|language)", "описание голоса в файле повреждено; экспортируйте голос снова"),
+    (r"^(\S+) in the voice file (?:inflates to|is larger than)",
+     "{0} в файле голоса больше, чем может быть у голоса; файл повреждён или это не голос"),
+    (r"^the voice file says its language is '(.+)'", "в файле голоса указан язык «{0}», который эта версия не "
+                                                     "знает; экспортируйте его с языком ru, en, zh, ja или auto"),
+    (r"^voice file (.+) does not exist$", "файла голоса {0} нет; выберите его снова"),
+    (r"^the voice's features (?:cannot be used|did not read back)", "признаки голоса испорчены; сохраните голос "
+                                                                    "заново из его записи"),
+    (r"^unknown language '(.*)'; choose one of (.+)$", "неизвестный язык «{0}»; выберите один из: {1}"),
+    (r"^unknown language '(.*)'$", "неизвестный язык «{0}»; выберите ru, en, zh, ja или auto"),
+    (r"^voice name contains control characters", "в имени голоса есть управляющие символы (перевод строки, "
+                                                 "невидимые знаки); уберите их"),
+    (r"^a voice named '(.+)' was saved by someone else a moment ago", "голос «{0}» только что сохранил кто-то "
+                                                                      "другой; выберите другое имя"),
+    (r"^model bundle (.+) does not exist; ", "пакета модели {0} нет; сделайте его: `./cv download models/cosyvoice3`"
+                                             ", затем `./cv convert models/cosyvoice3 models/bundle` (тестовый "
+                                             "пакет: `./cv make-random-bundle`)"),
+    (r"^(.+) is not a model bundle \(no manifest.json\)", "{0} — не пакет модели (нет manifest.json); сделайте "
+                                                         "его командами `./cv download` и `./cv convert`"),
+    (r"^(.+) is corrupt \(not readable JSON", "{0} повреждён (это не JSON); скопируйте пакет заново или "
+                                             "сконвертируйте снова"),
+    (r"^(.+) is not a cosyvoice-rk manifest", "{0} — не манифест cosyvoice-rk; сделайте пакет командами "
+                                              "`./cv download` и `./cv convert`"),
+    (r"^bundle (.+) has format version (.+), this cosyvoice-rk reads version (\d+)",
+     "у пакета {0} версия формата {1}, эта версия cosyvoice-rk читает {2}; сконвертируйте чекпойнт заново"),
+    (r"^(.+): section '(.+)' is missing", "в {0} нет раздела «{1}»; сконвертируйте чекпойнт заново"),
+    (r"^bundle (.+) is incomplete: (.+) is missing", "пакет {0} неполный: нет файла {1}; скопируйте его заново"),
+    (r"^bundle (.+): (\S+) has (\d+) bytes, the manifest says (\S+)",
+     "в пакете {0} файл {1} размером {2} байт, а по манифесту {3} (обрезан или заменён); скопируйте пакет заново "
+     "или сконвертируйте снова"),
+    (r"^(temperature|seed|top-k|top-p) must be a whole number within (\S+)–(\S+)(?: \(-1 = random\))?, got (.+)$",
+     "{0}: нужно целое число от {1} до {2}, получено {3}"),
+    (r"^(temperature|seed|top-k|top-p) must be a number within (\S+)–(\S+), got (.+)$",
+     "{0}: нужно число от {1} до {2}, получено {3}"),
+    (r"^(temperature|seed|top-k|top-p) must be a number, got (.+)$", "{0}: нужно число, получено {1}"),
+    (r"^bundle (.+): (\S+) is damaged", "файл {1} пакета модели повреждён (не совпадает с манифестом: ошибка "
+                                       "копирования или сбой SD-карты/eMMC); скопируйте пакет заново или "
+                                       "сконвертируйте снова"),
+    (r"^the worker ran out of memory", "обработчику не хватило памяти на это задание; возьмите текст короче"),
+    (r"^cancelled", "отменено"),
     (r"^prompt contains invalid samples", "образец содержит недопустимые отсчёты (NaN или бесконечность); "
                                           "сохраните его заново как 16-битный WAV"),
     (r"^no voice named '(.+)'; saved voices: (.+)$", "нет голоса «{0}»; сохранённые голоса: {1}"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import os
 import shutil
 import signal
@@ -9,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,40 @@ def parse_auth(values: list[str] | None) -> list[tuple[str, str]]:
             raise InputError(f"--auth {v!r}: write it as USER:PASSWORD")
         pairs.append((user, password))
     return pairs
+
+
+class SlowAuth:
+    """Gradio's login check for ``--auth`` pairs, with failed logins slowed down: each failure for a user name
+    waits longer (1, 2, 4 … up to 30 s) before it answers, so guessing passwords over the LAN is slow; a good
+    login resets it. Passwords are compared in constant time."""
+
+    def __init__(self, pairs: list[tuple[str, str]], *, base_delay: float = 1.0, max_delay: float = 30.0) -> None:
+        self._pairs = [(u.encode(), p.encode()) for u, p in pairs]
+        self._failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.base_delay, self.max_delay = base_delay, max_delay
+
+    async def check(self, username: str, password: str) -> bool:
+        """Gradio awaits this on its event loop: the delay is an asyncio sleep, other pages are not held up."""
+        ok, delay = self._verdict(username, password)
+        if not ok:
+            await asyncio.sleep(delay)
+        return ok
+
+    def _verdict(self, username: str, password: str) -> tuple[bool, float]:
+        u, p = str(username).encode(), str(password).encode()
+        ok = False
+        for user, pw in self._pairs:  # every pair is compared, so the time does not tell which part was wrong
+            ok |= hmac.compare_digest(u, user) & hmac.compare_digest(p, pw)
+        key = str(username)[:64]
+        with self._lock:
+            if ok:
+                self._failures.pop(key, None)
+                return True, 0.0
+            n = self._failures[key] = min(self._failures.get(key, 0) + 1, 32)
+            if len(self._failures) > 10_000:  # bounded: someone trying many names
+                self._failures.clear()
+        return False, min(self.max_delay, self.base_delay * 2 ** (n - 1))
 
 
 def self_signed_cert(folder: Path) -> tuple[Path, Path]:
