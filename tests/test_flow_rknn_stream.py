@@ -334,3 +334,22 @@ def test_runtime_failures_are_errors(standin, stream_bundle, npu_dir, monkeypatc
     monkeypatch.setitem(sys.modules, "rknnlite.api", None)
     with pytest.raises(BackendError, match="rknn-toolkit-lite2 does not import"):
         RknnChunkEstimator({100: out / chunk_file_name(1, 100)}, geo)
+
+
+def test_engine_streams_on_the_npu_backend(standin, stream_bundle, npu_dir, flow, sg, monkeypatch):
+    """Engine.chunked_flow takes the engine's --flow-backend: with the NPU "present", the whole streamed audio
+    of upstream's request comes out of the RKNN chunk estimator (fp32 cache: the fixture's 1e-3 on audio)."""
+    from pipeline import flow_rknn
+    from pipeline.engine import Engine
+    from pipeline.vocoder import HiFT
+
+    monkeypatch.setattr(flow_rknn, "detect_npu", _present)
+    logs: list[str] = []
+    e = Engine(make_bundle(stream_bundle, npu_dir), None, None, flow, HiFT.from_bundle(stream_bundle))
+    e.flow_cache_type, e.flow_backend, e.log = "fp32", "auto", logs.append
+    audio = [x for x in e.synthesize_stream([1], [2], _prompt(sg, "stream"), tokens=sg["in_stream_token"])
+             if isinstance(x, np.ndarray)]
+    assert isinstance(e.chunked_flow().est, RknnChunkEstimator) and e.chunked_flow().est.cache_dtype == np.float32
+    assert any(m.startswith("streaming flow on the RKNN NPU (auto: test: NPU present)") for m in logs)
+    assert _err(np.concatenate(audio), sg["stream_causal_audio"][0]) < TOL
+    assert sum(len(r.calls) for r in standin.instances) > 0
