@@ -7,10 +7,15 @@ import json
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import CosyVoiceRKError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def _log(msg: str) -> None:
@@ -131,6 +136,26 @@ def _check_prompt(wav: Path, transcript: str, language: str) -> None:
     prepare_prompt(wav)
 
 
+def pcm16(audio: np.ndarray) -> bytes:
+    """float32 audio → headerless s16le, converted by libsndfile exactly as :func:`write_wav` converts it."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(audio, np.float32), 24000, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buf.getvalue()
+
+
+def _raw_stdout() -> BinaryIO:
+    """The real stdout for PCM; fd 1 then points at stderr, so no log line (ours or a native library's)
+    can land between the samples."""
+    fd = os.dup(1)
+    os.dup2(2, 1)
+    return os.fdopen(fd, "wb", buffering=0)
+
+
 def cmd_say(a: argparse.Namespace) -> int:
     import numpy as np
 
@@ -139,14 +164,19 @@ def cmd_say(a: argparse.Namespace) -> int:
     from .text import normalize
 
     # what can be checked without the models is checked before they load
-    if not a.output.suffix.lower() == ".wav":
-        raise InputError(f"output {a.output} must end in .wav")
+    to_stdout = str(a.output) == "-"
+    if to_stdout and os.isatty(1):
+        raise InputError("-o - writes raw PCM to stdout, which is a terminal here: pipe it into a player "
+                         "(| aplay -f S16_LE -r 24000 -c 1) or give a .wav file")
+    if not to_stdout and not a.output.suffix.lower() == ".wav":
+        raise InputError(f"output {a.output} must end in .wav, or be - for raw PCM on stdout")
     if not a.speaker and not (a.prompt_wav and a.prompt_text):
         raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT")
     normalize(a.text, a.language)
     check_temperature(a.temperature)
     if not a.speaker:
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
+    sink = _raw_stdout() if to_stdout else None
     with _open_tts(a) as tts:
         if a.speaker:
             voice = tts.load_voice(a.speaker)
@@ -154,23 +184,50 @@ def cmd_say(a: argparse.Namespace) -> int:
             voice = tts.voice_from_audio(a.prompt_wav, a.prompt_text, language=a.language)
         for w in voice.warnings:
             _log(f"warning: {w}")
-        parts, total_rt = [], 0.0
+        sr = tts.sample_rate
+        if sink is not None:
+            _log(f"streaming raw PCM to stdout: s16le, mono, {sr} Hz (play it with "
+                 f"| aplay -f S16_LE -r {sr} -c 1, or | ffplay -f s16le -ar {sr} -ac 1 -)")
+        parts, total_rt, written = [], 0.0, 0
 
         def progress(stage: str, info: dict) -> None:
             if stage in ("prefill", "flow", "vocoder"):
                 _log(f"[{info['segment']}/{info['segments']}] {stage}")
 
-        for seg in tts.create_stream(a.text, voice, language=a.language, temperature=a.temperature, seed=a.seed,
-                                     on_progress=progress):
+        t_start = time.perf_counter()
+        ttfa = None
+        for chunk in tts.create_chunks(a.text, voice, language=a.language, temperature=a.temperature,
+                                       seed=a.seed, stream=not a.no_stream, on_progress=progress):
+            if ttfa is None and len(chunk.audio):
+                ttfa = time.perf_counter() - t_start
+            if sink is not None:
+                try:
+                    sink.write(pcm16(chunk.audio))
+                except BrokenPipeError:
+                    _log(f"stdout was closed after {written / sr:.2f} s of audio; stopped")
+                    return 1
+                written += len(chunk.audio)
+            else:
+                parts.append(chunk.audio)
+            seg = chunk.segment_result
+            if seg is None:
+                continue
             r = seg.result
-            total_rt += sum(r.timings.values())
-            _log(f"[{seg.index + 1}/{seg.total}] {len(r.tokens)} tokens, {r.duration:.2f} s audio, RTF {r.rtf:.2f} "
-                 f"({', '.join(f'{k} {v:.2f}s' for k, v in r.timings.items())}): {seg.text}")
-            parts.append(seg.audio)
+            busy = r.stats.get("wall_s") or sum(r.timings.values())  # streaming: the stages overlap
+            total_rt += busy
+            seg_s = len(seg.audio) / sr
+            _log(f"[{seg.index + 1}/{seg.total}] {len(r.tokens)} tokens, {seg_s:.2f} s audio, "
+                 f"RTF {busy / max(seg_s, 1e-9):.2f} ({', '.join(f'{k} {v:.2f}s' for k, v in r.timings.items())}): "
+                 f"{seg.text}")
+        first = f", first audio after {ttfa:.2f} s" if ttfa is not None else ""
+        if sink is not None:
+            _log(f"wrote {written / sr:.2f} s of s16le PCM at {sr} Hz to stdout, "
+                 f"RTF {total_rt / max(written / sr, 1e-9):.2f}{first}")
+            return 0
         audio = np.concatenate(parts)
-        write_wav(a.output, audio, tts.sample_rate)
-        dur = len(audio) / tts.sample_rate
-        _log(f"wrote {a.output}: {dur:.2f} s at {tts.sample_rate} Hz, RTF {total_rt / max(dur, 1e-9):.2f}")
+        write_wav(a.output, audio, sr)
+        dur = len(audio) / sr
+        _log(f"wrote {a.output}: {dur:.2f} s at {sr} Hz, RTF {total_rt / max(dur, 1e-9):.2f}{first}")
     return 0
 
 
@@ -367,7 +424,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0 = upstream)")
     s.add_argument("--seed", type=_seed, default=None,
                    help=f"fix the sampling for a repeatable result (0–{MAX_SEED}; -1 = random, as on the page)")
-    s.add_argument("-o", "--output", type=Path, required=True, help="output .wav (24 kHz)")
+    s.add_argument("-o", "--output", type=Path, required=True,
+                   help="output .wav (24 kHz), or - to stream raw PCM to stdout as it is made: s16le, mono, the "
+                        "bundle's rate (24000 Hz), e.g. | aplay -f S16_LE -r 24000 -c 1 or | ffplay -f s16le "
+                        "-ar 24000 -ac 1 -")
+    s.add_argument("--no-stream", action="store_true",
+                   help="non-streaming synthesis: each text part in one pass with full attention (upstream's "
+                        "stream=False; slower to the first audio). Default: the streaming engine")
     s.set_defaults(func=cmd_say)
 
     sp = sub.add_parser("speakers", help="manage saved voices")

@@ -100,6 +100,7 @@ class Preset:
     meta: dict[str, Any]
     features: PromptFeatures | None = None
     prefix_state: bytes | None = field(default=None, repr=False)
+    damaged: list[str] = field(default_factory=list)  # saved files found damaged (rebuilt on use, and said so)
 
     @property
     def name(self) -> str:
@@ -209,11 +210,16 @@ class SpeakerStore:
         slug = self.find(name_or_slug)
         d = self._dir(slug)
         meta = self._read_meta(d)
+        damaged = []
         feats = _read_features(d / _FEATS) if (d / _FEATS).is_file() else None
+        if feats is None and (d / _FEATS).is_file():
+            damaged.append(_FEATS)
         prefix = (d / _PREFIX).read_bytes() if (d / _PREFIX).is_file() else None
         if prefix is not None and hashlib.sha256(prefix).hexdigest() != meta.get("llm_prefix_sha256"):
-            prefix = None  # damaged or from before the hash was kept: rebuilt on first use
-        return Preset(slug, d, meta, feats, prefix)
+            if meta.get("llm_prefix_sha256"):  # (no hash: saved before it was kept; rebuilt once, quietly)
+                damaged.append(_PREFIX)
+            prefix = None
+        return Preset(slug, d, meta, feats, prefix, damaged)
 
     def create(self, name: str, audio: bytes, audio_ext: str, transcript: str, *, language: str,
                features: PromptFeatures, bundle_fingerprint: str, info: dict[str, Any] | None = None,

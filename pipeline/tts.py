@@ -4,6 +4,7 @@
     tts.add_voice("Anna", "anna.wav", "Привет, меня зовут Анна.", language="ru")
     audio, sr = tts.create("Съешь ещё этих мягких французских булок.", voice="Anna", language="ru", seed=1)
     for seg in tts.create_stream(long_text, voice="Anna"): play(seg.audio)
+    for chunk in tts.create_chunks(long_text, voice="Anna"): play(chunk.audio)   # ~1 s pieces, gapless
 
 Long text is split into segments (each one LLM run with the same prompt, as upstream does) and the
 segments are joined without cross-fade, as upstream does.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,18 @@ class Segment:
 
 
 @dataclass
+class AudioChunk:
+    """A piece of a request's audio, yielded as soon as it is made (see :meth:`CosyVoiceRK.create_chunks`)."""
+
+    audio: np.ndarray  # float32 mono; the chunks of one request joined are its audio, sample-exact
+    sample_rate: int
+    index: int  # 0-based over the whole request
+    segment: int  # 0-based text segment this chunk belongs to
+    segments: int
+    segment_result: Segment | None = None  # set on the last chunk of a segment
+
+
+@dataclass
 class Voice:
     """Prompt features plus the prompt text ids and, for saved voices, the cached LLM prefix state."""
 
@@ -80,14 +94,30 @@ class CosyVoiceRK:
         cores, cpus_reason = place_process(cpus, log=log or log_to_stderr)
         self.engine = Engine.load(self.bundle, quant=quant, n_threads=n_threads, flow_backend=flow_backend,
                                   npu_cores=npu_cores, flow_fast=flow_fast, flow_steps=flow_steps, log=log)
+        self.streams, stream_reason = self._stream_choice(flow_fast)
+        (log or log_to_stderr)(stream_reason)
         self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "flow_backend": flow_backend,
                           "flow_backend_reason": self.engine.flow_backend_reason, "npu_cores": npu_cores,
-                          "flow_steps": self.engine.flow.n_timesteps}
+                          "flow_steps": self.engine.flow.n_timesteps, "stream": self.streams,
+                          "stream_reason": stream_reason}
         self.tokenizer = TextTokenizer.from_bundle(self.bundle)
         self.text = TextFrontend(self.tokenizer)
         self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)
         self.store = SpeakerStore(speakers_dir)
         self._gguf_key = self._prefix_key_base(quant)
+
+    def _stream_choice(self, flow_fast: bool) -> tuple[bool, str]:
+        """Whether ``create_chunks(stream=True)`` can use the streaming engine here, and why (logged once)."""
+        graphs = self.bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
+        whole = "each text part is made in one pass and heard when it is done"
+        if self.engine.flow_cache_type not in graphs:
+            return False, f"no streaming: the bundle has no streaming flow graph (convert it again); {whole}"
+        if flow_fast:
+            return False, f"no streaming: the fast flow (INT8) has no streaming graph; {whole}"
+        if getattr(self.engine.flow.estimator, "backend", "") == "rknn-npu":
+            return False, f"no streaming: the flow runs on the NPU, which has no streaming graph yet; {whole}"
+        return True, ("streaming: chunk-causal flow with K/V caches and incremental vocoder on ONNX Runtime CPU, "
+                      "audio every 25 speech tokens")
 
     def _prefix_key_base(self, quant: str | None) -> str:
         llm = self.bundle.manifest["llm"]
@@ -170,11 +200,16 @@ class CosyVoiceRK:
         """A saved voice; stale or damaged features (another bundle, not finite, wrong shapes) are recomputed
         from its prompt audio and saved; a damaged cached prefix is rebuilt."""
         p = self.store.load(name)
+        damaged = list(p.damaged)
+        if p.features is not None and self._features_problem(p.features):
+            damaged.append("features.npz")
         if not p.fits(self.bundle.fingerprint) or self._features_problem(p.features):
             feats, _ = self.features_from_audio(p.audio_path.read_bytes())
             self.store.update_features(p, feats, self.bundle.fingerprint)
         ids = self._ensure_prefix(p)
-        return Voice(p.name, p.transcript, p.features, ids, p.prefix_state)
+        warnings = [f"voice {p.name!r}: its saved {', '.join(sorted(set(damaged)))} did not pass the checks (damaged "
+                    "on disk?) and was rebuilt from its recording"] if damaged else []
+        return Voice(p.name, p.transcript, p.features, ids, p.prefix_state, warnings=warnings)
 
     def _prefix(self, ids: list[int]) -> tuple[bytes, str]:
         """The cached LLM state after ``[sos, prompt text]`` and the key it is valid for."""
@@ -190,12 +225,16 @@ class CosyVoiceRK:
         return ids
 
     # speech -------------------------------------------------------------------------------------
-    def create_stream(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
+    def create_chunks(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
                       seed: int | None = None, top_k: int | None = None, top_p: float | None = None,
-                      on_progress: Progress | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> Iterator[Segment]:
-        """Synthesize ``text`` segment by segment; each segment is yielded as soon as it is ready."""
-        from .sampling import make_ras_sampler
+                      stream: bool = True, on_progress: Progress | None = None,
+                      should_stop: Callable[[], bool] | None = None) -> Iterator[AudioChunk]:
+        """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
+        whole audio, sample for sample. The last chunk of each text segment carries that :class:`Segment`
+        (its audio is the segment's chunks joined) and may hold no samples. ``stream`` asks for sub-segment
+        chunks from the streaming engine; without it each segment is one chunk (non-streaming synthesis).
+        ``should_stop`` is checked before every chunk too, so a cancel stops within one chunk."""
+        from .sampling import Cancelled, make_ras_sampler
 
         v = self.load_voice(voice) if isinstance(voice, str) else voice
         pieces = self.text.split(text, language)
@@ -208,6 +247,7 @@ class CosyVoiceRK:
         if top_p is not None:
             sampling["top_p"] = float(top_p)
         sampler = make_ras_sampler(sampling)
+        index = 0
         for i, piece in enumerate(pieces):
             ids = self.tokenizer.encode(piece)
 
@@ -215,10 +255,62 @@ class CosyVoiceRK:
                 if on_progress:
                     on_progress(stage, {**info, "segment": i + 1, "segments": len(pieces)})
 
-            res = self.engine.synthesize(ids, v.prompt_ids, v.features, rng=rng, temperature=temperature,
-                                         sampler=sampler, prefix_state=v.prefix_state, on_progress=progress,
-                                         should_stop=should_stop)
-            yield Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
+            parts: list[np.ndarray] = []
+            # closing(): a cancel or error ends the engine's generator at once (its threads, its buffers)
+            with closing(self._segment_chunks(ids, v, rng=rng, temperature=temperature, sampler=sampler,
+                                              stream=stream, on_progress=progress,
+                                              should_stop=should_stop)) as made:
+                for audio, is_last, res in made:
+                    audio = np.asarray(audio, np.float32)
+                    if not is_last and not len(audio):
+                        continue
+                    parts.append(audio)
+                    seg = None
+                    if is_last:
+                        if res is None:
+                            raise RuntimeError("the engine ended a segment without its SynthesisResult")
+                        joined = np.concatenate(parts)
+                        if len(res.audio) and not np.array_equal(joined, res.audio):
+                            raise RuntimeError(f"the engine's chunks ({len(joined)} samples) are not its segment "
+                                               f"audio ({len(res.audio)} samples)")
+                        seg = Segment(i, len(pieces), piece, joined, res.sample_rate, res)
+                    yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
+                    index += 1
+                    if is_last:
+                        break
+                    if should_stop is not None and should_stop():  # before any more work is asked for
+                        raise Cancelled(f"stopped after {index} audio chunk(s)")
+
+    def _segment_chunks(self, text_ids: list[int], v: Voice, *, rng: np.random.Generator, temperature: float,
+                        sampler: Any, stream: bool, on_progress: Progress,
+                        should_stop: Callable[[], bool] | None
+                        ) -> Iterator[tuple[np.ndarray, bool, SynthesisResult | None]]:
+        """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
+
+        The one seam between the engine and every listener (``create_chunks``, the worker, the page, ``say``).
+        ``stream``: the streaming engine (chunk-causal flow, incremental HiFT, a chunk every 25 speech tokens)
+        where this engine has it (:meth:`_stream_choice`); else non-streaming synthesis, the segment as one
+        chunk. The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the
+        last one may be empty."""
+        kw = dict(rng=rng, temperature=temperature, sampler=sampler, prefix_state=v.prefix_state,
+                  on_progress=on_progress, should_stop=should_stop)
+        if not (stream and self.streams):  # why not is in placement["stream_reason"] (logged at load)
+            res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, **kw)
+            yield res.audio, True, res
+            return
+        for item in self.engine.synthesize_stream(text_ids, v.prompt_ids, v.features, schedule="chunk", **kw):
+            if isinstance(item, SynthesisResult):
+                yield np.zeros(0, np.float32), True, item
+            else:
+                yield item, False, None
+
+    def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False,
+                      **kw: Any) -> Iterator[Segment]:
+        """Synthesize ``text`` segment by segment; each segment is yielded as soon as it is ready.
+        Keyword arguments as for :meth:`create_chunks`."""
+        for chunk in self.create_chunks(text, voice, stream=stream, **kw):
+            if chunk.segment_result is not None:
+                yield chunk.segment_result
 
     def create(self, text: str, voice: Voice | str, **kw: Any) -> tuple[np.ndarray, int]:
         parts = [s.audio for s in self.create_stream(text, voice, **kw)]

@@ -21,9 +21,14 @@ process and never imports a model runtime:
 Job kinds and their payloads (all plain Python data; audio travels as bytes):
 
 - ``speak``: ``text``, ``language``, ``voice`` (saved voice name) or ``prompt`` (``{"audio": bytes,
-  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``.
-  Events: ``progress`` (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``), one
-  ``segment`` per text segment (``audio`` float32, ``sample_rate``, ``text``, stats), then ``done``.
+  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``, ``stream`` (default
+  true: the streaming engine where the worker has it, see its placement's ``stream_reason``).
+  Events: ``progress`` (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``); ``chunk`` as each
+  piece of audio is made (``index`` over the job, ``segment``, ``segments``, ``segment_done`` on a segment's
+  last chunk, ``audio`` float32, ``sample_rate``; the chunks joined are the job's audio); one ``segment`` per
+  text segment after its last chunk (``audio``: that segment's chunks joined, ``text``, stats); then ``done``.
+  A ``cancelled`` or ``error`` event of a job that delivered chunks carries ``made_seconds``: the chunks before
+  it are the audio made so far.
 - ``add_voice``: ``name``, ``audio`` (bytes), ``ext``, ``transcript``, ``language``, ``overwrite``.
 - ``import_voice``: ``data`` (bytes of a ``.cvvoice`` file), ``name``, ``overwrite``.
 """
@@ -86,6 +91,8 @@ class Job:
         self.cancel_requested: float | None = None
         self.meta: dict[str, Any] = {}  # the caller's notes (e.g. what to label the result with)
         self.ahead: int | None = None
+        self.made_samples = 0  # audio delivered by ``chunk`` events so far
+        self.made_rate = 1
         self._worker = worker
 
     @property
@@ -99,6 +106,11 @@ class Job:
         if self.final is not None:
             return
         t = ev["type"]
+        if t == "chunk":
+            self.made_samples += len(ev["audio"])
+            self.made_rate = int(ev["sample_rate"])
+        elif t in ("cancelled", "error") and self.made_samples:
+            ev = {**ev, "made_seconds": self.made_samples / self.made_rate}
         if t in TERMINAL:
             self.state = t
             self.final = ev
@@ -252,7 +264,9 @@ class Worker:
             st: dict[str, Any] = {
                 "state": self._state, "pid": self.pid, "queued": len(self._queue), "max_queue": self.max_queue,
                 "running": None if running is None else {"id": running.id, "kind": running.kind,
-                                                         "seconds": round(time.time() - running.submitted, 1)},
+                                                         "seconds": round(time.time() - running.submitted, 1),
+                                                         "audio_s": round(running.made_samples / running.made_rate,
+                                                                          2)},
                 "uptime_s": round(time.monotonic() - self._since, 1) if self._state in ("ready", "busy") else None,
                 "last_error": self._last_error, "last_crash": self._last_crash, **self._stats,
                 "backends": dict(self._info.get("backends", {})), "bundle": dict(self._info.get("bundle", {})),
@@ -563,13 +577,15 @@ class _Runner:
         self.tts = tts
         self.conn = conn
         self.cancel_id = cancel_id
+        self._send_lock = threading.Lock()
         self._voices: collections.OrderedDict[str, Any] = collections.OrderedDict()  # one-off prompt cache
 
     def run(self, job_id: int, kind: str, payload: dict[str, Any]) -> None:
         from .sampling import Cancelled
 
         def send(ev: dict[str, Any]) -> None:
-            self.conn.send({"job": job_id, **ev})
+            with self._send_lock:  # progress comes from the streaming engine's LLM thread too
+                self.conn.send({"job": job_id, **ev})
 
         def should_stop() -> bool:
             return self.cancel_id.value == job_id
@@ -635,27 +651,39 @@ class _Runner:
                 last_tokens[0] = now
             send({"type": "progress", "stage": stage, **_plain(info)})
 
-        n_seg, duration, tokens = 0, 0.0, 0
+        n_seg, duration, tokens, compute = 0, 0.0, 0, 0.0
+        ttfa: float | None = None
         timings: dict[str, float] = {}
         backends: dict[str, str] = {}
-        for seg in self.tts.create_stream(p["text"], voice, language=p.get("language", "auto"),
-                                          temperature=float(p.get("temperature", 1.0)), seed=seed,
-                                          top_k=p.get("top_k"), top_p=p.get("top_p"),
-                                          on_progress=progress, should_stop=should_stop):
+        for ch in self.tts.create_chunks(p["text"], voice, language=p.get("language", "auto"),
+                                         temperature=float(p.get("temperature", 1.0)), seed=seed,
+                                         top_k=p.get("top_k"), top_p=p.get("top_p"), stream=p.get("stream", True),
+                                         on_progress=progress, should_stop=should_stop):
+            seg = ch.segment_result
+            if ttfa is None and len(ch.audio):
+                ttfa = time.perf_counter() - t_start
+            send({"type": "chunk", "index": ch.index, "segment": ch.segment, "segments": ch.segments,
+                  "segment_done": seg is not None, "audio": ch.audio, "sample_rate": ch.sample_rate})
+            if seg is None:
+                continue
             r = seg.result
             n_seg += 1
-            duration += r.duration
+            seg_s = len(seg.audio) / seg.sample_rate
+            busy = r.stats.get("wall_s") or sum(r.timings.values())  # streaming: the stages overlap
+            duration += seg_s
+            compute += busy
             tokens += len(r.tokens)
             for k, v in r.timings.items():
                 timings[k] = timings.get(k, 0.0) + v
             backends.update(r.backends)
             send({"type": "segment", "index": seg.index, "total": seg.total, "text": seg.text,
                   "audio": seg.audio, "sample_rate": seg.sample_rate, "tokens": len(r.tokens),
-                  "duration": r.duration, "rtf": r.rtf, "timings": dict(r.timings), "backends": dict(r.backends)})
-        compute = sum(timings.values())
+                  "duration": seg_s, "rtf": busy / max(seg_s, 1e-9), "timings": dict(r.timings),
+                  "backends": dict(r.backends)})
         send({"type": "done", "result": {
             "segments": n_seg, "duration": duration, "tokens": tokens, "timings": timings, "backends": backends,
-            "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed,
+            "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed, "ttfa_s": ttfa,
+            "stream": bool(p.get("stream", True)) and bool(self.tts.streams),
             "wall_s": time.perf_counter() - t_start, "warnings": list(voice.warnings),
             "sample_rate": self.tts.sample_rate}})
 

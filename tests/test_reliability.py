@@ -118,7 +118,7 @@ def test_imports_with_an_unknown_language_or_nan_features(tts, tmp_path):
     # a saved voice whose features rotted on disk is recomputed, not used
     np.savez(tts.store.root / "imported-nan" / "features.npz", **nan)
     v = tts.load_voice("Imported NaN")
-    assert np.isfinite(v.features.mel).all()
+    assert np.isfinite(v.features.mel).all() and "features.npz did not pass the checks" in v.warnings[0]
 
 
 def test_a_damaged_cached_prefix_is_rebuilt(tts):
@@ -128,6 +128,9 @@ def test_a_damaged_cached_prefix_is_rebuilt(tts):
     f.write_bytes(bytes(len(good)))
     v = tts.load_voice("Prefix")
     assert v.prefix_state == good and f.read_bytes() == good
+    assert v.warnings == ["voice 'Prefix': its saved llm_prefix.bin did not pass the checks (damaged on disk?) and "
+                          "was rebuilt from its recording"]
+    assert tts.load_voice("Prefix").warnings == []  # rebuilt once
     list(tts.create_stream("Раз.", v, language="ru", seed=1))
 
 
@@ -325,6 +328,18 @@ def test_russian_page_translates_gradio_widgets_and_pipeline_messages(bare_page,
     pg.set_input_files("#cv-v-audio input[type=file]", str(empty))
     msg = pg.wait_for_selector("#cv-v-audio-msg .cv-err").inner_text()
     assert "пуст (0 байт)" in msg and str(tmp_path) not in msg and "/tmp" not in msg
+    # Gradio's own refusal of an upload over --max-upload-mb (20 MB here) comes in the page's words and language
+    big = tmp_path / "big.cvvoice"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)
+    pg.set_input_files("#cv-v-import-file input[type=file]", str(big))
+    pg.wait_for_function("document.body.innerText.includes('больше, чем принимает студия')")
+    assert "exceed the maximum" not in pg.inner_text("body")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    pg.set_input_files("#cv-v-import-file input[type=file]", str(notes))
+    pg.wait_for_function("document.body.innerText.includes('notes.txt сюда не подходит')")
+    assert "Invalid file type" not in pg.inner_text("body")
 
 
 def _fake_venv(tmp_path):

@@ -5,6 +5,7 @@ Needs `chromium` (`apt-get install chromium`; `.ci/run` installs it). Set COSYVO
 browser tests on a machine without it; otherwise a missing browser is a failure, not a skip.
 """
 
+import base64
 import json
 import os
 import re
@@ -22,6 +23,8 @@ import pytest
 import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
+from pipeline.cli import pcm16
+
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 DOCS = Path(__file__).resolve().parents[1] / "README.md"
 SHORT = "Привет! Это мой голос."
@@ -34,6 +37,28 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  # a fake microphone (a beeping tone) that needs no permission prompt
                  "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
 T = 120_000  # ms; generous: CI has 2 cores and the tiny model still shares them with the browser
+# the live player's samples as base64 float32 (a few MB: far cheaper than a JSON list of numbers)
+JOINED_B64 = """() => {
+  const u = new Uint8Array(window.cvLive.joined().buffer);
+  let s = '';
+  for (let i = 0; i < u.length; i += 0x8000) s += String.fromCharCode.apply(null, u.subarray(i, i + 0x8000));
+  return btoa(s);
+}"""
+
+
+def check_gapless(live: dict, n_chunks: int | None = None) -> None:
+    """The live player's own record: every chunk started exactly where the previous one ended, each was
+    scheduled before it was due, in one run (no stall), and playback began before the job had finished."""
+    log, rate = live["log"], live["rate"]
+    assert rate == 24000 and live["status"] == 0
+    assert n_chunks in (None, len(log)) and len(live["runs"]) == 1 and live["stalls"] == 0, live
+    start = live["runs"][0]["start"]
+    assert log[0]["offset"] == 0 and log[0]["when"] == start
+    for prev, e in zip(log, log[1:], strict=False):
+        assert e["offset"] == prev["offset"] + prev["n"]
+        assert e["when"] == pytest.approx(prev["when"] + prev["n"] / rate, abs=1e-9)
+    assert all(e["at"] <= e["when"] - 0.005 for e in log), log  # at least one render quantum early
+    assert live["runs"][0]["at"] < live["endedAt"]
 
 
 def _free_port() -> int:
@@ -135,12 +160,20 @@ def test_upload_save_generate_play_and_download(page, studio, tmp_path):
     pg.get_by_text("Advanced").click()
     field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
     pg.click("#cv-generate")
-    # the first part plays while the others are still being made, then the next follows
-    pg.wait_for_function("Number(document.querySelector('#cv-live-audio').dataset.played || 0) >= 1")
+    # playback starts with the first chunk, while the others are still being made (this machine makes audio
+    # faster than real time)
+    pg.wait_for_function("window.cvLive.state === 'playing'")
     done = pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
     assert "Done" in done
-    pg.wait_for_function("Number(document.querySelector('#cv-live-audio').dataset.played || 0) >= 2")
-    assert pg.evaluate("window.cvLive.seen.size") == 4
+    pg.wait_for_function("window.cvLive.ended && !window.cvLive.pending.length")
+    live = pg.evaluate("({log: cvLive.log, runs: cvLive.runs, stalls: cvLive.stalls, endedAt: cvLive.endedAt, "
+                       "rate: cvLive.ctx.sampleRate, status: cvLive.endStatus})")
+    played = np.frombuffer(base64.b64decode(pg.evaluate(JOINED_B64)), "<f4")
+    assert "Playing" in pg.inner_text("#cv-live-status")
+    pg.click("#cv-live-stop")
+    assert "Stopped after" in pg.inner_text("#cv-live-status")
+    check_gapless(live)
+    assert len(live["log"]) >= 4  # at least one per part (pieces of a part when it is long enough)
     info = pg.inner_text("#cv-info")
     assert "RTF" in info and "llama.cpp (CPU)" in info and "ONNX Runtime (CPU)" in info and "4 part(s)" in info
     assert "Вера" in pg.inner_text("#cv-history")
@@ -153,11 +186,28 @@ def test_upload_save_generate_play_and_download(page, studio, tmp_path):
     audio, sr = sf.read(path)
     entry = studio.history.list()[0]
     assert sr == 24000 and len(audio) / sr == pytest.approx(entry["duration"], abs=0.01)
+    # what the page played, joined, is the result: the same samples the WAV holds
+    wav, _ = sf.read(path, dtype="int16")
+    assert pcm16(played) == wav.tobytes()
     assert entry["voice"] == "Вера" and entry["segments"] == 4 and entry["seed"] == studio.seeds["medium"]
 
     pg.locator("#cv-history .cell-wrap", has_text="Вера").filter(visible=True).first.click()  # replay it
     pg.wait_for_selector("#cv-h-player")
     assert "RTF" in pg.inner_text("#cv-h-info")
+
+
+def test_streaming_can_be_switched_off(page, studio):
+    pg = page
+    field(pg, "cv-text").fill(SHORT)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["short"]))
+    pg.click("#cv-stream input")  # off: upstream's non-streaming pass, the part in one chunk
+    pg.click("#cv-generate")
+    assert "Done" in pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
+    pg.wait_for_function("window.cvLive.ended")
+    assert pg.evaluate("cvLive.log.length") == 1 and "First audio after" in pg.inner_text("#cv-info")
+    entry = studio.history.list()[0]
+    assert entry["stream"] is False and entry["ttfa_s"] > 0
 
 
 def test_record_a_voice_from_the_microphone(page, studio):
@@ -203,7 +253,7 @@ def test_invalid_inputs_show_their_message_next_to_the_input(page, tmp_path):
     assert "5001 characters, the limit is 5000" in pg.wait_for_selector("#cv-text-msg .cv-err").inner_text()
 
 
-def test_cancel_a_running_job(page, studio):
+def test_cancel_a_running_job(page, studio, tmp_path):
     pg = page
     done_before = studio.worker.status()["done"]
     # 22 parts: the cancel, sent once the browser has the first part, must land before the job ends
@@ -211,12 +261,24 @@ def test_cancel_a_running_job(page, studio):
     pg.get_by_text("Advanced").click()
     field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
     pg.click("#cv-generate")
-    pg.wait_for_function("window.cvLive && window.cvLive.seen.size >= 1")
+    pg.wait_for_function("window.cvLive && window.cvLive.made > 0")
+    pg.wait_for_function("document.querySelector('#cv-progress').innerText.includes('part(s) ready')")
     pg.click("#cv-cancel")
     pg.wait_for_function("document.querySelector('#cv-progress').innerText.includes('Cancelled')")
-    m = re.search(r"Cancelled after (\d+) of (\d+) part", pg.inner_text("#cv-progress"))
-    assert m and 1 <= int(m[1]) < int(m[2]), pg.inner_text("#cv-progress")
+    progress = pg.inner_text("#cv-progress")
+    m = re.search(r"Cancelled after (\d+) of (\d+) part", progress)
+    assert m and 1 <= int(m[1]) < int(m[2]), progress
     assert not pg.is_disabled("#cv-generate")
+    # what was made before the cancel is offered (the live player got all of it, and no more)
+    pg.wait_for_function("window.cvLive.ended")
+    made = re.search(r"The ([\d.]+) s made before it stopped are kept", progress)
+    assert made and float(made[1]) == pytest.approx(pg.evaluate("cvLive.made / 24000"), abs=0.05)
+    assert pg.evaluate("cvLive.endStatus") == 1
+    with pg.expect_download() as dl:
+        pg.click("#cv-download")
+    path = tmp_path / "partial.wav"
+    dl.value.save_as(path)
+    assert sf.info(path).frames == pg.evaluate("cvLive.made")
     st = studio.worker.status()
     assert st["cancelled"] >= 1 and st["done"] == done_before
 
@@ -303,12 +365,11 @@ def test_worker_killed_during_a_web_job_recovers(studio):
     client = Client(studio.url, verbose=False)
     voices_before = studio.voices()
     crashes = studio.worker.status()["crashes"]
-    seen = set(studio.live_dir.glob("*.wav"))
     job = client.submit(text=LONG * 3, voice="Анна", language="ru", seed=studio.seeds["medium"],
                         api_name="/synthesize")  # 22 parts: long enough to be killed mid-job
     deadline = time.monotonic() + 60
-    while not set(studio.live_dir.glob("*.wav")) - seen:  # the job's first part is out: it is mid-job
-        assert time.monotonic() < deadline, "the job never produced a part"
+    while not (studio.worker.status()["running"] or {}).get("audio_s"):  # its first audio is out: it is mid-job
+        assert time.monotonic() < deadline, "the job never produced audio"
         time.sleep(0.05)
     os.kill(studio.worker.pid, signal.SIGKILL)
     with pytest.raises(Exception, match="worker process died while running this job .*SIGKILL"):
@@ -440,3 +501,22 @@ def test_recent_results_and_the_last_result_after_a_reload(page, studio):
     assert newest["created"].replace("T", " ")[5:16] in page.inner_text("#cv-history")
     page.wait_for_selector("#cv-download:not([hidden])", state="attached")
     assert page.locator("#cv-first").is_hidden()  # voices exist: no first-visit hint
+
+
+def test_cancel_reaches_a_job_started_before_a_reload(page, studio):
+    pg = page
+    field(pg, "cv-text").fill(LONG * 3)
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(studio.seeds["medium"]))
+    cancelled = studio.worker.status()["cancelled"]
+    pg.click("#cv-generate")
+    pg.wait_for_function("window.cvLive && window.cvLive.seen.size >= 1")
+    pg.reload()  # the job runs on (a new Gradio session)
+    pg.wait_for_selector("#cv-generate")
+    pg.wait_for_timeout(1000)
+    assert studio.worker.status()["cancelled"] == cancelled
+    pg.click("#cv-cancel")
+    deadline = time.monotonic() + 120
+    while studio.worker.status()["cancelled"] == cancelled and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert studio.worker.status()["cancelled"] == cancelled + 1

@@ -64,7 +64,7 @@ def test_speak_streams_progress_and_segments_then_done(worker, seeds):
     assert types[-1] == "done" and types.count("done") == 1, types
     assert types.index("started") < types.index("segment")
     stages = {e["stage"] for e in events if e["type"] == "progress"}
-    assert {"voice", "prefill", "tokens", "flow", "vocoder"} <= stages
+    assert {"voice", "prefill", "tokens", "vocoder"} <= stages  # streaming: the flow overlaps the others
     segs = [e for e in events if e["type"] == "segment"]
     assert [s["index"] for s in segs] == list(range(8)) and all(s["total"] == 8 for s in segs)
     assert all(s["audio"].dtype == np.float32 and len(s["audio"]) > 0 for s in segs)
@@ -72,11 +72,30 @@ def test_speak_streams_progress_and_segments_then_done(worker, seeds):
     first_seg = types.index("segment")
     assert any(e["type"] == "progress" and e["stage"] == "prefill" and e["segment"] == 2
                for e in events[first_seg:])
+    # every segment's audio arrives first as chunk events (pieces of it, as the streaming engine makes them),
+    # each before its segment's stats; the chunks joined are the job's audio
+    chunks = [e for e in events if e["type"] == "chunk"]
+    assert len(chunks) > len(segs)
+    assert [c["index"] for c in chunks] == list(range(len(chunks))) and all(c["segments"] == 8 for c in chunks)
+    assert all(c["audio"].dtype == np.float32 and c["sample_rate"] == 24000 for c in chunks)
+    for s in segs:
+        mine = [c for c in chunks if c["segment"] == s["index"]]
+        assert [c["segment_done"] for c in mine] == [False] * (len(mine) - 1) + [True]
+        assert events.index(mine[-1]) < events.index(s)
+        assert np.array_equal(np.concatenate([c["audio"] for c in mine]), s["audio"])
     res = job.final["result"]
-    assert res["segments"] == 8 and res["seed"] == seeds["long"]
+    assert res["segments"] == 8 and res["seed"] == seeds["long"] and res["stream"] is True
+    assert 0 < res["ttfa_s"] < res["wall_s"]
     assert res["duration"] == pytest.approx(sum(len(s["audio"]) for s in segs) / res["sample_rate"])
     assert res["backends"] == {"llm": "llama.cpp", "flow": "onnxruntime-cpu", "vocoder": "onnxruntime-cpu"}
     assert res["rtf"] > 0 and set(res["timings"]) == {"llm", "flow", "vocoder"}
+
+
+def test_non_streaming_job_is_one_chunk_per_segment(worker, seeds):
+    events = list(speak(worker, SHORT, seeds["short"], stream=False).events_until_done())
+    assert [e["type"] for e in events if e["type"] in ("chunk", "segment", "done")] == ["chunk", "segment", "done"]
+    assert "flow" in {e["stage"] for e in events if e["type"] == "progress"}
+    assert events[-1]["result"]["stream"] is False
 
 
 def test_same_seed_same_audio_and_error_keeps_the_worker(worker, seeds):
@@ -102,13 +121,19 @@ def test_one_off_prompt_voice(worker, seeds):
 def test_cancel_running_job_then_next_job_runs(worker, seeds):
     job = speak(worker, LONGER, seeds["long"])
     nxt = speak(worker, SHORT, seeds["short"])
-    segments = 0
+    segments, made, after_cancel = 0, 0, 0
     for ev in job.events_until_done():
+        if ev["type"] == "chunk":
+            made += len(ev["audio"])
+            after_cancel += segments > 0
         if ev["type"] == "segment":
             segments += 1
             if segments == 1:  # once: a later segment event may be read after the job already stopped
                 assert job.cancel()
     assert job.final["type"] == "cancelled" and 1 <= segments < 22
+    assert after_cancel <= 1, "the job went on making audio after its cancel"
+    # what was made before the cancel is the chunks delivered, and the final event says how much
+    assert made > 0 and job.final["made_seconds"] == pytest.approx(made / 24000)
     assert not job.cancel()  # already finished
     assert nxt.wait(60)["type"] == "done"
 
@@ -158,13 +183,16 @@ def test_killed_worker_reports_the_job_restarts_and_keeps_voices(worker, speaker
     old_pid = worker.pid
     job = speak(worker, LONGER, seeds["long"])
     queued = speak(worker, SHORT, seeds["short"])  # waits behind the job that dies
-    killed = False
+    killed, made = False, 0
     for ev in job.events_until_done():
+        if ev["type"] == "chunk":
+            made += len(ev["audio"])
         if ev["type"] == "segment" and not killed:  # once: a second kill could hit the restarted child
             os.kill(old_pid, signal.SIGKILL)
             killed = True
     final = job.final
     assert final["type"] == "error" and final["kind"] == "WorkerCrashed"
+    assert made > 0 and final["made_seconds"] == pytest.approx(made / 24000)
     assert "died while running this job" in final["message"] and "SIGKILL" in final["message"]
     assert queued.wait(120)["type"] == "done"
     st = worker.status()

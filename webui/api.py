@@ -84,7 +84,8 @@ def _api(studio: Studio) -> None:
                 raise WorkerError(last.error if last and last.error else "cancelled")
             e = last.result
             return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
-                                                 "seed", "voice", "compute_s", "warnings") if k in e}
+                                                 "seed", "voice", "compute_s", "warnings", "ttfa_s", "stream")
+                               if k in e}
         except Exception as e:  # noqa: BLE001
             raise _api_error(e) from None
 

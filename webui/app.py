@@ -16,9 +16,10 @@ import gradio as gr
 
 from pipeline.errors import CosyVoiceRKError
 
+from . import live
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
-from .i18n import LANG_CHOICES, LANGS, pick_language, t
+from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .serve import SlowAuth
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .views import (
@@ -40,54 +41,17 @@ from .views import (
     voice_details_md,
 )
 
-# The live player: plays each finished segment in order, as soon as it is on the server (Gradio's own streaming
-# audio re-encodes and buffers; here a segment starts the moment its WAV exists).
-HEAD = """
+# The live player (webui/live_player.js, served by webui/live.py) plays a job's audio chunks gaplessly as they
+# are made; here only the mark for pages the browser will not give the microphone to.
+HEAD = live.head_html() + """
 <script>
 (() => {
-  if (window.cvLive) return;
-  const live = {
-    job: null, queue: [], seen: new Set(), playing: false, played: 0,
-    audio() {
-      const a = document.querySelector('#cv-live-audio');
-      if (a && !a._cvBound) {
-        a._cvBound = true;
-        a.addEventListener('ended', () => live.next());
-        a.addEventListener('playing', () => { live.played += 1; a.dataset.played = String(live.played); });
-      }
-      return a;
-    },
-    update(v) {
-      if (!v) return;
-      let d; try { d = JSON.parse(v); } catch (e) { return; }
-      const a = this.audio();
-      if (d.job !== this.job) {
-        this.job = d.job; this.queue = []; this.seen = new Set(); this.playing = false; this.played = 0;
-        if (a) { a.pause(); a.removeAttribute('src'); a.dataset.played = '0'; a.dataset.job = String(d.job); }
-      }
-      for (const f of d.files || []) {
-        if (!this.seen.has(f)) { this.seen.add(f); this.queue.push(f); }
-      }
-      if (!this.playing) this.next();
-    },
-    next() {
-      const a = this.audio();
-      const f = this.queue.shift();
-      if (!a || !f) { this.playing = false; return; }
-      this.playing = true;
-      a.src = new URL('gradio_api/file=' + encodeURI(f), window.location.href).href;
-      const p = a.play();
-      if (p) p.catch(() => { live.playing = false; });
-    },
-  };
-  window.cvLive = live;
   const mark = () => { if (!window.isSecureContext) document.body.classList.add('cv-insecure'); };
   if (document.body) mark(); else document.addEventListener('DOMContentLoaded', mark);
 })();
 </script>
 """
-LIVE_JS = "(v) => { if (window.cvLive) window.cvLive.update(v); }"
-LIVE_HTML = '<div id="cv-live"><audio id="cv-live-audio" controls preload="auto"></audio></div>'
+LIVE_JS, LIVE_HTML = live.LIVE_JS, live.LIVE_HTML
 
 
 def build_app(studio: Studio) -> gr.Blocks:
@@ -98,6 +62,8 @@ def build_app(studio: Studio) -> gr.Blocks:
     # delete_cache: Gradio's copies of uploads and results older than a day go, hourly (boards have small disks)
     with gr.Blocks(title="CosyVoice-RK", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         saved_lang = gr.BrowserState("", storage_key="cosyvoice-rk-ui-language")
+        # the job this browser started last: Cancel still reaches it after a reload (a new Gradio session)
+        last_job = gr.BrowserState("", storage_key="cosyvoice-rk-last-job")
         with gr.Row(equal_height=True, elem_id="cv-header"):
             with gr.Column(scale=4, min_width=300):
                 tr(gr.HTML(title_md("en")), value=title_md)
@@ -162,6 +128,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                             label="top_k")
                                 s_topp = tr(gr.Slider(*TOP_P_RANGE, value=sampling["top_p"], step=0.05,
                                                       label=t("top_p")), label="top_p")
+                            s_stream = tr(gr.Checkbox(True, label=t("stream"), info=t("stream_info"),
+                                                      elem_id="cv-stream"), label="stream", info="stream_info")
                         with gr.Row():
                             s_go = tr(gr.Button(t("generate"), variant="primary", elem_id="cv-generate", scale=3,
                                                 size="lg"), value="generate")
@@ -382,26 +350,26 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
-                       s_audio_msg, s_ptext_msg, s_go]
+                       s_audio_msg, s_ptext_msg, s_go, last_job]
 
         def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
                         text: str, language: str, temperature: float, seed: float | None, top_k: float,
-                        top_p: float, request: gr.Request) -> Iterator[list[Any]]:
+                        top_p: float, stream: bool, request: gr.Request) -> Iterator[list[Any]]:
             keep = gr.update()
             # stale errors go; the prompt check next to the recording describes the recording, so it stays
             msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
 
             def out(progress: Any = keep, live: Any = keep, result: Any = keep, download: Any = keep,
-                    info: Any = keep, history: Any = keep, go: Any = keep) -> list[Any]:
+                    info: Any = keep, history: Any = keep, go: Any = keep, job_id: Any = keep) -> list[Any]:
                 return [progress, live, result, download, info, history, msgs["text"], msgs["voice"],
-                        msgs["audio"], msgs["transcript"], go]
+                        msgs["audio"], msgs["transcript"], go, job_id]
 
             try:
                 job = studio.speak(text, voice=voice if mode == "saved" else None,
                                    prompt_audio=p_audio if mode == "prompt" else None, prompt_text=p_text,
                                    prompt_language=p_lang, language=language, temperature=temperature,
                                    seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
-                                   session=request.session_hash if request else None)
+                                   stream=bool(stream), session=request.session_hash if request else None)
             except FieldError as e:
                 # next to the input it is about, and under the button too: the input may be scrolled away
                 if e.field in msgs:
@@ -411,46 +379,48 @@ def build_app(studio: Studio) -> gr.Blocks:
             except Exception as e:  # noqa: BLE001 - shown on the page
                 yield out(progress=_err(_msg(e, lang_)))
                 return
-            yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps({"job": job.id, "files": []}),
+            live_spec = {"job": job.id, "url": job.meta["live_url"], "rate": studio.sample_rate}
+            yield out(progress=progress_md(SpeakState(job.id), lang_), live=json.dumps(live_spec),
                       result=None, download=gr.update(visible=False, value=None), info="",
-                      go=gr.update(interactive=False))
-            last: tuple[str, int] = ("", -1)
+                      go=gr.update(interactive=False), job_id=str(job.id))
+            last = ""
             try:
                 for st in studio.follow(job):
                     md = progress_md(st, lang_)
-                    if st.phase in ("queued", "running") and (md, len(st.segment_files)) == last:
+                    if st.phase in ("queued", "running") and md == last:
                         continue
-                    live = (json.dumps({"job": job.id, "files": st.segment_files})
-                            if len(st.segment_files) != last[1] else keep)
-                    last = (md, len(st.segment_files))
+                    last = md
                     if st.phase == "done" and st.result:
-                        yield out(progress=md, live=live, result=st.result["path"],
+                        yield out(progress=md, result=st.result["path"],
                                   download=gr.update(value=st.result["path"], visible=True),
                                   info=result_md(st.result, lang_), history=history_rows(studio, lang_),
                                   go=gr.update(interactive=True))
                     elif st.phase in ("error", "cancelled"):
                         kept = st.result  # the parts made before it stopped, kept in Recent results
-                        yield out(progress=md, live=live, go=gr.update(interactive=True),
+                        yield out(progress=md, go=gr.update(interactive=True),
                                   result=kept["path"] if kept else keep,
                                   download=gr.update(value=kept["path"], visible=True) if kept else keep,
                                   info=result_md(kept, lang_) if kept else keep,
                                   history=history_rows(studio, lang_) if kept else keep)
                     else:
-                        yield out(progress=md, live=live)
+                        yield out(progress=md)
             except Exception as e:  # noqa: BLE001
                 yield out(progress=_err(_msg(e, lang_)), go=gr.update(interactive=True))
 
         s_go.click(on_generate, [lang, s_mode, s_voice, s_audio, s_ptext, s_plang, s_text, s_lang, s_temp, s_seed,
-                                 s_topk, s_topp], gen_outputs, api_visibility="private", show_progress="hidden",
-                   concurrency_limit=None)
+                                 s_topk, s_topp, s_stream], gen_outputs, api_visibility="private",
+                   show_progress="hidden", concurrency_limit=None)
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
         s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 
-        def on_cancel(lang_: str, request: gr.Request) -> Any:
-            if not studio.cancel_session(request.session_hash if request else ""):
-                gr.Info(t("p_nothing_to_cancel", lang_))
+        def on_cancel(lang_: str, job_id: str, request: gr.Request) -> Any:
+            if studio.cancel_session(request.session_hash if request else ""):
+                return
+            if str(job_id).isdigit() and studio.cancel(int(job_id)):  # started before a reload of this page
+                return
+            gr.Info(t("p_nothing_to_cancel", lang_))
 
-        s_cancel.click(on_cancel, [lang], None, api_visibility="private", concurrency_limit=None,
+        s_cancel.click(on_cancel, [lang, last_job], None, api_visibility="private", concurrency_limit=None,
                        show_progress="hidden")
 
         def on_history(lang_: str, evt: gr.SelectData) -> list[Any]:
@@ -490,7 +460,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                 msg = _ok(t("saved", lang_, name=res["name"], secs=info.get("duration", 0.0),
                             tokens=info.get("prompt_tokens", "?")))
                 if info.get("warning"):
-                    msg += "\n\n⚠ " + _esc(info["warning"])
+                    msg += "\n\n⚠ " + _esc(localize(info["warning"], lang_))
                 yield [*fields, msg, voice_choices(res["name"]), voice_choices(None), *voices_view(lang_)]
             except Exception as e:  # noqa: BLE001 - shown next to the save button
                 yield [*fields, _err(_msg(e, lang_)), keep, keep, *[keep] * len(voices_outputs)]
@@ -606,11 +576,15 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: l
     """Build the page and serve it. With ``block=False`` returns at once (tests); the caller closes it."""
     demo = build_app(studio)
     allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
-    _, url, _ = demo.launch(
+    app, url, _ = demo.launch(
         server_name=host, server_port=port, auth=SlowAuth(auth).check if auth else None,
         max_file_size=f"{max_upload_mb}mb",
-        allowed_paths=allowed, prevent_thread_lock=not block, quiet=quiet, show_error=False,
+        allowed_paths=allowed, prevent_thread_lock=True, quiet=quiet, show_error=False,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
-        footer_links=["api", "settings"], head=HEAD + STUDIO_HEAD, css=CSS, theme=theme(), ssr_mode=False,
+        footer_links=["api", "settings"], head=HEAD + STUDIO_HEAD, css=live.LIVE_CSS + CSS, theme=theme(),
+        ssr_mode=False,
     )
+    live.install_route(app, studio.live)  # the page's first fetch of it comes after a Generate click
+    if block:
+        demo.block_thread()
     return demo, url

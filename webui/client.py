@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,11 @@ from pipeline.presets import SpeakerStore
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
+from .live import LiveAudio, encode_chunk
+
 TEMPERATURE_RANGE = (0.1, 2.0)
 TOP_K_RANGE = (1, 100)
 TOP_P_RANGE = (0.05, 1.0)
-_LIVE_JOBS_KEPT = 16
 
 
 MAX_SEED = 2**32 - 1
@@ -86,9 +88,9 @@ class SpeakState:
     info: dict[str, Any] = field(default_factory=dict)
     segments_done: int = 0
     segments_total: int = 0
-    audio_seconds: float = 0.0
-    segment_files: list[str] = field(default_factory=list)
+    audio_seconds: float = 0.0  # made so far (what the live player has been sent)
     result: dict[str, Any] | None = None
+    started: float = 0.0  # time.monotonic() of the job's start (the live stream's production clock)
     error: str = ""
     note: str = ""
 
@@ -170,7 +172,7 @@ class Studio:
         self._lock = threading.Lock()
         self._sessions: dict[str, set[int]] = {}
         self._jobs: dict[int, Job] = {}
-        self._live_jobs: list[int] = []
+        self.live = LiveAudio()
         self.refresh_bundle()
 
     # bundle and worker ----------------------------------------------------------------------------
@@ -195,6 +197,10 @@ class Studio:
         self.refresh_bundle()
         if self.worker is not None and self.worker.state not in ("starting", "restarting"):
             self.worker.restart()
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.manifest.get("constants", {}).get("sample_rate", 24000))
 
     def sampling_defaults(self) -> dict[str, float]:
         s = self.manifest.get("constants", {}).get("sampling", {})
@@ -345,7 +351,7 @@ class Studio:
     def speak(self, text: str, *, voice: str | None = None, prompt_audio: str | Path | None = None,
               prompt_text: str = "", prompt_language: str = "auto", language: str = "auto",
               temperature: float = 1.0, seed: int | None = None, top_k: int | None = None,
-              top_p: float | None = None, session: str | None = None) -> Job:
+              top_p: float | None = None, stream: bool = True, session: str | None = None) -> Job:
         text = text or ""
         if not isinstance(text, str) or not text.strip():
             raise FieldError("text", "type the text to speak", "err_text_empty")
@@ -361,7 +367,7 @@ class Studio:
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
                                    "seed": None if seed < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),
-                                   "top_p": None if top_p is None else float(top_p)}
+                                   "top_p": None if top_p is None else float(top_p), "stream": bool(stream)}
         if voice:
             try:
                 v = self.voice(voice)
@@ -381,7 +387,8 @@ class Studio:
             label = ""
         job = self._worker().submit("speak", payload)
         job.meta = {"voice": label, "text": text, "language": language,
-                    "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"]}
+                    "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"],
+                    "live_url": self.live.open(job.id)}
         with self._lock:
             self._jobs[job.id] = job
             if session:
@@ -398,9 +405,9 @@ class Studio:
         return any([self.cancel(i) for i in ids])
 
     def follow(self, job: Job, *, poll: float | None = 1.0) -> Iterator[SpeakState]:
-        """Consume a speech job's events; yield the page's view after each one. Each segment is written as soon
-        as it arrives (live playback); the whole result goes to the history when the job is done, and the parts
-        a cancelled or failed job made go there too (marked partial). When the page goes away (reload, closed
+        """Consume a speech job's events; yield the page's view after each one. Each audio chunk goes to the
+        job's live stream as it arrives; the whole result goes to the history when the job is done, and the audio
+        a cancelled or failed job made goes there too (marked partial). When the page goes away (reload, closed
         tab) the job runs on and its result still reaches the history: only Cancel stops a job."""
         st = SpeakState(job.id)
         parts: list[np.ndarray] = []
@@ -429,6 +436,7 @@ class Studio:
         except Exception as e:  # noqa: BLE001 - a background thread must not die silently
             print(f"cosyvoice-rk webui: job {job.id} could not be saved: {e}", file=sys.stderr)
         finally:
+            self.live.finish(job.id, "error")  # its live stream ends even then (a no-op when it has ended)
             self._forget(job)
 
     def _forget(self, job: Job) -> None:
@@ -443,24 +451,28 @@ class Studio:
             st.ahead = ev["ahead"]
         elif t == "started":
             st.phase = "running"
+            st.started = time.monotonic()
         elif t == "progress":
             st.phase = "running"
             st.stage = ev["stage"]
             st.info = ev
             st.segments_total = ev.get("segments", st.segments_total)
-        elif t == "segment":
+        elif t == "chunk":  # the page hears it through the job's live stream
             rate[0] = int(ev["sample_rate"])
             parts.append(ev["audio"])
+            st.audio_seconds += len(ev["audio"]) / rate[0]
+            self.live.add(job.id, encode_chunk(ev["audio"], rate[0], time.monotonic() - st.started, ev["segment"],
+                                               ev["segments"], bool(ev.get("segment_done"))))
+        elif t == "segment":
             st.segments_done = ev["index"] + 1
             st.segments_total = ev["total"]
-            st.audio_seconds += float(ev["duration"])
-            st.segment_files.append(self._write_segment(job.id, ev["index"], ev["audio"], rate[0]))
         elif t == "done":
             res = ev["result"]
             st.result = self._save_result(job, parts, rate[0], {
                 "duration": res["duration"], "rtf": res["rtf"], "tokens": res["tokens"], "segments": res["segments"],
                 "backends": res["backends"], "timings": res["timings"], "compute_s": res["compute_s"],
-                "seed": res["seed"], "warnings": res.get("warnings", [])})
+                "seed": res["seed"], "warnings": res.get("warnings", []), "ttfa_s": res.get("ttfa_s"),
+                "stream": res.get("stream")})
             st.phase = "done"
         elif t in ("cancelled", "error"):
             st.phase = t
@@ -473,11 +485,14 @@ class Studio:
                     "duration": st.audio_seconds, "rtf": 0.0, "tokens": 0, "segments": st.segments_done,
                     "backends": {}, "timings": {}, "compute_s": 0.0, "seed": job.payload.get("seed") or "?",
                     "partial": True, "parts_total": st.segments_total, "warnings": []})
+        if t in ("done", "cancelled", "error"):
+            self.live.finish(job.id, t)
 
     def _save_result(self, job: Job, parts: list[np.ndarray], sr: int, info: dict[str, Any]) -> dict[str, Any]:
         meta = job.meta
         audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-        return self.history.add(audio, sr, {**meta, "text": meta.get("text", "")[:500], **info})
+        kept = {k: v for k, v in meta.items() if k != "live_url"}
+        return self.history.add(audio, sr, {**kept, "text": meta.get("text", "")[:500], **info})
 
     def run_voice_job(self, job: Job) -> dict[str, Any]:
         """Wait for an add/import job; returns its result or raises its error."""
@@ -487,15 +502,3 @@ class Studio:
         if final["type"] == "cancelled":
             raise WorkerError("cancelled")
         raise CosyVoiceRKError(final["message"])
-
-    def _write_segment(self, job_id: int, index: int, audio: np.ndarray, sr: int) -> str:
-        path = self.live_dir / f"job{job_id}-{index:03d}.wav"
-        atomic_write_bytes(path, wav_bytes(audio, sr))
-        with self._lock:
-            if job_id not in self._live_jobs:
-                self._live_jobs.append(job_id)
-            old, self._live_jobs = self._live_jobs[:-_LIVE_JOBS_KEPT], self._live_jobs[-_LIVE_JOBS_KEPT:]
-        for j in old:
-            for f in self.live_dir.glob(f"job{j}-*.wav"):
-                f.unlink(missing_ok=True)
-        return str(path)

@@ -1,7 +1,7 @@
 """Page text in English and Russian. ``t(key, lang, **params)``; a missing Russian string falls back to English.
 
-Messages that come from the pipeline (prompt checks, bundle and preset errors) are shown as the pipeline
-words them (English); everything the page itself says is here.
+Everything the page itself says is here; messages that come from the pipeline (prompt checks, bundle, voice
+and worker errors) are put into Russian by :func:`localize` (``docs/reliability.md`` lists them with both texts).
 """
 
 from __future__ import annotations
@@ -118,6 +118,26 @@ _S: dict[str, tuple[str, str]] = {
                "Готовые {secs:.1f} с сохранены в «Последних результатах»."),
     "r_partial": ("**Partial result:** {secs:.1f} s of audio, {k} of {n} part(s) made before the job stopped.",
                   "**Частичный результат:** {secs:.1f} с звука, частей: {k} из {n} — сделано до остановки."),
+    # live playback (webui/live_player.js), the streaming switch
+    "lp_waiting": ("Waiting for the first audio…", "Ожидание первого звука…"),
+    "lp_buffering": ("Buffering… {made} s made; it plays once it can play to the end without pauses.",
+                     "Буферизация… готово {made} с; звук пойдёт, когда сможет звучать до конца без пауз."),
+    "lp_playing": ("▶ Playing: {played} s of {made} s made.", "▶ Звучит: {played} с из {made} с готовых."),
+    "lp_played": ("Played {played} s.", "Прослушано {played} с."),
+    "lp_stopped": ("Stopped after {played} s.", "Остановлено после {played} с."),
+    "lp_ended": ("The job stopped before playback began ({made} s made).",
+                 "Задание остановлено до начала воспроизведения (готово {made} с)."),
+    "lp_failed": ("Live playback failed: {error}", "Живое воспроизведение не удалось: {error}"),
+    "lp_no_webaudio": ("This browser cannot play audio as it is made (no Web Audio); the result appears below "
+                       "when it is done.",
+                       "Этот браузер не умеет воспроизводить звук по мере готовности (нет Web Audio); результат "
+                       "появится ниже, когда будет готов."),
+    "lp_stop": ("Stop", "Стоп"),
+    "stream": ("Play while it is made (streaming)", "Воспроизводить по мере готовности (потоково)"),
+    "stream_info": ("Off: each part is made in one pass (upstream's non-streaming synthesis) and heard when it is "
+                    "done", "Выкл.: каждая часть создаётся за один проход (синтез без потока, как в оригинале) и "
+                    "звучит, когда готова"),
+    "r_ttfa": ("First audio after {secs:.1f} s.", "Первый звук через {secs:.1f} с."),
     # result
     "r_summary": ("**{secs:.1f} s** of audio · computed in {compute:.1f} s · **RTF {rtf:.2f}** · {tokens} speech "
                   "tokens · {segments} part(s) · seed {seed}",
@@ -275,8 +295,8 @@ def pick_language(accept_language: str | None) -> str:
     return best
 
 
-# Russian for the pipeline's most common messages (prompt checks, voices, the worker). Anything not listed is
-# shown in English as the pipeline words it.
+# Russian for the pipeline's messages (prompt checks, voices, imports, bundles, the worker). tests/bad_inputs.py
+# runs every refusal a person can meet through these; one without a pattern fails tests/test_reliability.py.
 _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r in (
     (r"^prompt is ([\d.]+) s of speech after trimming silence; record (.+)$",
      "в образце {0} с речи после обрезки тишины; запишите {1}"),
@@ -367,6 +387,11 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                        "сконвертируйте снова"),
     (r"^the worker ran out of memory", "обработчику не хватило памяти на это задание; возьмите текст короче"),
     (r"^cancelled", "отменено"),
+    (r"^the prompt gives only (\d+) speech tokens \(([\d.]+) s\); (\d+) or more",
+     "образец даёт только {0} речевых токенов ({1} с); {2} и больше (образец от 3 с) клонируют голос надёжнее"),
+    (r"^voice '(.+)': its saved (.+) did not pass the checks", "у голоса «{0}» сохранённые данные ({1}) не прошли "
+                                                             "проверку (повреждены на диске?) и восстановлены из "
+                                                             "его записи"),
     (r"^prompt contains invalid samples", "образец содержит недопустимые отсчёты (NaN или бесконечность); "
                                           "сохраните его заново как 16-битный WAV"),
     (r"^no voice named '(.+)'; saved voices: (.+)$", "нет голоса «{0}»; сохранённые голоса: {1}"),

@@ -96,8 +96,51 @@ STUDIO_HEAD = """
 <script>
 (() => {
   if (window.cvStudio) return;
+  // Gradio refuses an upload over --max-upload-mb or of the wrong type in its own English words, before the server
+  // sees it; they are replaced by the page's, in the page language.
+  const BAD_TYPE = /^Invalid file type: (.*)\\. Only (.*) allowed\\.$/;
+  const TITLES = { Error: 'Ошибка', Warning: 'Предупреждение', Info: 'Сообщение' };
+  const TOO_BIG = /^File\\(s\\) exceed the maximum allowed size of ([\\d.]+) (\\w+): (.*)$/;
   const studio = {
+    lang: 'en',
+    fixUploadMessage(el) {
+      const text = (el.textContent || '').trim();
+      if (studio.lang === 'ru' && el.classList.contains('toast-title') && TITLES[text]) {
+        el.textContent = TITLES[text];
+        return;
+      }
+      const bad = BAD_TYPE.exec(text);
+      if (bad) {
+        el.textContent = studio.lang === 'ru'
+          ? `Файл ${bad[1]} сюда не подходит: здесь принимаются только ${bad[2]}`
+          : `${bad[1]} does not fit here: this field takes ${bad[2]} files only`;
+        return;
+      }
+      const m = TOO_BIG.exec(text);
+      if (!m) return;
+      const size = `${m[1]} ${m[2].replace(/b$/, 'B')}`;
+      el.textContent = studio.lang === 'ru'
+        ? `Файл ${m[3]} больше ${size.replace('MB', 'МБ')} — это больше, чем принимает студия: загрузите короткий `
+          + 'фрагмент (3–10 с речи) или файл голоса .cvvoice'
+        : `${m[3]} is larger than ${size}, the most this studio accepts: upload a short clip (3–10 s of speech) `
+          + 'or a .cvvoice voice file';
+    },
+    watch() {
+      new MutationObserver((muts) => {
+        for (const mu of muts) {
+          const nodes = mu.type === 'characterData' ? [mu.target] : Array.from(mu.addedNodes);
+          for (const n of nodes) {
+            const el = n.nodeType === 3 ? n.parentElement : n;
+            if (!el || el.nodeType !== 1) continue;
+            for (const x of [el, ...el.querySelectorAll('*')]) {
+              if (x.childElementCount === 0) studio.fixUploadMessage(x);
+            }
+          }
+        }
+      }).observe(document.body, { childList: true, subtree: true, characterData: true });
+    },
     async setLocale(lang) {
+      studio.lang = lang;
       // Gradio's own texts ("Drop audio here", "Record", …) come from its i18n store, which follows the browser
       // language; the page language is the user's choice, so it is applied there too.
       try {
@@ -119,6 +162,7 @@ STUDIO_HEAD = """
     },
   };
   window.cvStudio = studio;
+  if (document.body) studio.watch(); else document.addEventListener('DOMContentLoaded', () => studio.watch());
 })();
 </script>
 """

@@ -168,8 +168,10 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
     for key, label in STAGES:
         b = backends.get(key, "?")
         lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
+    if e.get("ttfa_s") is not None:
+        lines += ["", t("r_ttfa", lang, secs=e["ttfa_s"])]
     for w in e.get("warnings", []) or []:
-        lines += ["", f"⚠ {_esc(t('warning', lang, w=w))}"]
+        lines += ["", f"⚠ {_esc(t('warning', lang, w=localize(w, lang)))}"]
     return "\n".join(lines)
 
 
