@@ -353,3 +353,19 @@ def test_engine_streams_on_the_npu_backend(standin, stream_bundle, npu_dir, flow
     assert any(m.startswith("streaming flow on the RKNN NPU (auto: test: NPU present)") for m in logs)
     assert _err(np.concatenate(audio), sg["stream_causal_audio"][0]) < TOL
     assert sum(len(r.calls) for r in standin.instances) > 0
+
+
+def test_studio_streams_on_the_npu_only_with_streaming_graphs(stream_bundle, npu_dir):
+    """CosyVoiceRK's stream choice: a flow on the NPU streams when the bundle has the RKNN chunk graphs (the
+    engine's chunked flow then takes them), and says why not otherwise."""
+    from pipeline.tts import CosyVoiceRK
+
+    tts = CosyVoiceRK.__new__(CosyVoiceRK)  # the choice reads only the bundle and the engine
+    tts.engine = types.SimpleNamespace(flow_cache_type="fp16", flow=types.SimpleNamespace(
+        estimator=types.SimpleNamespace(backend="rknn-npu")))
+    tts.bundle = make_bundle(stream_bundle, npu_dir)
+    ok, why = tts._stream_choice(flow_fast=False)
+    assert ok and why.startswith("streaming: chunk-causal flow with K/V caches on the RKNN NPU")
+    tts.bundle = stream_bundle
+    ok, why = tts._stream_choice(flow_fast=False)
+    assert not ok and "the bundle has no streaming NPU graphs (convert it again with --rknn rk3588)" in why
