@@ -267,6 +267,7 @@ def run_bench(opts: BenchOptions, log: Log = lambda m: None) -> dict[str, Any]:
     flow = Flow.from_bundle(bundle, estimator=est, n_threads=flow_threads)
     hift = HiFT.from_bundle(bundle, n_threads=hift_threads)
     engine = Engine(bundle, lm, temb, flow, hift)
+    engine.flow_backend, engine.npu_cores, engine.log = opts.flow_backend, opts.npu_cores, log  # --stream's flow
     load_s = time.perf_counter() - t0
     placement = {"flow_backend": opts.flow_backend, "flow_backend_reason": backend_reason,
                  "npu_cores": opts.npu_cores, "cpus": cores, "cpus_reason": cpus_reason}

@@ -33,11 +33,16 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from .convert import convert_checkpoint
     from .errors import InputError
 
-    if a.flow_buckets is not None and not a.rknn:
-        raise InputError("--flow-buckets needs --rknn TARGET")
+    for opt, val in (("--flow-buckets", a.flow_buckets), ("--flow-stream-buckets", a.flow_stream_buckets),
+                     ("--flow-stream-cfg", a.flow_stream_cfg), ("--flow-stream-shapes", a.flow_stream_shapes)):
+        if val is not None and not a.rknn:
+            raise InputError(f"{opt} needs --rknn TARGET")
+    stream_cfg = ("split", "batch") if a.flow_stream_cfg == "both" else (a.flow_stream_cfg or "split",)
     convert_checkpoint(a.src, a.out, quants=a.quant, hift_noise_seconds=a.hift_noise_seconds,
                        overwrite=a.overwrite, rknn_target=a.rknn,
                        flow_buckets=a.flow_buckets or "200,300,500,1000", flow_int8=not a.no_flow_int8,
+                       flow_stream_buckets=a.flow_stream_buckets or "500,1000",
+                       flow_stream_cfg=stream_cfg, flow_stream_shapes=a.flow_stream_shapes or "static",
                        log=_log)
     return 0
 
@@ -385,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--rknn", choices=["rk3588"], default=None,
                    help="also build fixed-length RKNN flow estimators (needs scripts/setup-rknn-env.sh)")
     c.add_argument("--flow-buckets", default=None, help="RKNN sequence lengths (default 200,300,500,1000)")
+    c.add_argument("--flow-stream-buckets", default=None,
+                   help="past K/V lengths (mel frames) of the RKNN streaming chunk graphs (default 500,1000)")
+    c.add_argument("--flow-stream-cfg", choices=["split", "batch", "both"], default=None,
+                   help="RKNN streaming graphs: the CFG rows as two batch-1 runs on two NPU cores (split, default), "
+                        "one batch-2 graph (batch), or both kinds (to compare on the board)")
+    c.add_argument("--flow-stream-shapes", choices=["static", "dynamic"], default=None,
+                   help="RKNN streaming graphs: one per past bucket (static, default) or one per CFG kind with every "
+                        "bucket as a shape set and one copy of the weights (dynamic; docs/rk3588.md)")
     _int8_arg(c)
     c.set_defaults(func=cmd_convert)
 

@@ -85,6 +85,10 @@ class Engine:
         self.flow_backend_reason = ""
         self.n_threads: int | None = None
         self.flow_cache_type = "fp16"
+        # streaming flow backend (set by load from --flow-backend/--npu-cores; a bare Engine streams on the CPU)
+        self.flow_backend = "onnx"
+        self.npu_cores: str | int = "auto"
+        self.log: Callable[[str], None] = log_to_stderr
         self.prompt_caches = PromptCacheLRU(budget_mb=_PROMPT_CACHE_BUDGET_MB)
         self._chunked = None
         self._chunked_lock = threading.Lock()
@@ -121,6 +125,7 @@ class Engine:
         e.flow_backend_reason = reason
         e.n_threads = n_threads
         e.flow_cache_type = flow_cache
+        e.flow_backend, e.npu_cores, e.log = flow_backend, npu_cores, log
         return e
 
     def chunked_flow(self):
@@ -131,7 +136,9 @@ class Engine:
             if self._chunked is None:
                 # the flow thread shares the cores with the LLM and vocoder threads: no busy-waiting workers
                 self._chunked = ChunkedFlow.from_bundle(self.bundle, self.flow, n_threads=self.n_threads,
-                                                        cache=self.flow_cache_type, spin=False)
+                                                        cache=self.flow_cache_type, spin=False,
+                                                        backend=self.flow_backend,
+                                                        npu={"core_mask": self.npu_cores, "log": self.log})
             return self._chunked
 
     def prompt_cache(self, prompt: PromptFeatures, key: str = "", *,

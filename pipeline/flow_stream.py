@@ -130,7 +130,9 @@ class ChunkedFlow:
 
     @classmethod
     def from_bundle(cls, bundle: Any, flow: Flow, *, n_threads: int | None = None, cache: str = "fp16",
-                    spin: bool = True) -> ChunkedFlow:
+                    spin: bool = True, backend: str = "onnx", npu: dict[str, Any] | None = None) -> ChunkedFlow:
+        """``backend`` auto|rknn|onnx (:func:`pipeline.flow_rknn_stream.make_chunk_estimator`, which takes the
+        ``npu`` options core_mask, cfg, overflow, log); ``onnx`` (the default) is the ONNX chunk graph."""
         sec = bundle.manifest["flow"]
         files = sec["estimator"].get("onnx_chunk") or {}
         if cache not in CACHE_DTYPES:
@@ -142,7 +144,12 @@ class ChunkedFlow:
         if int(dims.get("num_decoding_left_chunks", -1)) != -1:
             raise BundleError("this flow was trained with a limited left context (num_decoding_left_chunks = "
                               f"{dims['num_decoding_left_chunks']}); streaming supports all left chunks only")
-        est = ChunkEstimator(bundle.path(files[cache]), n_threads=n_threads, spin=spin)
+        if backend == "onnx":
+            est: Any = ChunkEstimator(bundle.path(files[cache]), n_threads=n_threads, spin=spin)
+        else:
+            from .flow_rknn_stream import make_chunk_estimator
+
+            est, _ = make_chunk_estimator(bundle, backend, cache=cache, n_threads=n_threads, spin=spin, **(npu or {}))
         return cls(flow, est, chunk_frames=int(dims.get("static_chunk_size", 50)))
 
     # -- geometry -----------------------------------------------------------------------------------

@@ -115,7 +115,11 @@ class CosyVoiceRK:
         if flow_fast:
             return False, f"no streaming: the fast flow (INT8) has no streaming graph; {whole}"
         if getattr(self.engine.flow.estimator, "backend", "") == "rknn-npu":
-            return False, f"no streaming: the flow runs on the NPU, which has no streaming graph yet; {whole}"
+            if not self.bundle.manifest["flow"]["estimator"].get("rknn_chunk"):
+                return False, ("no streaming: the flow runs on the NPU and the bundle has no streaming NPU graphs "
+                               f"(convert it again with --rknn rk3588); {whole}")
+            return True, ("streaming: chunk-causal flow with K/V caches on the RKNN NPU (docs/rk3588.md §7) and "
+                          "incremental vocoder on ONNX Runtime CPU, audio every 25 speech tokens")
         return True, ("streaming: chunk-causal flow with K/V caches and incremental vocoder on ONNX Runtime CPU, "
                       "audio every 25 speech tokens")
 

@@ -56,6 +56,9 @@ def convert_checkpoint(
     rknn_target: str | None = None,
     flow_buckets: str | Sequence[int] = "200,300,500,1000",
     flow_int8: bool = True,
+    flow_stream_buckets: str | Sequence[int] = "500,1000",
+    flow_stream_cfg: Sequence[str] = ("split",),
+    flow_stream_shapes: str = "static",
     extra_manifest: dict[str, Any] | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
@@ -75,6 +78,9 @@ def convert_checkpoint(
         from .rknn_export import preflight
 
         preflight(rknn_target, flow_buckets)  # fails before the long LLM conversion if the toolkit env is missing
+        from .rknn_stream_export import check_options
+
+        check_options(flow_stream_buckets, flow_stream_cfg, flow_stream_shapes)
     if out.exists() and any(out.iterdir()):
         if not (out / MANIFEST).is_file():
             raise BundleError(f"{out} exists and is not a bundle; choose an empty or new folder")
@@ -96,6 +102,15 @@ def convert_checkpoint(
             flow["files"] = [*flow["files"], *r["files"]]
         flow = convert_flow_fast(work, flow, int8=flow_int8, log=log)
         flow = convert_flow_chunks(src, work, flow, log=log)
+        if rknn_target:
+            from .rknn_stream_export import convert_rknn_stream
+
+            log(f"streaming flow chunk step → RKNN ({rknn_target}, past buckets {flow_stream_buckets}, "
+                f"CFG {'/'.join(flow_stream_cfg)}, {flow_stream_shapes} shapes)")
+            r = convert_rknn_stream(src, work, flow, target=rknn_target, past_buckets=flow_stream_buckets,
+                                    cfg=flow_stream_cfg, shapes=flow_stream_shapes, log=log)
+            flow["estimator"]["rknn_chunk"] = r["rknn_chunk"]
+            flow["files"] = [*flow["files"], *r["files"]]
         log("HiFT → f0 weights, decoder ONNX, noise tables")
         hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
         frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}

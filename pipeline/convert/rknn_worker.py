@@ -11,6 +11,10 @@ Protocol: ``python rknn_worker.py JOB_JSON`` where JOB_JSON is::
      "graphs": [{"seq": 200, "onnx": ".../s200.onnx", "rknn": ".../s200.rknn",
                  "inputs": ".../s200.inputs.npz", "sim_out": ".../s200.sim.npy"}]}
 
+A ``sim_out`` ending in ``.npz`` receives every output (``arr_0``, ``arr_1``, …); a graph may carry
+``"dynamic_input"`` (rknn-toolkit2's list of input shape sets), with ``inputs`` and ``sim_out`` as lists (one
+simulator run per entry).
+
 The result is one JSON object on stdout (the toolkit's own log goes to stderr)::
 
     {"ok": true, "toolkit": "2.5.0", "graphs": [{"seq": 200, "disable_rules": [], "attempts": [...],
@@ -49,10 +53,12 @@ def _attempt(RKNN, np, onnx, g: dict, target: str, rules: list[str], simulate: b
     rknn = RKNN(verbose=False)
     t0 = time.monotonic()
     try:
+        cfg = {"target_platform": target}
         if rules:
-            rknn.config(target_platform=target, disable_rules=list(rules))
-        else:
-            rknn.config(target_platform=target)
+            cfg["disable_rules"] = list(rules)
+        if g.get("dynamic_input"):  # several input shape sets in one graph (one copy of the weights)
+            cfg["dynamic_input"] = g["dynamic_input"]
+        rknn.config(**cfg)
         ret = rknn.load_onnx(model=g["onnx"])
         if ret != 0:
             raise RuntimeError(f"load_onnx returned {ret}")
@@ -70,12 +76,18 @@ def _attempt(RKNN, np, onnx, g: dict, target: str, rules: list[str], simulate: b
             if ret != 0:
                 raise RuntimeError(f"init_runtime (simulator) returned {ret}")
             names = [i.name for i in onnx.load(g["onnx"], load_external_data=False).graph.input]
-            with np.load(g["inputs"]) as z:
-                feeds = [np.ascontiguousarray(z[n], dtype=np.float32) for n in names]
-            outs = rknn.inference(inputs=feeds)
-            if outs is None:
-                raise RuntimeError("simulator inference returned None (see the toolkit log)")
-            np.save(g["sim_out"], np.asarray(outs[0], dtype=np.float32))
+            many = isinstance(g["inputs"], list)  # a dynamic-shape graph: one run per shape set
+            for src, dst in zip(*((g["inputs"], g["sim_out"]) if many else ([g["inputs"]], [g["sim_out"]])),
+                                strict=True):
+                with np.load(src) as z:
+                    feeds = [np.ascontiguousarray(z[n], dtype=np.float32) for n in names]
+                outs = rknn.inference(inputs=feeds)
+                if outs is None:
+                    raise RuntimeError("simulator inference returned None (see the toolkit log)")
+                if dst.endswith(".npz"):  # every output, in the graph's order
+                    np.savez(dst, *[np.asarray(o, dtype=np.float32) for o in outs])
+                else:
+                    np.save(dst, np.asarray(outs[0], dtype=np.float32))
             sim_s = time.monotonic() - t1
         return {"ok": True, "build_s": round(build_s, 3), "sim_s": None if sim_s is None else round(sim_s, 3)}
     finally:
