@@ -169,9 +169,14 @@ def test_upload_save_generate_play_and_download(page, studio, tmp_path):
     live = pg.evaluate("({log: cvLive.log, runs: cvLive.runs, stalls: cvLive.stalls, endedAt: cvLive.endedAt, "
                        "rate: cvLive.ctx.sampleRate, status: cvLive.endStatus})")
     played = np.frombuffer(base64.b64decode(pg.evaluate(JOINED_B64)), "<f4")
-    assert "Playing" in pg.inner_text("#cv-live-status")
-    pg.click("#cv-live-stop")
-    assert "Stopped after" in pg.inner_text("#cv-live-status")
+    # the stream has ended; playback is still running (audio made faster than real time) or, on a loaded machine,
+    # has already caught up with it
+    status = pg.inner_text("#cv-live-status")
+    if "Playing" in status:
+        pg.click("#cv-live-stop")
+        assert "Stopped after" in pg.inner_text("#cv-live-status")
+    else:
+        assert "Played" in status
     check_gapless(live)
     assert len(live["log"]) >= 4  # at least one per part (pieces of a part when it is long enough)
     info = pg.inner_text("#cv-info")
