@@ -4,9 +4,11 @@ client, curl and raw HTTP against the running app on loopback; auth; every refus
 import base64
 import io
 import json
+import os
 import re
+import signal
 import subprocess
-import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -46,9 +48,9 @@ def client(server, key=KEY):
     return OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
 
 
-def speech(server, body: dict, headers=None, **kw) -> httpx.Response:
+def speech(server, body: dict, headers=None, timeout=120) -> httpx.Response:
     return httpx.post(server.url + "/v1/audio/speech", json=body,
-                      headers={"Authorization": f"Bearer {KEY}"} if headers is None else headers, timeout=120, **kw)
+                      headers={"Authorization": f"Bearer {KEY}"} if headers is None else headers, timeout=timeout)
 
 
 def assert_error(r: httpx.Response, status: int, code: str, text: str, param=None) -> None:
@@ -177,6 +179,10 @@ def test_bad_requests_get_openai_errors_and_lose_nothing(server):
 
 def test_queue_full_is_429_and_the_queued_jobs_run_on(server):
     long = server.speak(MEDIUM * 3, voice="Анна", language="ru", seed=server.seeds["medium"])  # runs
+    deadline = time.monotonic() + 60
+    while long.state == "queued":  # the worker takes it off the queue
+        assert time.monotonic() < deadline, "the worker never started the job"
+        time.sleep(0.02)
     waiting = server.speak(SHORT, voice="Анна", language="ru", seed=server.seeds["short"])  # fills the queue (1)
     try:
         r = speech(server, {"model": "tts-1", "voice": "Анна", "input": SHORT, "response_format": "pcm"})
@@ -206,21 +212,41 @@ def test_speed_and_instructions_are_forwarded_to_the_worker(server, monkeypatch)
     assert "mode" not in seen[-1][1] and seen[-1][1]["speed"] == 1.0
 
 
+def _wait_cancelled(server, before: int) -> None:
+    deadline = time.monotonic() + 60
+    while server.worker.status()["cancelled"] == before:
+        assert time.monotonic() < deadline, "the job ran on after its client had gone"
+        time.sleep(0.1)
+
+
 def test_a_client_that_goes_away_cancels_its_job(server):
+    body = {"model": "tts-1", "voice": "Анна", "input": MEDIUM * 3, "response_format": "pcm",
+            "seed": server.seeds["medium"], "language": "ru"}
     cancelled = server.worker.status()["cancelled"]
+    with httpx.stream("POST", server.url + "/v1/audio/speech", timeout=120, headers={"Authorization": f"Bearer {KEY}"},
+                      json=body) as r:
+        next(r.iter_bytes())  # streaming: gone after the first audio
+    _wait_cancelled(server, cancelled)
+    cancelled = server.worker.status()["cancelled"]
+    with pytest.raises(httpx.ReadTimeout):  # a whole WAV: gone while the job runs, before the response began
+        speech(server, {**body, "response_format": "wav"}, timeout=httpx.Timeout(120, read=0.5))
+    _wait_cancelled(server, cancelled)
+
+
+def test_a_job_that_dies_mid_stream_cuts_the_response_off(server):
+    """A streamed response's status has gone out: a failure after the first audio must not look like the end."""
+    crashes = server.worker.status()["crashes"]
     with httpx.stream("POST", server.url + "/v1/audio/speech", timeout=120, headers={"Authorization": f"Bearer {KEY}"},
                       json={"model": "tts-1", "voice": "Анна", "input": MEDIUM * 3, "response_format": "pcm",
                             "seed": server.seeds["medium"], "language": "ru"}) as r:
-        next(r.iter_bytes())
-    done = threading.Event()
-
-    def watch():
-        while server.worker.status()["cancelled"] == cancelled:
-            threading.Event().wait(0.1)
-        done.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    assert done.wait(60), "the job ran on after its client had gone"
+        chunks = r.iter_bytes()
+        next(chunks)
+        os.kill(server.worker.pid, signal.SIGKILL)
+        with pytest.raises(httpx.RemoteProtocolError):
+            for _ in chunks:
+                pass
+    assert server.worker.status()["crashes"] == crashes + 1
+    assert server.worker.wait_ready(120) == "ready"
 
 
 def test_no_bundle_is_503(tmp_path):

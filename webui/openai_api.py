@@ -194,13 +194,34 @@ async def read_body(request: Request) -> bytes:
     return bytes(body)
 
 
-async def _next_event(job: Job) -> dict[str, Any]:
+class ClientGone(Exception):
+    """The client disconnected before its response began (its job is cancelled)."""
+
+
+class _Watch:
+    """Notices, at most every half second, that a request's client has disconnected."""
+
+    def __init__(self, request: Request) -> None:
+        self.request, self.last = request, time.monotonic()
+
+    async def check(self) -> None:
+        now = time.monotonic()
+        if now - self.last >= 0.5:
+            self.last = now
+            if await self.request.is_disconnected():
+                raise ClientGone
+
+
+async def _next_event(job: Job, watch: _Watch | None = None) -> dict[str, Any]:
+    """The job's next event; with ``watch``, :class:`ClientGone` when the client disconnects meanwhile."""
     import queue
 
     while True:
         try:
             return job.events.get_nowait()
         except queue.Empty:
+            if watch is not None:
+                await watch.check()
             await asyncio.sleep(_POLL_S)
 
 
@@ -220,8 +241,10 @@ async def _first_audio(job: Job, request: Request, enc: Encoder) -> bytes:
     """Wait for the job's first bytes to send (streaming) or its end (whole files); an error before any audio
     is raised as :class:`ApiError`, so it reaches the client with its status."""
     out = b""
+    watch = _Watch(request)
     while True:
-        ev = await _next_event(job)
+        ev = await _next_event(job, watch)
+        await watch.check()
         t = ev["type"]
         if t == "chunk":
             out += enc.add(ev["audio"])
@@ -231,8 +254,6 @@ async def _first_audio(job: Job, request: Request, enc: Encoder) -> bytes:
             return out
         elif t in ("error", "cancelled"):
             raise _job_error(ev)
-        if await request.is_disconnected():
-            raise asyncio.CancelledError
 
 
 async def _events(job: Job, enc: Encoder) -> AsyncIterator[tuple[str, bytes | dict[str, Any]]]:
@@ -305,6 +326,8 @@ def install(app: Any, studio: Any, *, api_key: str | None = None, users: list[tu
                 return out if isinstance(out, Response) else JSONResponse(out)
             except ApiError as e:
                 return error_response(e)
+            except ClientGone:
+                return Response(status_code=499)  # nobody reads it (nginx's "client closed request")
             except Exception as e:  # noqa: BLE001 - every failure answers in OpenAI's shape
                 traceback.print_exception(type(e), e, e.__traceback__, file=sys.stderr)
                 return error_response(ApiError(500, f"internal error ({type(e).__name__}: {e})",
