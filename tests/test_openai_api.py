@@ -104,7 +104,8 @@ def test_streamed_pcm_arrives_while_it_is_made_and_is_the_wavs_samples(server):
         pcm = b"".join(_first_chunk_while_running(server, resp.iter_bytes(4800)))
     assert pcm == whole.tobytes()
     # a streamed WAV (stream_format=audio): "length unknown" header, then the same samples
-    with c.audio.speech.with_streaming_response.create(response_format="wav", stream_format="audio", **args) as resp:
+    streamed = {**args, "extra_body": {**args["extra_body"], "stream_format": "audio"}}  # any client version
+    with c.audio.speech.with_streaming_response.create(response_format="wav", **streamed) as resp:
         body = b"".join(_first_chunk_while_running(server, resp.iter_bytes(4800)))
     assert body[:4] == b"RIFF" and body[40:44] == b"\xff\xff\xff\xff" and body[44:] == whole.tobytes()
 
@@ -139,6 +140,10 @@ def test_auth(server):
         assert s.get("/v1/audio/voices").status_code == 200
     r = speech(server, {"model": "tts-1", "voice": "Анна", "input": SHORT}, headers={})
     assert_error(r, 401, "missing_api_key", "didn't provide an API key")
+    for who, status in (("anna:secret", "200"), ("anna:wrong", "401")):  # curl with an --auth user
+        r = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-u", who,
+                            server.url + "/v1/audio/voices"], capture_output=True, text=True, timeout=60)
+        assert r.stdout == status, (who, r.stdout, r.stderr)
 
 
 def test_bad_requests_get_openai_errors_and_lose_nothing(server):
@@ -259,12 +264,30 @@ def test_no_bundle_is_503(tmp_path):
     st = Studio(tmp_path / "missing", tmp_path / "spk", tmp_path / "res")
     try:
         app = FastAPI()
-        install(app, st)  # no key, no users: open
-        r = TestClient(app).post("/v1/audio/speech", json={"model": "tts-1", "voice": "Анна", "input": "Hi"})
+        install(app, st)  # no key, no users: open to whoever reaches the address
+        c = TestClient(app)
+        assert c.get("/v1/models").status_code == 200
+        r = c.post("/v1/audio/speech", json={"model": "tts-1", "voice": "Анна", "input": "Hi"})
         assert_error(r, 503, "no_bundle", "no model bundle")
         assert r.json()["error"]["type"] == "server_error"
+        keyed = FastAPI()
+        install(keyed, st, api_key="k1")  # a key and no --auth users: a user name and password are no way in
+        c = TestClient(keyed)
+        assert_error(c.get("/v1/models", auth=("anna", "secret")), 401, "invalid_api_key", "wrong user name")
+        assert_error(c.get("/v1/models", headers={"Authorization": "Bearer anna:secret"}), 401, "invalid_api_key",
+                     "Incorrect API key")
+        assert c.get("/v1/models", headers={"Authorization": "Bearer k1"}).status_code == 200
     finally:
         st.close()
+
+
+def test_api_key_option(monkeypatch):
+    from pipeline.cli import build_parser
+
+    assert build_parser().parse_args(["webui", "--api-key", "k"]).api_key == "k"
+    assert build_parser().parse_args(["webui"]).api_key is None
+    monkeypatch.setenv("COSYVOICE_RK_API_KEY", "from-env")
+    assert build_parser().parse_args(["webui"]).api_key == "from-env"
 
 
 def _readme_block(marker: str, lang: str) -> str:
