@@ -315,3 +315,39 @@ def test_readme_examples_openai_client_and_curl(server, tmp_path, monkeypatch):
     assert sf.info(tmp_path / "curl.flac").samplerate == 24000
     assert "tts-1" in (tmp_path / "models.json").read_text()
     assert np.frombuffer((tmp_path / "curl.pcm").read_bytes(), "<i2").size > 0
+
+
+@pytest.mark.parametrize("fmt", ["pcm", "sse", "wav"])
+def test_a_job_that_makes_no_audio_or_fails_before_any(server, monkeypatch, fmt):
+    """Without a real failure at hand: the worker's own events, replayed by a stand-in job."""
+    from pipeline.worker import Job
+
+    script: list = []
+
+    def fake_submit(kind, payload):
+        job = Job(server.worker, 10**6 + len(script), kind, payload)
+        for ev in script.pop(0):
+            job._emit(ev)
+        return job
+
+    monkeypatch.setattr(server.worker, "submit", fake_submit)
+    body = {"model": "tts-1", "voice": "Анна", "input": SHORT, "response_format": "wav" if fmt == "wav" else "pcm",
+            **({"stream_format": "sse"} if fmt == "sse" else {})}
+    script.append([{"type": "started"}, {"type": "done", "result": {"tokens": 0}}])
+    r = speech(server, body)
+    assert r.status_code == 200, r.text
+    if fmt == "sse":
+        assert [json.loads(x[6:]) for x in r.text.split("\n\n") if x] == [
+            {"type": "speech.audio.done", "usage": {"output_tokens": 0}}]
+    elif fmt == "wav":
+        assert len(r.content) == 44 and sf.info(io.BytesIO(r.content)).frames == 0
+    else:
+        assert r.content == b""
+    for ev, status, code in (({"type": "error", "kind": "InputError", "message": "text has no speakable words"}, 400,
+                              "invalid_input"),
+                             ({"type": "error", "kind": "WorkerCrashed", "message": "the worker process died"}, 503,
+                              "worker_unavailable"),
+                             ({"type": "error", "kind": "ZeroDivisionError", "message": "internal error (x)"}, 500,
+                              "internal_error")):
+        script.append([{"type": "started"}, ev])
+        assert_error(speech(server, body), status, code, ev["message"])

@@ -166,14 +166,14 @@ class OpenAIApi:
         rate = self.studio.sample_rate
         enc = Encoder(req.response_format, rate, stream=stream)
         try:
-            first = await _first_audio(job, request, enc)
+            first, done = await _first_audio(job, request, enc)
         except BaseException:
             job.cancel()
             enc.close()
             raise
         if not stream:  # the job has ended: the whole file
             return Response(first + enc.finish(), media_type=MEDIA_TYPES[req.response_format])
-        gen = _sse(job, request, enc, first) if req.stream_format == "sse" else _raw(job, request, enc, first)
+        gen = (_sse if req.stream_format == "sse" else _raw)(job, enc, first, done)
         media = "text/event-stream" if req.stream_format == "sse" else MEDIA_TYPES[req.response_format]
         return StreamingResponse(gen, media_type=media, headers={"Cache-Control": "no-store",
                                                                  "X-Accel-Buffering": "no"})
@@ -237,9 +237,10 @@ def _job_error(ev: dict[str, Any]) -> ApiError:
     return ApiError(500, msg or f"internal error ({kind})", type_="server_error", code="internal_error")
 
 
-async def _first_audio(job: Job, request: Request, enc: Encoder) -> bytes:
-    """Wait for the job's first bytes to send (streaming) or its end (whole files); an error before any audio
-    is raised as :class:`ApiError`, so it reaches the client with its status."""
+async def _first_audio(job: Job, request: Request, enc: Encoder) -> tuple[bytes, dict[str, Any] | None]:
+    """Wait for the job's first bytes to send (streaming) or its end (whole files, or a job that made no audio):
+    the bytes and the ``done`` event when it came. An error before any audio is raised as :class:`ApiError`, so
+    it reaches the client with its status."""
     out = b""
     watch = _Watch(request)
     while True:
@@ -249,16 +250,17 @@ async def _first_audio(job: Job, request: Request, enc: Encoder) -> bytes:
         if t == "chunk":
             out += enc.add(ev["audio"])
             if enc.stream and out:
-                return out
+                return out, None
         elif t == "done":
-            return out
+            return out, ev
         elif t in ("error", "cancelled"):
             raise _job_error(ev)
 
 
-async def _events(job: Job, enc: Encoder) -> AsyncIterator[tuple[str, bytes | dict[str, Any]]]:
+async def _events(job: Job, enc: Encoder, done: dict[str, Any] | None) -> AsyncIterator[tuple[str, Any]]:
+    """What follows the first bytes: ("audio", bytes), then ("done", result) or ("error", OpenAI error body)."""
     while True:
-        ev = await _next_event(job)
+        ev = done or await _next_event(job)
         t = ev["type"]
         if t == "chunk":
             data = enc.add(ev["audio"])
@@ -273,10 +275,10 @@ async def _events(job: Job, enc: Encoder) -> AsyncIterator[tuple[str, bytes | di
             return
 
 
-async def _raw(job: Job, request: Request, enc: Encoder, first: bytes) -> AsyncIterator[bytes]:
+async def _raw(job: Job, enc: Encoder, first: bytes, done: dict[str, Any] | None) -> AsyncIterator[bytes]:
     try:
         yield first
-        async for kind, data in _events(job, enc):
+        async for kind, data in _events(job, enc, done):
             if kind == "audio" and data:
                 yield data
             elif kind == "error":  # the status line has gone: cut the response off, so it is not taken as whole
@@ -292,19 +294,20 @@ def _sse_event(obj: dict[str, Any]) -> bytes:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n".encode()
 
 
-async def _sse(job: Job, request: Request, enc: Encoder, first: bytes) -> AsyncIterator[bytes]:
+async def _sse(job: Job, enc: Encoder, first: bytes, done: dict[str, Any] | None) -> AsyncIterator[bytes]:
     def delta(b: bytes) -> bytes:
         return _sse_event({"type": "speech.audio.delta", "audio": base64.b64encode(b).decode("ascii")})
 
     try:
-        yield delta(first)
-        async for kind, data in _events(job, enc):
+        if first:
+            yield delta(first)
+        async for kind, data in _events(job, enc, done):
             if kind == "audio" and data:
                 yield delta(data)
             elif kind == "done":
                 tokens = int(data.get("tokens", 0))
-                yield _sse_event({"type": "speech.audio.done",
-                                  "usage": {"input_tokens": 0, "output_tokens": tokens, "total_tokens": tokens}})
+                # the text's tokens are not counted by the engine: only the speech tokens it made
+                yield _sse_event({"type": "speech.audio.done", "usage": {"output_tokens": tokens}})
             elif kind == "error":
                 yield _sse_event({"type": "error", **data})
     finally:
