@@ -159,7 +159,7 @@ class OpenAIApi:
         return job
 
     async def speech(self, request: Request) -> Response:
-        req = parse_speech(await read_body(request))
+        req = parse_speech(await read_body(request), max_chars=self.studio.max_text_chars)
         self.check_request(req)
         job = self.submit(req)
         stream = req.stream_format is not None or (req.response_format in STREAMABLE and req.response_format != "wav")
@@ -171,8 +171,9 @@ class OpenAIApi:
             job.cancel()
             enc.close()
             raise
-        if not stream:  # the job has ended: the whole file
-            return Response(first + enc.finish(), media_type=MEDIA_TYPES[req.response_format])
+        if not stream:  # the job has ended: the whole file (encoded off the event loop: minutes of audio for mp3)
+            body = first + await asyncio.to_thread(enc.finish)
+            return Response(body, media_type=MEDIA_TYPES[req.response_format])
         gen = (_sse if req.stream_format == "sse" else _raw)(job, enc, first, done)
         media = "text/event-stream" if req.stream_format == "sse" else MEDIA_TYPES[req.response_format]
         return StreamingResponse(gen, media_type=media, headers={"Cache-Control": "no-store",

@@ -86,8 +86,9 @@ def _option(d: dict[str, Any], key: str, what: str, lo: float, hi: float, defaul
         raise _bad(str(e), key) from None
 
 
-def parse_speech(body: bytes) -> SpeechRequest:
-    """The request body → a checked :class:`SpeechRequest`; the first problem raises :class:`ApiError` (400)."""
+def parse_speech(body: bytes, max_chars: int = MAX_TEXT_CHARS) -> SpeechRequest:
+    """The request body → a checked :class:`SpeechRequest`; the first problem raises :class:`ApiError` (400).
+    ``max_chars``: the longest ``input``, the page's limit."""
     try:
         d = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
@@ -103,8 +104,8 @@ def parse_speech(body: bytes) -> SpeechRequest:
     text = _string(d, "input", required=True)
     if not text.strip():
         raise _bad("'input' is empty: give the text to speak", "input", "empty_input")
-    if len(text) > MAX_TEXT_CHARS:
-        raise _bad(f"'input' has {len(text)} characters, the limit is {MAX_TEXT_CHARS}: split it into parts",
+    if len(text) > max_chars:
+        raise _bad(f"'input' has {len(text)} characters, the limit is {max_chars}: split it into parts",
                    "input", "string_above_max_length")
     voice = d.get("voice")
     if isinstance(voice, dict):
