@@ -307,7 +307,7 @@ def test_readme_examples_openai_client_and_curl(server, tmp_path, monkeypatch):
     audio, sr = sf.read(tmp_path / "hello.wav")
     assert sr == 24000 and len(audio) > 0
     assert (tmp_path / "hello.pcm").stat().st_size > 0 and (tmp_path / "hello.opus").read_bytes()[:4] == b"OggS"
-    for line in _readme_block("curl-example", "sh").strip().splitlines():
+    for line in re.split(r"(?<!\\)\n", _readme_block("curl-example", "sh").strip()):  # a command per line, "\\" joins
         cmd = (line.replace("http://127.0.0.1:7860", server.url).replace("my-key", KEY).replace("Anna", voice)
                .replace('"language": "ru"', f'"language": "ru", "seed": {server.seeds["short"]}'))
         r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
