@@ -517,6 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--auth", action="append", metavar="USER:PASSWORD",
                    default=[os.environ["COSYVOICE_RK_AUTH"]] if os.environ.get("COSYVOICE_RK_AUTH") else None,
                    help="require a login; repeat for more users (env COSYVOICE_RK_AUTH)")
+    w.add_argument("--api-key", default=os.environ.get("COSYVOICE_RK_API_KEY") or None, metavar="KEY",
+                   help="require this key (Authorization: Bearer KEY) on the OpenAI-compatible API under /v1 "
+                        "(env COSYVOICE_RK_API_KEY); --auth users may use it too")
     w.add_argument("--results-dir", type=Path, default=Path(os.environ.get("COSYVOICE_RK_RESULTS", "results")),
                    help="where results and their history are kept (env COSYVOICE_RK_RESULTS, default ./results)")
     w.add_argument("--history", type=int, default=20, help="how many recent results to keep (default 20)")

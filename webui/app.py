@@ -16,7 +16,7 @@ import gradio as gr
 
 from pipeline.errors import CosyVoiceRKError
 
-from . import live
+from . import live, openai_api
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
 from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
@@ -572,12 +572,14 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: list[tuple[str, str]] | None = None,
            max_upload_mb: float = 20, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
-           block: bool = True, quiet: bool = False) -> tuple[gr.Blocks, str]:
-    """Build the page and serve it. With ``block=False`` returns at once (tests); the caller closes it."""
+           block: bool = True, quiet: bool = False, api_key: str | None = None) -> tuple[gr.Blocks, str]:
+    """Build the page and serve it, with the OpenAI-compatible API under ``/v1`` (``webui/openai_api.py``).
+    With ``block=False`` returns at once (tests); the caller closes it."""
     demo = build_app(studio)
+    slow_auth = SlowAuth(auth) if auth else None
     allowed = [str(studio.live_dir), str(studio.results_dir.resolve()), str(studio.store.root.resolve())]
     app, url, _ = demo.launch(
-        server_name=host, server_port=port, auth=SlowAuth(auth).check if auth else None,
+        server_name=host, server_port=port, auth=slow_auth.check if slow_auth else None,
         max_file_size=f"{max_upload_mb}mb",
         allowed_paths=allowed, prevent_thread_lock=True, quiet=quiet, show_error=False,
         ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ssl_verify=not ssl_certfile,
@@ -585,6 +587,7 @@ def launch(studio: Studio, *, host: str = "127.0.0.1", port: int = 7860, auth: l
         ssr_mode=False,
     )
     live.install_route(app, studio.live)  # the page's first fetch of it comes after a Generate click
+    openai_api.install(app, studio, api_key=api_key, users=auth or [], slow_auth=slow_auth)
     if block:
         demo.block_thread()
     return demo, url

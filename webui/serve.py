@@ -121,17 +121,22 @@ def serve(a: Any) -> int:
                     max_queue=a.queue_size)
     if studio.bundle_error:
         print(f"warning: {studio.bundle_error}\nthe page starts anyway and says how to get a bundle", file=sys.stderr)
+    api_key = getattr(a, "api_key", None) or None
     if a.host not in ("127.0.0.1", "localhost", "::1") and not auth:
         print("note: the studio is open to everyone on the network; add --auth USER:PASSWORD to require a login",
               file=sys.stderr)
+    if not auth and not api_key:
+        print(f"note: the OpenAI-compatible API (/v1) needs no key: anyone who can reach {a.host} can use it; "
+              "add --api-key KEY or --auth USER:PASSWORD to require one", file=sys.stderr)
     scheme = "https" if certfile else "http"
     host = (lan_address() or "<this machine's address>") if a.host in ("0.0.0.0", "::") else a.host
-    print(f"studio: open {scheme}://{host}:{a.port}/", file=sys.stderr, flush=True)
+    print(f"studio: open {scheme}://{host}:{a.port}/ (OpenAI-compatible API: {scheme}://{host}:{a.port}/v1)",
+          file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         launch(studio, host=a.host, port=a.port, auth=auth, max_upload_mb=a.max_upload_mb,
                ssl_certfile=str(certfile) if certfile else None, ssl_keyfile=str(keyfile) if keyfile else None,
-               block=True)
+               block=True, api_key=api_key)
     finally:
         studio.close()
     return 0
