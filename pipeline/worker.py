@@ -671,7 +671,7 @@ class _Runner:
                                          top_k=p.get("top_k"), top_p=p.get("top_p"), stream=p.get("stream", True),
                                          on_progress=progress, should_stop=should_stop,
                                          mode=p.get("mode") or "zero_shot", instruct=p.get("instruct"),
-                                         speed=p.get("speed", 1.0)):
+                                         speed=1.0 if p.get("speed") is None else p["speed"]):
             seg = ch.segment_result
             if ttfa is None and len(ch.audio):
                 ttfa = time.perf_counter() - t_start

@@ -130,7 +130,10 @@ def test_a_voice_without_transcript_speaks_cross_lingual_and_instruct_only(tts, 
     bare = tts.voice_from_audio(PROMPT, None)
     assert bare.prompt_ids == [] and bare.transcript == ""
     _speak(tts, bare, mode="cross_lingual")
-    _speak(tts, bare, mode="instruct", instruct="请用广东话表达。")
+    _, seed = _speak(tts, bare, mode="instruct", instruct="请用广东话表达。")
+    # the streaming engine takes the modes too (here it streams: more than one chunk for the part)
+    chunks = list(tts.create_chunks(TEXT, bare, language="ru", seed=seed, mode="instruct", instruct="请用广东话表达。"))
+    assert len(chunks) > 1 and chunks[-1].segment_result.result.stats.get("chunks")
     with pytest.raises(InputError, match="zero_shot needs the words of the prompt recording"):
         tts.create(TEXT, bare, language="ru")
     # the system prefix typed into cross-lingual text (upstream's example form) is not doubled
@@ -194,8 +197,8 @@ def test_worker_speak_payload_mode_instruct_speed(random_bundle, tts, tmp_path):
         bad = w.submit("speak", {"text": TEXT, "voice": "Анна", "mode": "instruct", "instruct": ""}).wait(60)
         assert bad["type"] == "error" and bad["message"].startswith("the instruction is empty")
         one_off = w.submit("speak", {"text": TEXT, "prompt": {"audio": PROMPT.read_bytes(), "language": "zh"},
-                                     "mode": "cross_lingual", "seed": cl_seed}).wait(60)
-        assert one_off["type"] == "done", one_off  # no transcript needed
+                                     "mode": "cross_lingual", "seed": cl_seed, "speed": None}).wait(60)
+        assert one_off["type"] == "done", one_off  # no transcript needed; speed None is the default
     finally:
         w.close()
 

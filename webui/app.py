@@ -110,12 +110,13 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_plang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("prompt_language")),
                                          label="prompt_language")
                         s_how = mode_controls(tr)
-                        s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
-                                               elem_id="cv-text"), label="text", placeholder="text_ph")
+                        with gr.Row(equal_height=False):
+                            s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
+                                                   elem_id="cv-text", scale=4), label="text", placeholder="text_ph")
+                            s_tags = tag_menu(tr)
                         s_count = gr.Markdown(f"0 / {studio.max_text_chars}", elem_classes="cv-msg",
                                               elem_id="cv-count")
                         s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
-                        s_tags = tag_menu(tr)
                         with gr.Row():
                             s_lang = tr(gr.Dropdown(_lang_choices(), value="ru", label=t("language"),
                                                     elem_id="cv-language", min_width=160), label="language")

@@ -64,7 +64,7 @@ def speed_slider(tr: Any) -> Any:
 
 def tag_menu(tr: Any) -> Any:
     return tr(gr.Dropdown([(t(k), v) for k, v in TAG_MENU], value=None, label=t("insert_tag"),
-                          info=t("insert_tag_info"), elem_id="cv-tag-menu", min_width=200),
+                          info=t("insert_tag_info"), elem_id="cv-tag-menu", scale=1, min_width=150),
               label="insert_tag", info="insert_tag_info", choices=TAG_MENU)
 
 
