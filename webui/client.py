@@ -399,7 +399,8 @@ class Studio:
                                  "err_no_voice")
             self.check_prompt(prompt_audio)
             if mode == "zero_shot" and not (prompt_text or "").strip():
-                raise FieldError("transcript", "type exactly what the prompt recording says", "err_transcript")
+                raise FieldError("transcript", "type exactly what the prompt recording says, or choose cross_lingual "
+                                 "or instruct, which need no transcript", "err_transcript_mode")
             # cross_lingual and instruct do not give the model the prompt's words: none needed, none used
             payload["prompt"] = {"audio": Path(prompt_audio).read_bytes(),
                                  "transcript": (prompt_text or "").strip() if mode == "zero_shot" else "",

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 STRINGS: dict[str, tuple[str, str]] = {
     "speech_mode": ("Mode", "Режим"),
+    "err_transcript_mode": ("Type exactly what the recording says, or choose “Another language” or “Instruction”, "
+                            "which need no transcript.",
+                            "Введите дословно то, что сказано в записи, или выберите «Другой язык» или «Инструкцию» — "
+                            "им текст записи не нужен."),
     "speech_mode_info": ("A saved voice works in every mode; another language and instruction need no transcript "
                          "of the recording.",
                          "Сохранённый голос работает в любом режиме; другому языку и инструкции текст записи не "
