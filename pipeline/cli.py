@@ -125,14 +125,16 @@ def write_wav(path: Path, audio, sr: int) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _check_prompt(wav: Path, transcript: str, language: str) -> None:
-    """The prompt checks that need no model: file, format, length, silence, transcript, language."""
+def _check_prompt(wav: Path, transcript: str | None, language: str) -> None:
+    """The prompt checks that need no model: file, format, length, silence, transcript (when there is one),
+    language."""
     from .audio import prepare_prompt
     from .text import check_language
     from .tts import check_transcript
 
     check_language(language)
-    check_transcript(transcript)
+    if transcript is not None:
+        check_transcript(transcript)
     prepare_prompt(wav)
 
 
@@ -161,6 +163,8 @@ def cmd_say(a: argparse.Namespace) -> int:
 
     from .engine import check_temperature
     from .errors import InputError
+    from .modes import check_request
+    from .tags import check_tags
     from .text import normalize
 
     # what can be checked without the models is checked before they load
@@ -170,9 +174,12 @@ def cmd_say(a: argparse.Namespace) -> int:
                          "(| aplay -f S16_LE -r 24000 -c 1) or give a .wav file")
     if not to_stdout and not a.output.suffix.lower() == ".wav":
         raise InputError(f"output {a.output} must end in .wav, or be - for raw PCM on stdout")
-    if not a.speaker and not (a.prompt_wav and a.prompt_text):
-        raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT")
+    mode, instruct, speed = check_request(a.mode, a.instruct, a.speed)
+    if not a.speaker and not (a.prompt_wav and (a.prompt_text or mode != "zero_shot")):
+        raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT (cross_lingual and "
+                         "instruct need no --prompt-text)")
     normalize(a.text, a.language)
+    check_tags(a.text)
     check_temperature(a.temperature)
     if not a.speaker:
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
@@ -181,7 +188,7 @@ def cmd_say(a: argparse.Namespace) -> int:
         if a.speaker:
             voice = tts.load_voice(a.speaker)
         else:
-            voice = tts.voice_from_audio(a.prompt_wav, a.prompt_text, language=a.language)
+            voice = tts.voice_from_audio(a.prompt_wav, a.prompt_text, language=a.language)  # None: no transcript
         for w in voice.warnings:
             _log(f"warning: {w}")
         sr = tts.sample_rate
@@ -191,13 +198,16 @@ def cmd_say(a: argparse.Namespace) -> int:
         parts, total_rt, written = [], 0.0, 0
 
         def progress(stage: str, info: dict) -> None:
-            if stage in ("prefill", "flow", "vocoder"):
+            if stage == "note":
+                _log(f"note: {info['message']}")
+            elif stage in ("prefill", "flow", "vocoder"):
                 _log(f"[{info['segment']}/{info['segments']}] {stage}")
 
         t_start = time.perf_counter()
         ttfa = None
         for chunk in tts.create_chunks(a.text, voice, language=a.language, temperature=a.temperature,
-                                       seed=a.seed, stream=not a.no_stream, on_progress=progress):
+                                       seed=a.seed, stream=not a.no_stream, on_progress=progress, mode=mode,
+                                       instruct=instruct, speed=speed):
             if ttfa is None and len(chunk.audio):
                 ttfa = time.perf_counter() - t_start
             if sink is not None:
@@ -418,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     who = s.add_mutually_exclusive_group()
     who.add_argument("--speaker", help="name of a saved voice")
     who.add_argument("--prompt-wav", type=Path, help="a 3–10 s recording of the voice")
-    s.add_argument("--prompt-text", help="exactly what --prompt-wav says")
+    s.add_argument("--prompt-text", help="exactly what --prompt-wav says (zero_shot only)")
     s.add_argument("--text", required=True, help="what to say")
     s.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (drives text normalisation)")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0 = upstream)")
@@ -431,6 +441,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-stream", action="store_true",
                    help="non-streaming synthesis: each text part in one pass with full attention (upstream's "
                         "stream=False; slower to the first audio). Default: the streaming engine")
+    s.add_argument("--mode", default="zero_shot", help="zero_shot (default: the voice's transcript guides the model), "
+                   "cross_lingual (no transcript: a voice speaking another language than its prompt) or instruct "
+                   "(with --instruct)")
+    s.add_argument("--instruct", help='how to speak, with --mode instruct (e.g. "Speak very happily."; the studio adds '
+                   "CosyVoice3's \"You are a helpful assistant. … <|endofprompt|>\" itself)")
+    s.add_argument("--speed", type=float, default=1.0, help="0.5-2.0 (upstream's mel resampling; not streamed: each "
+                   "part is made whole)")
     s.set_defaults(func=cmd_say)
 
     sp = sub.add_parser("speakers", help="manage saved voices")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .errors import InputError
+from .tokenizer import ENDOFPROMPT
 
 MODES = ("zero_shot", "cross_lingual", "instruct2")
 # the names a person types: instruct is CosyVoice3's instruct2 (upstream's CosyVoice1 "instruct" raises on CV3)
@@ -84,3 +85,56 @@ def speed_mel(mel: np.ndarray, speed: float) -> np.ndarray:
     # fma(w0, a, b): one rounding of the exact product-sum (float64 holds the product of two float32 exactly)
     out = (w0[None, :].astype(np.float64) * m[:, i0].astype(np.float64) + b.astype(np.float64)).astype(f32)
     return np.ascontiguousarray(out)
+
+
+# CosyVoice3's instruct form, as in upstream's instruct_list (cosyvoice/utils/common.py): note the space
+INSTRUCT_PREFIX = "You are a helpful assistant. "
+MAX_INSTRUCT_CHARS = 300
+
+
+def instruct_text(instruction: str | None) -> str:
+    """The instruction a person typed, in CosyVoice3's form:
+    ``You are a helpful assistant. <instruction><|endofprompt|>``.
+
+    A prefix or a final ``<|endofprompt|>`` the person typed too (an upstream instruct_list entry pasted as it is)
+    is not doubled; other ``<|…|>`` markup is refused, as is an empty instruction. Not normalised (upstream
+    passes instruct_text to the tokenizer as it is)."""
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError(f"the instruction must be text, got {type(instruction).__name__}")
+    body = (instruction or "").strip()
+    if body.endswith(ENDOFPROMPT):
+        body = body[: -len(ENDOFPROMPT)].rstrip()
+    if body.lower().startswith(INSTRUCT_PREFIX.strip().lower()):
+        body = body[len(INSTRUCT_PREFIX.strip()):].strip()
+    if not body:
+        raise InputError("the instruction is empty: say how to speak (for example “Speak very happily.”), "
+                         "or choose the zero_shot or cross_lingual mode")
+    if len(body) > MAX_INSTRUCT_CHARS:
+        raise InputError(f"the instruction has {len(body)} characters, the limit is {MAX_INSTRUCT_CHARS}: "
+                         "one short sentence on how to speak")
+    if "<|" in body or "|>" in body:
+        raise InputError("the instruction may not contain <|…|> markup: type only the instruction, the studio adds "
+                         f"“{INSTRUCT_PREFIX.strip()}” and <|endofprompt|> itself")
+    return INSTRUCT_PREFIX + body + ENDOFPROMPT
+
+
+def stream_note(stream: bool, speed: float) -> str | None:
+    """Why a request asked to stream is made without streaming, or None: speed resamples a part's whole mel,
+    which upstream does only without streaming."""
+    if stream and check_speed(speed) != 1.0:
+        return (f"speed {float(speed):g}: made without streaming (speed resamples each whole part, as upstream does "
+                "only without streaming); each part is heard when it is done")
+    return None
+
+
+def check_request(mode: str, instruct: str | None, speed: float) -> tuple[str, str | None, float]:
+    """What can be checked before any model runs: (mode, instruction, speed), or :class:`InputError` with the
+    reason (an unknown mode, an empty or malformed instruction in instruct, an instruction in another mode, a
+    speed outside 0.5-2.0)."""
+    m = mode_name(mode)
+    if m == "instruct2":
+        instruct_text(instruct)
+    elif instruct is not None and str(instruct).strip():
+        raise InputError(f"an instruction is used only in the instruct mode (the mode is {m}): choose instruct, "
+                         "or leave the instruction out")
+    return m, (instruct if m == "instruct2" else None), check_speed(speed)

@@ -31,6 +31,7 @@ from typing import Protocol
 from num2words import num2words
 
 from .errors import InputError
+from .tags import check_tags
 from .tokenizer import COSYVOICE3_SPECIAL_TOKENS, ENDOFPROMPT
 
 LANGUAGES = ("ru", "en", "zh", "ja", "auto")
@@ -959,6 +960,7 @@ class TextFrontend:
         """Normalised segments as text (what :meth:`segments` encodes)."""
         check_language(language)
         norm = normalize(text, language, max_chars=self.max_chars)
+        check_tags(text)  # the text to say only: a saved voice's transcript is never refused afterwards
         segs = split_text(norm, language, self.tokenizer, max_tokens=self.max_tokens, min_tokens=self.min_tokens,
                           merge_len=self.merge_len, hard_max_tokens=self.hard_max_tokens)
         if not segs:

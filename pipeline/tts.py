@@ -26,6 +26,7 @@ from .bundle import Bundle
 from .engine import Engine, PromptFeatures, SynthesisResult, log_to_stderr
 from .errors import InputError, PresetError
 from .presets import Preset, SpeakerStore, features_problem
+from .tokenizer import ENDOFPROMPT
 
 Progress = Callable[[str, dict], None]
 
@@ -104,6 +105,7 @@ class CosyVoiceRK:
         self.text = TextFrontend(self.tokenizer)
         self.prompt_models = PromptModels.from_bundle(self.bundle, n_threads=n_threads)
         self.store = SpeakerStore(speakers_dir)
+        self._log = log or log_to_stderr
         self._gguf_key = self._prefix_key_base(quant)
 
     def _stream_choice(self, flow_fast: bool) -> tuple[bool, str]:
@@ -148,13 +150,15 @@ class CosyVoiceRK:
         prepared = prepare_prompt(audio, **limits)
         return extract_prompt_features(prepared, self.prompt_models, bundle=self.bundle)
 
-    def voice_from_audio(self, audio: AudioSource, transcript: str, *, language: str = "auto",
+    def voice_from_audio(self, audio: AudioSource, transcript: str | None, *, language: str = "auto",
                          name: str = "(one-off prompt)", **limits: Any) -> Voice:
-        """A voice that is not saved: prompt audio + its transcript."""
-        check_transcript(transcript)
+        """A voice that is not saved: prompt audio + its transcript. ``transcript=None``: a voice for the
+        cross_lingual and instruct modes only, which do not give the LLM the prompt's words."""
+        if transcript is not None:
+            check_transcript(transcript)
         feats, info = self.features_from_audio(audio, **limits)
-        return Voice(name, transcript, feats, self.text.prompt_ids(transcript, language),
-                     warnings=[info["warning"]] if info.get("warning") else [])
+        ids = self.text.prompt_ids(transcript, language) if transcript is not None else []
+        return Voice(name, transcript or "", feats, ids, warnings=[info["warning"]] if info.get("warning") else [])
 
     def add_voice(self, name: str, audio: AudioSource, transcript: str, *, language: str = "auto",
                   overwrite: bool = False, **limits: Any) -> tuple[Preset, dict[str, Any]]:
@@ -232,15 +236,27 @@ class CosyVoiceRK:
     def create_chunks(self, text: str, voice: Voice | str, *, language: str = "auto", temperature: float = 1.0,
                       seed: int | None = None, top_k: int | None = None, top_p: float | None = None,
                       stream: bool = True, on_progress: Progress | None = None,
-                      should_stop: Callable[[], bool] | None = None) -> Iterator[AudioChunk]:
+                      should_stop: Callable[[], bool] | None = None, mode: str = "zero_shot",
+                      instruct: str | None = None, speed: float = 1.0) -> Iterator[AudioChunk]:
         """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
         whole audio, sample for sample. The last chunk of each text segment carries that :class:`Segment`
         (its audio is the segment's chunks joined) and may hold no samples. ``stream`` asks for sub-segment
         chunks from the streaming engine; without it each segment is one chunk (non-streaming synthesis).
-        ``should_stop`` is checked before every chunk too, so a cancel stops within one chunk."""
+        ``should_stop`` is checked before every chunk too, so a cancel stops within one chunk.
+
+        ``mode``: zero_shot (the voice's transcript is the LLM's prompt text), cross_lingual (no transcript: the
+        voice speaks another language than its prompt) or instruct (``instruct``, a natural-language instruction,
+        in CosyVoice3's form, see :func:`pipeline.modes.instruct_text`); every mode works with a saved voice (its
+        prompt features; its transcript only in zero_shot). ``speed`` 0.5-2.0 resamples each part's mel as
+        upstream does, which needs the whole part: a request asked to stream is then made without streaming, and
+        ``on_progress("note", {"message": why})`` (or the log) says so."""
+        from .modes import check_speed, mode_name, stream_note
         from .sampling import Cancelled, make_ras_sampler
 
+        mode, speed = mode_name(mode), check_speed(speed)
         v = self.load_voice(voice) if isinstance(voice, str) else voice
+        prompt_ids = self._mode_prompt_ids(mode, v, instruct)
+        note = stream_note(stream and self.streams, speed)
         pieces = self.text.split(text, language)
         if not pieces:
             raise InputError("text has nothing to say after normalisation (only punctuation?)")
@@ -251,6 +267,12 @@ class CosyVoiceRK:
         if top_p is not None:
             sampling["top_p"] = float(top_p)
         sampler = make_ras_sampler(sampling)
+        if note:
+            stream = False
+            if on_progress:
+                on_progress("note", {"message": note})
+            else:
+                self._log(note)
         index = 0
         for i, piece in enumerate(pieces):
             ids = self.tokenizer.encode(piece)
@@ -261,9 +283,11 @@ class CosyVoiceRK:
 
             parts: list[np.ndarray] = []
             # closing(): a cancel or error ends the engine's generator at once (its threads, its buffers)
+            # upstream's cross-lingual examples put the system prefix in the text themselves: it is not doubled
+            p_ids = [] if mode == "cross_lingual" and ENDOFPROMPT in piece else prompt_ids
             with closing(self._segment_chunks(ids, v, rng=rng, temperature=temperature, sampler=sampler,
-                                              stream=stream, on_progress=progress,
-                                              should_stop=should_stop)) as made:
+                                              stream=stream, on_progress=progress, should_stop=should_stop,
+                                              mode=mode, prompt_ids=p_ids, speed=speed)) as made:
                 for audio, is_last, res in made:
                     audio = np.asarray(audio, np.float32)
                     if not is_last and not len(audio):
@@ -285,9 +309,25 @@ class CosyVoiceRK:
                     if should_stop is not None and should_stop():  # before any more work is asked for
                         raise Cancelled(f"stopped after {index} audio chunk(s)")
 
+    def _mode_prompt_ids(self, mode: str, v: Voice, instruct: str | None) -> list[int]:
+        """The LLM prompt text ids of ``mode`` for voice ``v`` (see :func:`pipeline.modes.llm_inputs`)."""
+        from .modes import check_request, instruct_text
+        from .text import SYSTEM_PREFIX
+
+        check_request(mode, instruct, 1.0)
+        if mode == "instruct2":
+            return self.tokenizer.encode(instruct_text(instruct))
+        if mode == "cross_lingual":
+            return self.tokenizer.encode(SYSTEM_PREFIX)
+        if not v.prompt_ids:
+            raise InputError("zero_shot needs the words of the prompt recording (its transcript); give them, or "
+                             "choose cross_lingual or instruct, which need none")
+        return list(v.prompt_ids)
+
     def _segment_chunks(self, text_ids: list[int], v: Voice, *, rng: np.random.Generator, temperature: float,
                         sampler: Any, stream: bool, on_progress: Progress,
-                        should_stop: Callable[[], bool] | None
+                        should_stop: Callable[[], bool] | None, mode: str = "zero_shot",
+                        prompt_ids: list[int] | None = None, speed: float = 1.0
                         ) -> Iterator[tuple[np.ndarray, bool, SynthesisResult | None]]:
         """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
 
@@ -295,14 +335,17 @@ class CosyVoiceRK:
         ``stream``: the streaming engine (chunk-causal flow, incremental HiFT, a chunk every 25 speech tokens)
         where this engine has it (:meth:`_stream_choice`); else non-streaming synthesis, the segment as one
         chunk. The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the
-        last one may be empty."""
-        kw = dict(rng=rng, temperature=temperature, sampler=sampler, prefix_state=v.prefix_state,
-                  on_progress=on_progress, should_stop=should_stop)
+        last one may be empty. ``prompt_ids``: the mode's LLM prompt text (default: the voice's, zero_shot)."""
+        p_ids = v.prompt_ids if prompt_ids is None else prompt_ids
+        # the cached prefix holds [sos, system prefix + transcript]: zero_shot's LLM prompt only
+        kw = dict(rng=rng, temperature=temperature, sampler=sampler,
+                  prefix_state=v.prefix_state if mode == "zero_shot" else None,
+                  on_progress=on_progress, should_stop=should_stop, mode=mode, speed=speed)
         if not (stream and self.streams):  # why not is in placement["stream_reason"] (logged at load)
-            res = self.engine.synthesize(text_ids, v.prompt_ids, v.features, **kw)
+            res = self.engine.synthesize(text_ids, p_ids, v.features, **kw)
             yield res.audio, True, res
             return
-        for item in self.engine.synthesize_stream(text_ids, v.prompt_ids, v.features, schedule="chunk", **kw):
+        for item in self.engine.synthesize_stream(text_ids, p_ids, v.features, schedule="chunk", **kw):
             if isinstance(item, SynthesisResult):
                 yield np.zeros(0, np.float32), True, item
             else:

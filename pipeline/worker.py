@@ -21,9 +21,13 @@ process and never imports a model runtime:
 Job kinds and their payloads (all plain Python data; audio travels as bytes):
 
 - ``speak``: ``text``, ``language``, ``voice`` (saved voice name) or ``prompt`` (``{"audio": bytes,
-  "transcript": str, "language": str}``), ``temperature``, ``seed``, ``top_k``, ``top_p``, ``stream`` (default
-  true: the streaming engine where the worker has it, see its placement's ``stream_reason``).
-  Events: ``progress`` (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``); ``chunk`` as each
+  "transcript": str, "language": str}``; the transcript may be left out in cross_lingual and instruct),
+  ``temperature``, ``seed``, ``top_k``, ``top_p``, ``stream`` (default true: the streaming engine where the worker
+  has it, see its placement's ``stream_reason``), ``mode`` (``zero_shot`` default, ``cross_lingual``, ``instruct``),
+  ``instruct`` (the instruction, with ``mode="instruct"`` only), ``speed`` (0.5-2.0, default 1.0; with a speed
+  other than 1 the job is made without streaming and a ``note`` event says so).
+  Events: ``note`` (``message``: how the job is made differs from what was asked, and why); ``progress``
+  (``stage`` prefill/tokens/flow/vocoder plus ``segment``/``segments``); ``chunk`` as each
   piece of audio is made (``index`` over the job, ``segment``, ``segments``, ``segment_done`` on a segment's
   last chunk, ``audio`` float32, ``sample_rate``; the chunks joined are the job's audio); one ``segment`` per
   text segment after its last chunk (``audio``: that segment's chunks joined, ``text``, stats); then ``done``.
@@ -619,12 +623,14 @@ class _Runner:
 
     def _one_off(self, prompt: dict[str, Any]) -> Any:
         audio = bytes(prompt["audio"])
-        key = hashlib.sha256(audio + b"\0" + prompt["transcript"].encode() + b"\0"
+        key = hashlib.sha256(audio + b"\0" + (prompt.get("transcript") or "").encode() + b"\0"
                              + prompt.get("language", "auto").encode()).hexdigest()
         if key in self._voices:
             self._voices.move_to_end(key)
             return self._voices[key]
-        voice = self.tts.voice_from_audio(audio, prompt["transcript"], language=prompt.get("language", "auto"))
+        # no transcript: a voice for cross_lingual / instruct only (zero_shot refuses it, saying why)
+        transcript = prompt.get("transcript") or None
+        voice = self.tts.voice_from_audio(audio, transcript, language=prompt.get("language", "auto"))
         self._voices[key] = voice
         while len(self._voices) > 4:
             self._voices.popitem(last=False)
@@ -642,8 +648,13 @@ class _Runner:
         seed = p.get("seed")
         seed = random.randrange(2**31) if seed is None else int(seed)
         last_tokens = [0.0]
+        notes: list[str] = []
 
         def progress(stage: str, info: dict[str, Any]) -> None:
+            if stage == "note":
+                notes.append(info["message"])
+                send({"type": "note", "message": info["message"]})
+                return
             now = time.monotonic()
             if stage == "tokens":
                 if now - last_tokens[0] < _TOKEN_EVENT_INTERVAL:
@@ -658,7 +669,9 @@ class _Runner:
         for ch in self.tts.create_chunks(p["text"], voice, language=p.get("language", "auto"),
                                          temperature=float(p.get("temperature", 1.0)), seed=seed,
                                          top_k=p.get("top_k"), top_p=p.get("top_p"), stream=p.get("stream", True),
-                                         on_progress=progress, should_stop=should_stop):
+                                         on_progress=progress, should_stop=should_stop,
+                                         mode=p.get("mode") or "zero_shot", instruct=p.get("instruct"),
+                                         speed=1.0 if p.get("speed") is None else p["speed"]):
             seg = ch.segment_result
             if ttfa is None and len(ch.audio):
                 ttfa = time.perf_counter() - t_start
@@ -683,8 +696,8 @@ class _Runner:
         send({"type": "done", "result": {
             "segments": n_seg, "duration": duration, "tokens": tokens, "timings": timings, "backends": backends,
             "compute_s": compute, "rtf": compute / max(duration, 1e-9), "seed": seed, "ttfa_s": ttfa,
-            "stream": bool(p.get("stream", True)) and bool(self.tts.streams),
-            "wall_s": time.perf_counter() - t_start, "warnings": list(voice.warnings),
+            "stream": bool(p.get("stream", True)) and bool(self.tts.streams) and not notes,
+            "wall_s": time.perf_counter() - t_start, "warnings": list(voice.warnings), "notes": notes,
             "sample_rate": self.tts.sample_rate}})
 
 

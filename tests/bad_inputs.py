@@ -396,7 +396,23 @@ def cases() -> list[Case]:
         ("temperature", "temperature", float("nan")), ("temperature", "temperature", float("inf")),
         ("temperature", "temperature", "hot"), ("seed", "seed", 2**70), ("seed", "seed", 1.5),
         ("seed", "seed", "abc"), ("top-k", "top_k", 500), ("top-k", "top_k", 2.5), ("top-p", "top_p", 1.5),
-        ("top-p", "top_p", -0.1), ("top-p", "top_p", "most"))]
+        ("top-p", "top_p", -0.1), ("top-p", "top_p", "most"), ("speed", "speed", 0), ("speed", "speed", 10),
+        ("speed", "speed", "fast"))]
+    G = "modes and tags"
+    c += [
+        Case(G, "instruct mode with an empty instruction", _speak(mode="instruct", instruct="  ")),
+        Case(G, "an instruction with <|im_start|> in it", _speak(mode="instruct", instruct="Be <|im_start|> calm")),
+        Case(G, "a 301-character instruction", _speak(mode="instruct", instruct="x" * 301)),
+        Case(G, "an instruction with mode zero_shot (API)", _speak(instruct="Speak softly.")),
+        Case(G, "mode “sft” (API)", _speak(mode="sft")),
+        Case(G, "a tag left open: “<strong>два”", _speak("Раз <strong>два")),
+        Case(G, "a closing tag with no opening one", _speak("Раз два</laughter>")),
+        Case(G, "crossed spans", _speak("<strong>a <laughter>b</strong> c</laughter>")),
+        Case(G, "an unknown tag “[whisper]”", _speak("Раз [whisper] два")),
+        Case(G, "a tag in capitals “[Breath]”", _speak("Раз [Breath] два")),
+        Case(G, "zero_shot from a one-off recording without transcript",
+             lambda e: e.studio.speak("Hello", prompt_audio=SPEECH, prompt_text="", mode="zero_shot")),
+    ]
     imp = "imports"
     c += [
         Case(imp, "an empty .cvvoice", _import(b"")),
@@ -442,6 +458,16 @@ def cases() -> list[Case]:
         ("neither a voice nor a prompt", ["say", "--text", "hi", "-o", "{root}/o.wav"]),
         ("`--temperature 0`", ["say", "--speaker", "Vera", "--text", "hi", "--temperature", "0", "-o", "{root}/o.wav"]),
         ("`--language xx`", ["say", "--speaker", "Vera", "--text", "hi", "--language", "xx", "-o", "{root}/o.wav"]),
+        ("`--speed 0`", ["say", "--speaker", "Vera", "--text", "hi", "--speed", "0", "-o", "{root}/o.wav"]),
+        ("`--speed 10`", ["say", "--speaker", "Vera", "--text", "hi", "--speed", "10", "-o", "{root}/o.wav"]),
+        ("`--mode instruct` without `--instruct`", ["say", "--speaker", "Vera", "--text", "hi", "--mode", "instruct",
+                                                    "-o", "{root}/o.wav"]),
+        ("`--instruct` without `--mode instruct`", ["say", "--speaker", "Vera", "--text", "hi", "--instruct",
+                                                    "Speak softly.", "-o", "{root}/o.wav"]),
+        ("`--text` with a tag left open", ["say", "--speaker", "Vera", "--text", "hi <strong>there", "-o",
+                                           "{root}/o.wav"]),
+        ("`--prompt-wav` without `--prompt-text` in zero_shot", ["say", "--prompt-wav", str(SPEECH), "--text", "hi",
+                                                                 "-o", "{root}/o.wav"]),
         ("`speakers add VERA!` while Vera is saved",
          ["speakers", "add", "VERA!", "--speakers-dir", "{root}/speakers", "--prompt-wav", str(SPEECH),
           "--prompt-text", "w"]),

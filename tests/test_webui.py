@@ -28,6 +28,7 @@ from pipeline.cli import pcm16
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 DOCS = Path(__file__).resolve().parents[1] / "README.md"
 SHORT = "Привет! Это мой голос."
+SOFT = "Please say a sentence in a very soft voice."  # one of upstream's instruct_list
 MEDIUM = "Раз, два, три. Четыре, пять! " * 20  # 4 segments
 LONG = MEDIUM * 2  # 8 segments; its first four are MEDIUM's, so MEDIUM's seed starts it well
 KNOWN_SEEDS = {"short": 1, "medium": 2}  # see tests/test_worker.py: the `seeds` fixture checks or replaces them
@@ -77,10 +78,11 @@ def _chromium() -> str:
                 "(or set COSYVOICE_RK_SKIP_BROWSER=1 to skip them)")
 
 
-def find_seed(st, voice: str, text: str, first: int) -> int:
+def find_seed(st, voice: str, text: str, first: int, **kw) -> int:
     """A seed that gives speech in every segment of ``text`` (random weights stop at once for some seeds)."""
     for seed in [first, *range(100, 130)]:
-        if [s.phase for s in st.follow(st.speak(text, voice=voice, language="ru", seed=seed), poll=None)][-1] == "done":
+        if [s.phase for s in st.follow(st.speak(text, voice=voice, language="ru", seed=seed, **kw),
+                                       poll=None)][-1] == "done":
             return seed
     raise AssertionError("no seed in 30 gives speech in every segment with this random bundle")
 
@@ -215,6 +217,67 @@ def test_streaming_can_be_switched_off(page, studio):
     assert entry["stream"] is False and entry["ttfa_s"] > 0
 
 
+def test_modes_speed_and_tags_on_the_page(page, studio):
+    pg = page
+    text = field(pg, "cv-text")
+    text.fill("Раз два")
+    # the tag menu inserts at the cursor; a span wraps the selected words
+    text.evaluate("t => { t.focus(); t.setSelectionRange(3, 3); }")
+    choose(pg, "cv-tag-menu", "[breath] breath")
+    pg.wait_for_function("document.querySelector('#cv-text textarea').value === 'Раз[breath] два'")
+    text.evaluate("t => { const i = t.value.indexOf('два'); t.focus(); t.setSelectionRange(i, i + 3); }")
+    choose(pg, "cv-tag-menu", "<strong>…</strong> emphasis")
+    pg.wait_for_function("document.querySelector('#cv-text textarea').value === 'Раз[breath] <strong>два</strong>'")
+    # the instruction box is there in instruct mode only; upstream's examples fill it
+    assert not pg.is_visible("#cv-instruct")
+    pg.click("#cv-speech-mode label:has-text('Instruction')")
+    pg.wait_for_selector("#cv-instruct", state="visible")
+    choose(pg, "cv-instruct-examples", "In a very soft voice")
+    pg.wait_for_function(f"document.querySelector('#cv-instruct textarea, #cv-instruct input').value === '{SOFT}'")
+    # bad inputs: each message next to its input, nothing queued
+    jobs = lambda: (studio.worker.status()["done"], studio.worker.status()["failed"])  # noqa: E731
+    before = jobs()
+    field(pg, "cv-instruct").fill(" ")
+    pg.click("#cv-generate")
+    assert "the instruction is empty" in pg.wait_for_selector("#cv-instruct-msg .cv-err").inner_text()
+    field(pg, "cv-instruct").fill(SOFT)
+    text.fill("Раз <strong>два")
+    pg.click("#cv-generate")
+    assert "<strong> is opened but not closed" in pg.wait_for_selector("#cv-text-msg .cv-err").inner_text()
+    assert pg.inner_text("#cv-instruct-msg") == ""
+    assert jobs() == before  # refused on the page: nothing reached the worker
+    # speed 1.5 with streaming on: made whole, and the page says so
+    seed = find_seed(studio, "Анна", SHORT, 2, mode="instruct", instruct=SOFT)
+    text.fill(SHORT)
+    speed = pg.locator("#cv-speed input[type=number]")
+    speed.fill("1.5")
+    speed.press("Tab")
+    pg.get_by_text("Advanced").click()
+    field(pg, "cv-seed").fill(str(seed))
+    pg.click("#cv-generate")
+    assert "Done" in pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
+    assert "speed 1.5: made without streaming" in pg.inner_text("#cv-progress")
+    assert "made without streaming" in pg.inner_text("#cv-info")
+    entry = studio.history.list()[0]
+    assert entry["mode"] == "instruct" and entry["speed"] == 1.5 and entry["stream"] is False
+    # in Russian
+    pg.click("#cv-lang label:has-text('Русский')")
+    pg.get_by_role("tab", name="Озвучить").wait_for()
+    try:
+        field(pg, "cv-instruct").fill("")
+        pg.click("#cv-generate")
+        assert "инструкция пуста" in pg.wait_for_selector("#cv-instruct-msg .cv-err").inner_text()
+        speed.fill("2")
+        speed.press("Tab")
+        field(pg, "cv-instruct").fill(SOFT)
+        text.fill("Раз [whisper] два")
+        pg.click("#cv-generate")
+        assert "неизвестный тег [whisper]" in pg.wait_for_selector("#cv-text-msg .cv-err").inner_text()
+    finally:
+        pg.click("#cv-lang label:has-text('English')")
+        pg.get_by_role("tab", name="Speak").wait_for()
+
+
 def test_record_a_voice_from_the_microphone(page, studio):
     pg = page
     open_tab(pg, "Voices")
@@ -338,18 +401,27 @@ def test_gradio_client_example_from_the_docs(studio, tmp_path, capsys):
     # the same voice as the example makes, to pick a seed that speaks with random weights (the docs say 1)
     studio.run_voice_job(studio.add_voice("Anna", anna, "Что говорится в записи.", "ru", overwrite=True))
     seed = find_seed(studio, "Anna", "Привет! Это мой голос.", 1)
+    soft = find_seed(studio, "Anna", "Привет! Это мой голос.", 2, mode="instruct", instruct=SOFT)
     src = (code.group(1).replace("http://127.0.0.1:7860/", studio.url).replace('"anna.wav"', repr(str(anna)))
-           .replace("seed=1,", f"seed={seed},"))
+           .replace("seed=1,", f"seed={seed},").replace("seed=2,", f"seed={soft},"))
     ns: dict = {}
     exec(compile(src, str(DOCS), "exec"), ns)  # the example exactly as documented
     audio, sr = sf.read(ns["wav"])
     assert sr == 24000 and len(audio) / sr == pytest.approx(ns["info"]["duration"], abs=0.01)
     assert ns["info"]["backends"]["llm"] == "llama.cpp"
     assert "Anna" in capsys.readouterr().out
+    # the instruct call of the example: mode, instruction and speed reached the worker, the speed was not streamed
+    info = ns["soft"]
+    assert info["mode"] == "instruct" and info["speed"] == 1.25 and info["stream"] is False
+    assert info["notes"][0].startswith("speed 1.25: made without streaming")
 
     client = Client(studio.url, verbose=False)
     with pytest.raises(Exception, match="no voice named 'Bob'"):
         client.predict(text="Привет!", voice="Bob", language="ru", api_name="/synthesize")
+    for kw, msg in (({"mode": "instruct"}, "the instruction is empty"), ({"speed": 10}, "speed must be from 0.5"),
+                    ({"text": "Раз <strong>два"}, "<strong> is opened but not closed")):
+        with pytest.raises(Exception, match=msg):
+            client.predict(**{"text": "Привет!", "voice": "Anna", "language": "ru", **kw}, api_name="/synthesize")
     exported = client.predict(name="Anna", api_name="/export_voice")
     assert client.predict(file=handle_file(exported), name="Anna 2", overwrite=False,
                           api_name="/import_voice")["name"] == "Anna 2"
@@ -361,6 +433,11 @@ def test_gradio_client_example_from_the_docs(studio, tmp_path, capsys):
                                prompt_language="zh", language="ru", seed=studio.seeds["short"],
                                api_name="/synthesize_with_prompt")
     assert info["voice"] == "" and sf.info(wav).samplerate == 24000
+    # cross-lingual from a one-off recording: no transcript
+    cl = find_seed(studio, "Anna", SHORT, 3, mode="cross_lingual")  # the same recording: the same features
+    wav, info = client.predict(text=SHORT, prompt_audio=handle_file(str(PROMPT)), language="ru", seed=cl,
+                               mode="cross_lingual", api_name="/synthesize_with_prompt")
+    assert info["mode"] == "cross_lingual" and info["stream"] is True and sf.info(wav).frames > 0
     st = client.predict(api_name="/status")
     assert st["worker"]["backends"]["flow"] == "onnxruntime-cpu" and st["bundle"]["random_weights"] is True
     assert st["worker"]["placement"]["flow_backend"] == "auto"

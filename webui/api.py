@@ -63,6 +63,9 @@ def _api(studio: Studio) -> None:
         a_paudio = gr.Audio(type="filepath", label="prompt_audio")
         a_ptext = gr.Textbox("", label="prompt_text")
         a_plang = gr.Textbox("auto", label="prompt_language")
+        a_mode = gr.Textbox("zero_shot", label="mode")
+        a_instruct = gr.Textbox("", label="instruct")
+        a_speed = gr.Number(1.0, label="speed")
         a_wav = gr.Audio(type="filepath", label="audio", format="wav")
         a_info = gr.JSON(label="info")
         a_name = gr.Textbox(label="name")
@@ -72,11 +75,13 @@ def _api(studio: Studio) -> None:
         a_go = gr.Button()
 
     def run_speak(text: str, voice: str | None, prompt_audio: str | None, prompt_text: str, prompt_language: str,
-                  language: str, temperature: float, seed: float, top_k: float, top_p: float) -> tuple[str, dict]:
+                  language: str, temperature: float, seed: float, top_k: float, top_p: float, mode: str,
+                  instruct: str, speed: float) -> tuple[str, dict]:
         try:
             job = studio.speak(text, voice=voice or None, prompt_audio=prompt_audio, prompt_text=prompt_text or "",
                                prompt_language=prompt_language or "auto", language=language or "auto",
-                               temperature=temperature, seed=seed, top_k=top_k or None, top_p=top_p or None)
+                               temperature=temperature, seed=seed, top_k=top_k or None, top_p=top_p or None,
+                               mode=mode or "zero_shot", instruct=instruct or None, speed=speed)
             last = None
             for st in studio.follow(job, poll=None):
                 last = st
@@ -84,23 +89,28 @@ def _api(studio: Studio) -> None:
                 raise WorkerError(last.error if last and last.error else "cancelled")
             e = last.result
             return e["path"], {k: e[k] for k in ("duration", "rtf", "tokens", "segments", "backends", "timings",
-                                                 "seed", "voice", "compute_s", "warnings", "ttfa_s", "stream")
+                                                 "seed", "voice", "compute_s", "warnings", "ttfa_s", "stream",
+                                                 "mode", "speed", "notes")
                                if k in e}
         except Exception as e:  # noqa: BLE001
             raise _api_error(e) from None
 
     def synthesize(text: str, voice: str, language: str, temperature: float, seed: float, top_k: float,
-                   top_p: float) -> tuple[str, dict]:
+                   top_p: float, mode: str, instruct: str, speed: float) -> tuple[str, dict]:
         """Speak ``text`` in a saved ``voice``. Returns (WAV file, info: duration, rtf, tokens, segments,
-        backends, timings, seed). ``seed`` -1 = random; ``top_k``/``top_p`` 0 = the bundle's defaults."""
-        return run_speak(text, voice, None, "", "auto", language, temperature, seed, top_k, top_p)
+        backends, timings, seed, mode, speed, notes). ``seed`` -1 = random; ``top_k``/``top_p`` 0 = the bundle's
+        defaults; ``mode`` zero_shot / cross_lingual / instruct (with ``instruct``, the instruction); ``speed``
+        0.5-2.0 (other than 1: made without streaming, said in ``notes``)."""
+        return run_speak(text, voice, None, "", "auto", language, temperature, seed, top_k, top_p, mode, instruct,
+                         speed)
 
     def synthesize_with_prompt(text: str, prompt_audio: str | None, prompt_text: str, prompt_language: str,
                                language: str, temperature: float, seed: float, top_k: float,
-                               top_p: float) -> tuple[str, dict]:
-        """Speak ``text`` in the voice of a one-off recording (3–10 s) whose exact words are ``prompt_text``."""
+                               top_p: float, mode: str, instruct: str, speed: float) -> tuple[str, dict]:
+        """Speak ``text`` in the voice of a one-off recording (3–10 s) whose exact words are ``prompt_text``
+        (needed in zero_shot only). Other parameters as for ``/synthesize``."""
         return run_speak(text, None, prompt_audio, prompt_text, prompt_language, language, temperature, seed, top_k,
-                         top_p)
+                         top_p, mode, instruct, speed)
 
     def add_voice(name: str, audio: str | None, transcript: str, language: str, overwrite: bool) -> dict:
         """Save a voice from a 3–10 s recording and its exact transcript."""
@@ -125,10 +135,12 @@ def _api(studio: Studio) -> None:
         except Exception as e:  # noqa: BLE001
             raise _api_error(e) from None
 
-    a_go.click(synthesize, [a_text, a_voice, a_language, a_temp, a_seed, a_topk, a_topp], [a_wav, a_info],
+    modes = [a_mode, a_instruct, a_speed]
+    a_go.click(synthesize, [a_text, a_voice, a_language, a_temp, a_seed, a_topk, a_topp, *modes], [a_wav, a_info],
                api_name="synthesize", concurrency_limit=None)
-    a_go.click(synthesize_with_prompt, [a_text, a_paudio, a_ptext, a_plang, a_language, a_temp, a_seed, a_topk, a_topp],
-               [a_wav, a_info], api_name="synthesize_with_prompt", concurrency_limit=None)
+    a_go.click(synthesize_with_prompt, [a_text, a_paudio, a_ptext, a_plang, a_language, a_temp, a_seed, a_topk, a_topp,
+                                        *modes], [a_wav, a_info], api_name="synthesize_with_prompt",
+               concurrency_limit=None)
     a_go.click(add_voice, [a_name, a_paudio, a_transcript, a_language, a_overwrite], [a_info], api_name="add_voice",
                concurrency_limit=None)
     a_go.click(export_voice, [a_name], [a_file], api_name="export_voice")

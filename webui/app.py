@@ -21,6 +21,7 @@ from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
 from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .serve import SlowAuth
+from .speak_modes import mode_controls, speed_slider, tag_menu, wire
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .views import (
     _err,
@@ -108,8 +109,11 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_ptext_msg = gr.Markdown("", elem_classes="cv-msg")
                             s_plang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("prompt_language")),
                                          label="prompt_language")
-                        s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
-                                               elem_id="cv-text"), label="text", placeholder="text_ph")
+                        s_how = mode_controls(tr)
+                        with gr.Row(equal_height=False):
+                            s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
+                                                   elem_id="cv-text", scale=4), label="text", placeholder="text_ph")
+                            s_tags = tag_menu(tr)
                         s_count = gr.Markdown(f"0 / {studio.max_text_chars}", elem_classes="cv-msg",
                                               elem_id="cv-count")
                         s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
@@ -120,6 +124,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                                                   info=t("temperature_info"), elem_id="cv-temperature",
                                                   min_width=200),
                                         label="temperature", info="temperature_info")
+                            s_speed = speed_slider(tr)
                         with tr(gr.Accordion(t("advanced"), open=False), label="advanced"):
                             with gr.Row():
                                 s_seed = tr(gr.Number(-1, precision=0, minimum=-1, label=t("seed"), info=t("seed_info"),
@@ -350,26 +355,28 @@ def build_app(studio: Studio) -> gr.Blocks:
 
         # ---------------------------------------------------------------------------------- generate
         gen_outputs = [s_progress, s_live, s_result, s_download, s_info, s_history, s_text_msg, s_voice_msg,
-                       s_audio_msg, s_ptext_msg, s_go, last_job]
+                       s_audio_msg, s_ptext_msg, s_go, last_job, s_how.instruct_msg]
 
         def on_generate(lang_: str, mode: str, voice: str | None, p_audio: str | None, p_text: str, p_lang: str,
                         text: str, language: str, temperature: float, seed: float | None, top_k: float,
-                        top_p: float, stream: bool, request: gr.Request) -> Iterator[list[Any]]:
+                        top_p: float, stream: bool, how: str, instruct: str, speed: float,
+                        request: gr.Request) -> Iterator[list[Any]]:
             keep = gr.update()
             # stale errors go; the prompt check next to the recording describes the recording, so it stays
-            msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": ""}
+            msgs: dict[str, Any] = {"text": "", "voice": "", "audio": keep, "transcript": "", "instruct": ""}
 
             def out(progress: Any = keep, live: Any = keep, result: Any = keep, download: Any = keep,
                     info: Any = keep, history: Any = keep, go: Any = keep, job_id: Any = keep) -> list[Any]:
                 return [progress, live, result, download, info, history, msgs["text"], msgs["voice"],
-                        msgs["audio"], msgs["transcript"], go, job_id]
+                        msgs["audio"], msgs["transcript"], go, job_id, msgs["instruct"]]
 
             try:
                 job = studio.speak(text, voice=voice if mode == "saved" else None,
                                    prompt_audio=p_audio if mode == "prompt" else None, prompt_text=p_text,
                                    prompt_language=p_lang, language=language, temperature=temperature,
                                    seed=None if seed is None else int(seed), top_k=int(top_k), top_p=float(top_p),
-                                   stream=bool(stream), session=request.session_hash if request else None)
+                                   stream=bool(stream), session=request.session_hash if request else None,
+                                   mode=how, instruct=instruct if how == "instruct" else None, speed=speed)
             except FieldError as e:
                 # next to the input it is about, and under the button too: the input may be scrolled away
                 if e.field in msgs:
@@ -408,8 +415,10 @@ def build_app(studio: Studio) -> gr.Blocks:
                 yield out(progress=_err(_msg(e, lang_)), go=gr.update(interactive=True))
 
         s_go.click(on_generate, [lang, s_mode, s_voice, s_audio, s_ptext, s_plang, s_text, s_lang, s_temp, s_seed,
-                                 s_topk, s_topp, s_stream], gen_outputs, api_visibility="private",
+                                 s_topk, s_topp, s_stream, s_how.mode, s_how.instruct, s_speed], gen_outputs,
+                   api_visibility="private",
                    show_progress="hidden", concurrency_limit=None)
+        wire(s_how, s_tags, s_text)
         s_live.change(None, [s_live], None, js=LIVE_JS, api_visibility="private")
         s_progress.change(None, None, None, js=REVEAL_ERROR_JS, api_visibility="private")
 

@@ -26,7 +26,9 @@ from pipeline.audio import prepare_prompt
 from pipeline.bundle import HOW_TO_GET, Bundle
 from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
+from pipeline.modes import check_request
 from pipeline.presets import SpeakerStore
+from pipeline.tags import check_tags
 from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
@@ -351,7 +353,11 @@ class Studio:
     def speak(self, text: str, *, voice: str | None = None, prompt_audio: str | Path | None = None,
               prompt_text: str = "", prompt_language: str = "auto", language: str = "auto",
               temperature: float = 1.0, seed: int | None = None, top_k: int | None = None,
-              top_p: float | None = None, stream: bool = True, session: str | None = None) -> Job:
+              top_p: float | None = None, stream: bool = True, session: str | None = None,
+              mode: str = "zero_shot", instruct: str | None = None, speed: float = 1.0) -> Job:
+        """Queue a speech job. ``mode`` zero_shot / cross_lingual / instruct (``instruct``: the instruction),
+        ``speed`` 0.5-2.0 (see :meth:`pipeline.tts.CosyVoiceRK.create_chunks`). Bad values raise
+        :class:`FieldError` naming the input, before anything is queued."""
         text = text or ""
         if not isinstance(text, str) or not text.strip():
             raise FieldError("text", "type the text to speak", "err_text_empty")
@@ -364,10 +370,22 @@ class Studio:
         seed = _number(seed, "seed", -1, MAX_SEED, default=-1, whole=True, below_is_random=True)
         top_k = _number(top_k, "top-k", *TOP_K_RANGE, default=None, whole=True)
         top_p = _number(top_p, "top-p", *TOP_P_RANGE, default=None)
+        try:
+            check_tags(text)
+        except InputError as e:
+            raise FieldError("text", str(e)) from None
+        try:
+            mode, instruct, speed = check_request(mode or "zero_shot", instruct,
+                                                  1.0 if speed is None or speed == "" else speed)
+        except InputError as e:
+            raise FieldError("instruct" if "instruction" in str(e) else "options", str(e)) from None
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
                                    "seed": None if seed < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),
-                                   "top_p": None if top_p is None else float(top_p), "stream": bool(stream)}
+                                   "top_p": None if top_p is None else float(top_p), "stream": bool(stream),
+                                   "mode": "instruct" if mode == "instruct2" else mode, "speed": float(speed)}
+        if instruct is not None:
+            payload["instruct"] = instruct
         if voice:
             try:
                 v = self.voice(voice)
@@ -380,13 +398,17 @@ class Studio:
                 raise FieldError("voice", "choose a saved voice, or give a one-off prompt recording",
                                  "err_no_voice")
             self.check_prompt(prompt_audio)
-            if not (prompt_text or "").strip():
-                raise FieldError("transcript", "type exactly what the prompt recording says", "err_transcript")
-            payload["prompt"] = {"audio": Path(prompt_audio).read_bytes(), "transcript": prompt_text.strip(),
+            if mode == "zero_shot" and not (prompt_text or "").strip():
+                raise FieldError("transcript", "type exactly what the prompt recording says, or choose cross_lingual "
+                                 "or instruct, which need no transcript", "err_transcript_mode")
+            # cross_lingual and instruct do not give the model the prompt's words: none needed, none used
+            payload["prompt"] = {"audio": Path(prompt_audio).read_bytes(),
+                                 "transcript": (prompt_text or "").strip() if mode == "zero_shot" else "",
                                  "language": prompt_language if prompt_language in LANGUAGES else "auto"}
             label = ""
         job = self._worker().submit("speak", payload)
-        job.meta = {"voice": label, "text": text, "language": language,
+        job.meta = {"voice": label, "text": text, "language": language, "mode": payload["mode"],
+                    "speed": payload["speed"],
                     "temperature": float(temperature), "top_k": payload["top_k"], "top_p": payload["top_p"],
                     "live_url": self.live.open(job.id)}
         with self._lock:
@@ -457,6 +479,8 @@ class Studio:
             st.stage = ev["stage"]
             st.info = ev
             st.segments_total = ev.get("segments", st.segments_total)
+        elif t == "note":  # the job is made otherwise than asked (e.g. a speed without streaming): said, not hidden
+            st.note = ev["message"]
         elif t == "chunk":  # the page hears it through the job's live stream
             rate[0] = int(ev["sample_rate"])
             parts.append(ev["audio"])
@@ -472,6 +496,7 @@ class Studio:
                 "duration": res["duration"], "rtf": res["rtf"], "tokens": res["tokens"], "segments": res["segments"],
                 "backends": res["backends"], "timings": res["timings"], "compute_s": res["compute_s"],
                 "seed": res["seed"], "warnings": res.get("warnings", []), "ttfa_s": res.get("ttfa_s"),
+                "notes": res.get("notes", []),
                 "stream": res.get("stream")})
             st.phase = "done"
         elif t in ("cancelled", "error"):

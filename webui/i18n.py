@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import i18n_modes as _modes
+
 LANGS = ("en", "ru")
 LANG_CHOICES = [("English", "en"), ("Русский", "ru")]
 
@@ -274,6 +276,8 @@ _S: dict[str, tuple[str, str]] = {
                      "Внутренняя ошибка ({error}); подробности в журнале сервера."),
 }
 
+_S.update(_modes.STRINGS)
+
 
 def t(key: str, lang: str = "en", **params: Any) -> str:
     en, ru = _S[key]
@@ -412,6 +416,8 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
     (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
 )]
+
+_RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES]
 
 
 def localize(message: str, lang: str) -> str:

@@ -143,10 +143,12 @@ def progress_md(st: SpeakState, lang: str) -> str:
         return _bar(0.0) + _p(_esc(text))
     ready = (t("p_ready", lang, k=st.segments_done, n=st.segments_total, secs=st.audio_seconds)
              if st.segments_done else "")
+    note = _p("ℹ " + _esc(localize(st.note, lang))) if st.note and st.phase in ("running", "done") else ""
     if st.phase == "running":
-        return _bar(_fraction(st)) + _p("▶ " + _esc(_ordinal_stage(st, lang))) + (_p(_esc(ready)) if ready else "")
+        return (_bar(_fraction(st)) + _p("▶ " + _esc(_ordinal_stage(st, lang))) + (_p(_esc(ready)) if ready else "")
+                + note)
     if st.phase == "done":
-        return _bar(1.0, "cv-bar-done") + _p(_ok(t("p_done", lang, secs=st.audio_seconds)))
+        return _bar(1.0, "cv-bar-done") + _p(_ok(t("p_done", lang, secs=st.audio_seconds))) + note
     kept = _p(_esc(t("p_kept", lang, secs=st.audio_seconds))) if st.result else ""
     if st.phase == "cancelled":
         text = (t("p_cancelled_after", lang, k=st.segments_done, n=st.segments_total) if st.segments_done
@@ -170,6 +172,8 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
         lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
     if e.get("ttfa_s") is not None:
         lines += ["", t("r_ttfa", lang, secs=e["ttfa_s"])]
+    for n in e.get("notes", []) or []:
+        lines += ["", f"ℹ {_esc(localize(n, lang))}"]
     for w in e.get("warnings", []) or []:
         lines += ["", f"⚠ {_esc(t('warning', lang, w=localize(w, lang)))}"]
     return "\n".join(lines)
