@@ -36,6 +36,8 @@ from .common import (
 )
 from .frontend import TextFrontend, normalize, prepare_prompt_text
 from .split import split_text
+from .tags import KNOWN_TAGS, SPAN_TAGS, check_tags, protect_tags
 
-__all__ = ["HARD_MAX_TOKENS", "LANGUAGES", "MAX_TEXT_CHARS", "SYSTEM_PREFIX", "Encoder", "TextFrontend",
-           "check_language", "detect_language", "has_markup", "normalize", "prepare_prompt_text", "split_text"]
+__all__ = ["HARD_MAX_TOKENS", "KNOWN_TAGS", "LANGUAGES", "MAX_TEXT_CHARS", "SPAN_TAGS", "SYSTEM_PREFIX", "Encoder",
+           "TextFrontend", "check_language", "check_tags", "detect_language", "has_markup", "normalize",
+           "prepare_prompt_text", "protect_tags", "split_text"]

@@ -102,8 +102,9 @@ def _prepare(text: str, lang: str) -> str:
 
 
 def _sentence_end(s: str, end: int) -> bool:
-    """True if position ``end`` is the end of a sentence (end of text, or a space then a capital)."""
-    return re.match(r"\s*$|\s+[A-ZА-ЯЁ«\"]", s[end:]) is not None
+    """True if position ``end`` is the end of a sentence (end of text, or a space then a capital; tag
+    placeholders in between are skipped)."""
+    return re.match(r"(?:\s*[\ue000-\uf8ff])*(?:\s*$|\s+[A-ZА-ЯЁ«\"])", s[end:]) is not None
 
 
 def _spell_digits(text: str, words: Callable[[re.Match], str]) -> str:

@@ -22,7 +22,7 @@ from .en import _normalize_en
 from .ja import _normalize_ja
 from .ru import _normalize_ru
 from .split import split_text
-from .tags import _map_plain
+from .tags import protect_tags
 from .zh import _normalize_zh
 
 _NORMALIZERS: dict[str, Callable[[str], str]] = {"ru": _normalize_ru, "en": _normalize_en, "zh": _normalize_zh,
@@ -32,15 +32,17 @@ _NORMALIZERS: dict[str, Callable[[str], str]] = {"ru": _normalize_ru, "en": _nor
 def normalize(text: str, language: str = "auto", *, max_chars: int = MAX_TEXT_CHARS) -> str:
     """Spoken form of ``text`` in ``language`` (one of :data:`LANGUAGES`).
 
-    Text with ``<|…|>`` markup is returned exactly as given (upstream's bypass). Tags are kept as they are.
-    Raises :class:`InputError` for empty or over-long text and unknown languages.
+    Text with ``<|…|>`` markup is returned exactly as given (upstream's bypass, tags unchecked). Control tags
+    are kept exactly as typed (:func:`.tags.protect_tags`). Raises :class:`InputError` for empty or over-long
+    text, unknown languages, unknown tag-like strings and unbalanced span tags.
     """
     check_language(language)
     _check_text(text, max_chars)
     if has_markup(text):
         return text
+    protected, restore = protect_tags(text)
     lang = _resolve_language(text, language)
-    text = _map_plain(_prepare(text, lang), _NORMALIZERS[lang])
+    text = restore(_NORMALIZERS[lang](_prepare(protected, lang)))
     text = re.sub(r" {2,}", " ", text).strip()
     text = re.sub(r" +([,.!?;:…])", r"\1", text)
     if lang in ("zh", "ja"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from .common import _sentence_end, _spell_digits
+from .ru_morph import count_agreement
 from .ru_words import (
     _INSTR_PREPS,
     _MONTHS,
@@ -19,23 +20,27 @@ from .ru_words import (
     _guess_gender,
     _lookup,
     _next_word,
+    _next_words,
     _prev_word,
     _roman,
     _ru_amount,
     _ru_card,
     _ru_ord,
 )
+from .tags import PLACEHOLDER_CLASS
 
 _RU_NUMDATE = re.compile(r"(?<![\d.,])(?P<d>\d{1,2})\.(?P<m>\d{1,2})\.(?P<y>\d{4}|\d{2})(?![\d])"
                          r"(?:\s?(?P<yn>г\.|года)(?!\w))?")
 _RU_ISODATE = re.compile(r"(?<![\d.,-])(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})(?![\d])")
 _RU_DATE = re.compile(r"(?<![\d.,])(?P<d>\d{1,2})(?:\s?[-–—]\s?(?P<d2>\d{1,2}))?\s(?P<m>" + "|".join(_MONTHS)
                       + r")(?:\s(?P<y>\d{3,4})(?:\s?(?P<yn>г\.|года)(?!\w))?)?")
+_RU_DAY_FROM = re.compile(r"(?<!\w)(?P<p>(?:[сС]о?|[оО]т) )(?P<d>\d{1,2})"
+                          r"(?= (?:по|до) \d{1,2}(?:\s?[-–—]\s?\d{1,2})? (?:" + "|".join(_MONTHS) + r")(?!\w))")
 _RU_YEAR = re.compile(r"(?<![\d.,])(?P<a>\d{3,4})(?:\s?[-–—]\s?(?P<b>\d{2,4}))?\s?"
                       r"(?P<noun>гг\.|г\.|годы|годов|годам|годами|годах|год|года|году|годом)(?!\w)")
 _RU_YEAR_FROM = re.compile(r"(?<=\b[сС] )(?P<a>\d{4})(?= (?:по|до) \d{4} ?(?:год|гг?\.))"
                            r"|(?<=\b[оО]т )(?P<b>\d{4})(?= (?:по|до) \d{4} ?(?:год|гг?\.))")
-_RU_BARE_YEAR = re.compile(r"(?<=\b[вВ] )(?P<a>1\d{3}|20\d{2})(?=\s*(?:[,.;:!?)]|$))")
+_RU_BARE_YEAR = re.compile(r"(?<=\b[вВ] )(?P<a>1\d{3}|20\d{2})(?=\s*(?:[,.;:!?)]|$|" + PLACEHOLDER_CLASS + "))")
 _RU_CENTURY = re.compile(r"(?<!\w)(?P<a>[IVXL]+)(?:\s?[-–—]\s?(?P<b>[IVXL]+))?\s?"
                          r"(?P<noun>вв\.|в\.|веками|веках|векам|веков|веком|веке|веку|века|век)(?!\w)")
 _RU_TIME = re.compile(r"(?<![\d:.,])(?P<h>[01]?\d|2[0-3]):(?P<m>[0-5]\d)(?![\d:])")
@@ -69,7 +74,10 @@ _RU_ABBREVIATIONS: list[tuple[str, str]] = [
     (r"т\.\s?е\.", "то есть"), (r"т\.\s?к\.", "так как"), (r"т\.\s?н\.", "так называемый"),
     (r"т\.\s?о\.", "таким образом"), (r"до\s?н\.\s?э\.", "до нашей эры"), (r"н\.\s?э\.", "нашей эры"),
     (r"и\s?др\.", "и другие"), (r"напр\.", "например"), (r"см\.", "смотри"), (r"стр\.", "страница"),
-    (r"рис\.", "рисунок"), (r"ул\.", "улица"), (r"г\.(?=\s?[А-ЯЁ])", "город"),
+    (r"рис\.", "рисунок"), (r"ул\.", "улица"), (r"г\.(?=\s?[А-ЯЁ])", "город"), (r"им\.", "имени"),
+    (r"в\s?т\.\s?ч\.", "в том числе"), (r"и\s?пр\.", "и прочее"), (r"пр-т|просп\.", "проспект"),
+    (r"пер\.", "переулок"), (r"обл\.", "область"), (r"р-н", "район"), (r"пос\.", "посёлок"), (r"тел\.", "телефон"),
+    (r"г-н", "господин"), (r"г-жа", "госпожа"), (r"проф\.", "профессор"), (r"акад\.", "академик"),
     (r"руб\.", "рублей"), (r"коп\.", "копеек"), (r"тыс\.", "тысяч"), (r"млн", "миллионов"),
     (r"млрд", "миллиардов"), (r"км", "километров"), (r"кг", "килограммов"),
 ]
@@ -81,19 +89,44 @@ def _year_date_words(d: int, mo: int, y: str, case: str) -> str:
     return f"{_ru_ord(d, case, 'n')} {_MONTHS[mo - 1]} {_ru_ord(int(y), 'g')} года"
 
 
+# Words after which a date names the day ("Сегодня первое мая"); elsewhere a date without a preposition is a
+# time adverbial and takes the genitive ("Встретимся первого мая", "Он родился тридцать первого декабря").
+_NOMINATIVE_DATE_WORDS = {"сегодня", "завтра", "вчера", "послезавтра", "позавчера", "был", "была", "было", "будет",
+                          "наступил", "наступило", "наступит", "наступает", "настал", "настало", "настанет", "это",
+                          "есть", "является", "дата", "число"}
+_DATE_PREP_CASE = {**_PREP_CASE, "по": "a"}  # "с первого по пятое мая"
+
+
+def _date_case(m: re.Match) -> str:
+    """Case of a date: from a preposition before it; nominative when it names the day (after "сегодня", "это",
+    …, a label's colon or dash, before a dash: "1 мая — праздник", or alone in its sentence); else genitive."""
+    s = m.string
+    prev = _prev_word(s, m.start())
+    if prev in _DATE_PREP_CASE:
+        return _DATE_PREP_CASE[prev]
+    if prev in _NOMINATIVE_DATE_WORDS:
+        return "n"
+    before, after = s[:m.start()], s[m.end():]
+    if re.search(r"[:—–]\s*$", before) or re.match(r"\s*(?:[—–]|-\s)", after):
+        return "n"
+    head = re.split(r"[.!?…]\s", before)[-1]
+    if not re.search(r"[^\W\d_]", head) and re.match(r"\s*(?:[.!?…]|$)", after):
+        return "n"
+    return "g"
+
+
 def _numeric_date(m: re.Match) -> str:
     d, mo, y = int(m["d"]), int(m["m"]), m["y"]
     if not (1 <= d <= 31 and 1 <= mo <= 12):
         return m.group(0)
     if len(y) == 2:
         y = ("20" if int(y) <= 30 else "19") + y
-    case = _PREP_CASE.get(_prev_word(m.string, m.start()), "n")
     dot = "." if m.groupdict().get("yn") == "г." and _sentence_end(m.string, m.end()) else ""
-    return _year_date_words(d, mo, y, case) + dot
+    return _year_date_words(d, mo, y, _date_case(m)) + dot
 
 
 def _month_date(m: re.Match) -> str:
-    case = _PREP_CASE.get(_prev_word(m.string, m.start()), "n")
+    case = _date_case(m)
     day = _ru_ord(int(m["d"]), case, "n")
     if m["d2"]:
         day += " – " + _ru_ord(int(m["d2"]), case, "n")
@@ -218,7 +251,14 @@ def _number(m: re.Match) -> str:
     mult = _NOUNS[mult_row[1]] if mult_row else None
     a, b = m["a"], m["b"]
     last = b or a
-    gender = (mult or unit).gender if (mult or unit) else _guess_gender(last, nxt, case)
+    if mult or unit:
+        gender = (mult or unit).gender
+    else:
+        gender = None
+        if last.isdigit() and nxt:
+            morph_case, gender = count_agreement(int(last), _next_words(s, m.end()), _PREP_CASE.get(prev))
+            case = morph_case or case
+        gender = gender or _guess_gender(last, nxt, case)
 
     sign = {"-": "минус ", "−": "минус ", "+": "плюс "}.get(m["sign"] or "", "")
     whole, _, frac = a.replace(",", ".").partition(".")
@@ -242,13 +282,45 @@ def _number(m: re.Match) -> str:
     return words
 
 
-_RU_FINAL_ABBREVIATIONS = {"и так далее", "так далее", "и тому подобное", "тому подобное", "до нашей эры",
+_RU_FINAL_ABBREVIATIONS = {"и прочее", "и так далее", "так далее", "и тому подобное", "тому подобное", "до нашей эры",
                            "нашей эры", "и другие", "рублей", "копеек", "тысяч"}
+
+
+# Address parts before a number ("д. 5, кв. 12, корп. 2, стр. 1"): read before the numbers are, so the digit
+# that tells "д." (дом) from other uses of the letter is still there. "т. д. 5" stays "так далее".
+_ADDRESS_WORDS = {"д": "дом", "кв": "квартира", "корп": "корпус", "стр": "строение", "эт": "этаж", "оф": "офис"}
+_RU_ADDRESS = re.compile(r"(?<![\w.])(?<!т\. )(?<!т\.)(д|кв|корп|эт|оф)\.\s?(?=\d)"
+                         r"|(?<=\d, )(стр)\.\s?(?=\d)")
+
+
+# Place names before a name take the case the preposition gives ("на улице Ленина", "в городе Москве").
+_PLACE_FORMS = {  # n g d a i p
+    "улица": ("улица", "улицы", "улице", "улицу", "улицей", "улице"),
+    "город": ("город", "города", "городу", "город", "городом", "городе"),
+    "область": ("область", "области", "области", "область", "областью", "области"),
+    "переулок": ("переулок", "переулка", "переулку", "переулок", "переулком", "переулке"),
+    "проспект": ("проспект", "проспекта", "проспекту", "проспект", "проспектом", "проспекте"),
+    "посёлок": ("посёлок", "посёлка", "посёлку", "посёлок", "посёлком", "посёлке"),
+    "район": ("район", "района", "району", "район", "районом", "районе"),
+}
+_PLACE_PREP_CASE = {**_PREP_CASE, "в": "p", "во": "p", "на": "p", "по": "d", "за": "i"}
 
 
 def _abbreviation(m: re.Match) -> str:
     words = _RU_ABBREVIATIONS[int(m.lastgroup[1:])][1]
-    return words + ("." if words in _RU_FINAL_ABBREVIATIONS and _sentence_end(m.string, m.end()) else "")
+    if words in _PLACE_FORMS:
+        prev = _prev_word(m.string, m.start())
+        if prev not in _PLACE_PREP_CASE and re.search(r"(?:ой|ей|ом|ем|ую|ая|ый|ий)$", prev):
+            # an adjective in between ("в Московской обл."): the preposition before it
+            before = re.search(r"[А-Яа-яЁё]+\s+$", m.string[:m.start()])
+            prev = _prev_word(m.string, before.start()) if before else ""
+        case = _PLACE_PREP_CASE.get(prev, "n")
+        words = _PLACE_FORMS[words]["ngdaip".index(case)]
+    # the period stays where it also ends the sentence: before a capital only for abbreviations that cannot
+    # precede a name ("и т.д. Потом"), and at the very end of the text for all that end in a period
+    ends = words in _RU_FINAL_ABBREVIATIONS and _sentence_end(m.string, m.end())
+    ends = ends or (m.group().endswith(".") and re.match(r"(?:\s*[\ue000-\uf8ff])*\s*$", m.string[m.end():]))
+    return words + ("." if ends else "")
 
 
 def _normalize_ru(text: str) -> str:
@@ -274,8 +346,10 @@ def _normalize_ru(text: str) -> str:
     text = re.sub(r"§\s?", "параграф ", text)
     text = text.replace("&", " и ")
     text = re.sub(r"(?<![\d.,])(\d{1,3})((?: \d{3})+)(?![\d])", lambda m: m[1] + m[2].replace(" ", ""), text)
+    text = _RU_ADDRESS.sub(lambda m: _ADDRESS_WORDS[m[1] or m[2]] + " ", text)
     text = _RU_NUMDATE.sub(_numeric_date, text)
     text = _RU_ISODATE.sub(_numeric_date, text)
+    text = _RU_DAY_FROM.sub(lambda m: m["p"] + _ru_ord(int(m["d"]), "g", "n"), text)
     text = _RU_DATE.sub(_month_date, text)
     text = _RU_YEAR_FROM.sub(lambda m: _ru_ord(int(m["a"] or m["b"]), "g"), text)
     text = _RU_YEAR.sub(_year, text)
@@ -286,4 +360,8 @@ def _normalize_ru(text: str) -> str:
     text = _RU_PREFIX_MONEY.sub(_prefix_money, text)
     text = _RU_NUMBER.sub(_number, text)
     text = _RU_ABBR_RE.sub(_abbreviation, text)
-    return _spell_digits(text, lambda m: _ru_card(m.group()))
+    text = _spell_digits(text, lambda m: _ru_card(m.group()))
+    # "о" before a numeral that starts with a vowel becomes "об" ("об одной книге"; "о восьми" stays)
+    text = re.sub(r"(?<!\w)([оО]) (?=одн|одиннадцат)", r"\1б ", text)
+    # and "с"/"к"/"в" before "втор…" become "со"/"ко"/"во" ("со второго", "ко второму", "во втором")
+    return re.sub(r"(?<!\w)([сСкКвВ]) (?=втор(?:ого|ому|ом|ой|ую|ые|ых|ым|ыми)(?!\w))", r"\1о ", text)

@@ -15,6 +15,7 @@ class _Noun:
     sg: tuple[str, ...]  # n g d a i p
     pl: tuple[str, ...]
     gender: str = "m"
+    few: str | None = None  # after 2-4 in the nominative/accusative, when not the genitive singular
 
     def form(self, case: str, plural: bool = False) -> str:
         return (self.pl if plural else self.sg)[_CASES.index(case)]
@@ -28,6 +29,25 @@ def _hard(stem: str) -> _Noun:
 def _fem(stem: str, y: str = "ы", gen_pl: str | None = None) -> _Noun:
     return _Noun((stem + "а", stem + y, stem + "е", stem + "у", stem + "ой", stem + "е"),
                  (stem + y, gen_pl or stem, stem + "ам", stem + y, stem + "ами", stem + "ах"), "f")
+
+
+def _zero_gen(stem: str) -> _Noun:
+    """Units whose genitive plural has no ending after numbers ("пять ватт", "десять гигабайт")."""
+    n = _hard(stem)
+    return _Noun(n.sg, n.pl[:1] + (stem,) + n.pl[2:])
+
+
+_ADJ_ENDINGS = {"ый": (("ый", "ого", "ому", "ый", "ым", "ом"), ("ые", "ых", "ым", "ые", "ыми", "ых")),
+                "ий": (("ий", "ого", "ому", "ий", "им", "ом"), ("ие", "их", "им", "ие", "ими", "их"))}
+
+
+def _adj(adjective: str, noun: _Noun) -> _Noun:
+    """"квадратный" + метр: every form, and "два квадратных метра" after 2-4."""
+    stem, kind = adjective[:-2], adjective[-2:]
+    sg, pl = _ADJ_ENDINGS[kind]
+    return _Noun(tuple(f"{stem}{a} {n}" for a, n in zip(sg, noun.sg, strict=True)),
+                 tuple(f"{stem}{a} {n}" for a, n in zip(pl, noun.pl, strict=True)), noun.gender,
+                 f"{stem}{pl[1]} {noun.sg[1]}")
 
 
 _NOUNS: dict[str, _Noun] = {
@@ -46,8 +66,18 @@ _NOUNS: dict[str, _Noun] = {
                  ("века", "веков", "векам", "века", "веками", "веках")),
     **{w: _hard(w) for w in ("доллар", "цент", "фунт", "процент", "градус", "километр", "метр", "сантиметр",
                              "миллиметр", "килограмм", "грамм", "литр", "час", "миллион", "миллиард",
-                             "триллион")},
+                             "триллион", "миллилитр", "миллиграмм", "гектар", "киловатт-час")},
+    **{w: _zero_gen(w) for w in ("ватт", "киловатт", "мегаватт", "герц", "килогерц", "мегагерц", "гигагерц",
+                                 "байт", "килобайт", "мегабайт", "гигабайт", "терабайт")},
+    "тонна": _fem("тонн"),
 }
+_NOUNS.update({
+    "квадратный метр": _adj("квадратный", _NOUNS["метр"]),
+    "квадратный километр": _adj("квадратный", _NOUNS["километр"]),
+    "квадратный сантиметр": _adj("квадратный", _NOUNS["сантиметр"]),
+    "кубический метр": _adj("кубический", _NOUNS["метр"]),
+    "кубический сантиметр": _adj("кубический", _NOUNS["сантиметр"]),
+})
 _SUBUNIT = {"рубль": "копейка", "доллар": "цент", "евро": "цент"}
 
 # (pattern, noun, words after the noun). Patterns are tried in order; the year rule has already taken
@@ -56,7 +86,16 @@ _RU_UNITS: list[tuple[str, str, str]] = [
     (r"руб\.?|р\.|₽|RUB", "рубль", ""), (r"коп\.?", "копейка", ""), (r"долл\.?|USD|\$", "доллар", ""),
     (r"евро|EUR|€", "евро", ""), (r"GBP|£", "фунт", ""), (r"%", "процент", ""),
     (r"°\s?[CС]|℃", "градус", " Цельсия"), (r"°", "градус", ""),
-    (r"км/ч", "километр", " в час"), (r"м/с", "метр", " в секунду"), (r"км", "километр", ""),
+    (r"км/ч", "километр", " в час"), (r"м/с", "метр", " в секунду"),
+    (r"м²|м2|кв\.\s?м\.?", "квадратный метр", ""), (r"км²|км2|кв\.\s?км\.?", "квадратный километр", ""),
+    (r"см²|см2|кв\.\s?см\.?", "квадратный сантиметр", ""), (r"м³|м3|куб\.\s?м\.?", "кубический метр", ""),
+    (r"см³|см3|куб\.\s?см\.?", "кубический сантиметр", ""), (r"мм\s?рт\.\s?ст\.", "миллиметр", " ртутного столба"),
+    (r"кВт[·⋅*]?ч", "киловатт-час", ""), (r"кВт", "киловатт", ""), (r"МВт", "мегаватт", ""), (r"Вт", "ватт", ""),
+    (r"ГГц", "гигагерц", ""), (r"МГц", "мегагерц", ""), (r"кГц", "килогерц", ""), (r"Гц", "герц", ""),
+    (r"ТБ|Тб", "терабайт", ""), (r"ГБ|Гб", "гигабайт", ""), (r"МБ|Мб", "мегабайт", ""), (r"КБ|Кб", "килобайт", ""),
+    (r"мл", "миллилитр", ""), (r"мг", "миллиграмм", ""), (r"га", "гектар", ""),
+    (r"т(?=[\s,;:!?)]|$|\.(?!\s?[а-яё]\.))", "тонна", ""),
+    (r"км", "километр", ""),
     (r"см", "сантиметр", ""), (r"мм", "миллиметр", ""), (r"м", "метр", ""), (r"кг", "килограмм", ""),
     (r"гр\.?|г", "грамм", ""), (r"л", "литр", ""), (r"ч", "час", ""), (r"мин\.?", "минута", ""),
     (r"сек\.?", "секунда", ""), (r"шт\.?", "штука", ""), (r"чел\.?", "человек", ""),
@@ -68,7 +107,7 @@ _RU_MULTS: list[tuple[str, str]] = [(r"тыс\.?", "тысяча"), (r"млн\.?
 # ("на 15 процентов"); years and centuries use the noun's own form instead ("в 2024 году").
 _PREP_CASE: dict[str, str] = {
     **dict.fromkeys("от до из с со около после без для у более менее свыше кроме против вместо среди "
-                    "вокруг возле мимо порядка больше меньше выше ниже".split(), "g"),
+                    "вокруг возле мимо порядка больше меньше выше ниже позже позднее старше младше".split(), "g"),
     **dict.fromkeys("к ко благодаря согласно".split(), "d"),
     **dict.fromkeys("над под перед между".split(), "i"),
     **dict.fromkeys("о об обо при".split(), "p"),
@@ -87,6 +126,12 @@ def _prev_word(s: str, start: int) -> str:
 def _next_word(s: str, end: int) -> str:
     m = re.match(r" ([а-яё]+)", s[end:])
     return m.group(1) if m else ""
+
+
+def _next_words(s: str, end: int, n: int = 3) -> list[str]:
+    """Up to ``n`` lower-case Russian words right after ``end``, separated by single spaces."""
+    m = re.match(r"(?: [а-яё]+){1," + str(n) + "}", s[end:])
+    return m.group().split() if m else []
 
 
 def _ru_card(digits: str, case: str = "n", gender: str = "m") -> str:
@@ -135,7 +180,7 @@ def _agree(noun: _Noun, num: str, case: str) -> str:
     one = n % 10 == 1 and n % 100 != 11
     few = 2 <= n % 10 <= 4 and not 12 <= n % 100 <= 14
     if case in "na":
-        return noun.form(case) if one else noun.form("g") if few else noun.form("g", plural=True)
+        return noun.form(case) if one else (noun.few or noun.form("g")) if few else noun.form("g", plural=True)
     return noun.form(case, plural=not one)
 
 
