@@ -69,6 +69,8 @@ _S: dict[str, tuple[str, str]] = {
     "text": ("Text to speak", "Текст для озвучивания"),
     "text_ph": ("Type or paste text. Long text is split into sentences and plays as each part is ready.",
                 "Введите или вставьте текст. Длинный текст делится на части и звучит по мере готовности."),
+    "preview_title": ("What will be read (parts: {n}; each is one model run):",
+                      "Что будет прочитано (частей: {n}; каждая — один запуск модели):"),
     "language": ("Language of the text", "Язык текста"),
     "temperature": ("Temperature", "Температура"),
     "temperature_info": ("1.0 = as upstream; lower is steadier, higher more varied",
@@ -410,6 +412,18 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                                          "попробуйте другую температуру или зерно"),
     (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
     (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
+    (r"^unknown tag (\S+): CosyVoice3 has no such tag.* did you mean (\S+)\?",
+     "неизвестный тег {0}: у CosyVoice3 такого тега нет. Может быть, {1}? Регистр букв в тегах важен"),
+    (r"^unknown tag (\S+): CosyVoice3 has no such tag",
+     "неизвестный тег {0}: у CosyVoice3 такого тега нет, и модель получила бы его как текст для чтения вместе со "
+     "скобками. Известные теги: [breath], [laughter], [cough], [sigh] и другие, <strong>…</strong>, "
+     "<laughter>…</laughter>, фонемы CMU и пиньинь. Чтобы слово прочиталось, напишите его без скобок"),
+    (r"^(<\w+>) is left open: add (</\w+>)", "{0} не закрыт: добавьте {1} после слов, к которым он относится"),
+    (r"^(</\w+>) closes nothing: put (<\w+>)", "{0} ничего не закрывает: поставьте {1} перед нужными словами "
+                                               "или уберите {0}"),
+    (r"^(</\w+>) closes (<\w+>) while (<\w+>) inside it is still open: close (</\w+>) first",
+     "{0} закрывает {1}, пока внутри ещё открыт {2}: сначала закройте {3}"),
+    (r"^(<\w+>) is opened again inside", "{0} открыт повторно внутри такого же тега: сначала закройте первый"),
 )]
 
 

@@ -1,0 +1,32 @@
+"""The page's preview under the text box (webui/preview.py), without a browser: the same parts as `normalize`."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from pipeline.text.preview import preview
+from webui.preview import preview_md
+
+
+def _studio(tmp_path):
+    return SimpleNamespace(bundle_path=tmp_path / "no-bundle", max_text_chars=5000)
+
+
+def test_preview_lists_the_parts_that_will_be_read(tmp_path):
+    st = _studio(tmp_path)
+    text = "Встретимся 1 мая с 2 друзьями. [breath] <strong>Да!</strong>"
+    html = preview_md(st, text, "ru", "en")
+    assert preview(text, "ru", st.bundle_path) == ["Встретимся первого мая с двумя друзьями. [breath] "
+                                                   "<strong>Да!</strong>"]
+    assert html.startswith('<div class="cv-preview"><p>What will be read (parts: 1; each is one model run):</p>')
+    assert "<li>Встретимся первого мая с двумя друзьями. [breath] &lt;strong&gt;Да!&lt;/strong&gt;</li>" in html
+    assert "Что будет прочитано (частей: 1" in preview_md(st, text, "ru", "ru")
+
+
+def test_preview_says_why_text_cannot_be_read(tmp_path):
+    st = _studio(tmp_path)
+    assert preview_md(st, "", "ru", "en") == "" and preview_md(st, "  \n", "ru", "en") == ""
+    assert "unknown tag [smile]" in preview_md(st, "Привет [smile]", "ru", "en")
+    assert "неизвестный тег [smile]" in preview_md(st, "Привет [smile]", "ru", "ru")
+    assert 'class="cv-err"' in preview_md(st, "<strong>громко", "ru", "en")
+    assert preview_md(st, "а" * 5001, "ru", "en") == ""  # the counter and Generate say it is too long
