@@ -27,8 +27,8 @@ from ..tokenizer import COSYVOICE3_SPECIAL_TOKENS
 
 KNOWN_TAGS: tuple[str, ...] = tuple(t for t in COSYVOICE3_SPECIAL_TOKENS if not t.startswith("<|"))
 SPAN_TAGS: dict[str, str] = {"<strong>": "</strong>", "<laughter>": "</laughter>"}
-EVENT_TAGS: tuple[str, ...] = KNOWN_TAGS[:KNOWN_TAGS.index("[AA]")]
-EVENT_TAGS = tuple(t for t in EVENT_TAGS if t not in SPAN_TAGS and t not in SPAN_TAGS.values())
+EVENT_TAGS: tuple[str, ...] = tuple(t for t in KNOWN_TAGS[:KNOWN_TAGS.index("[AA]")]  # before the phone tokens
+                                    if t not in SPAN_TAGS and t not in SPAN_TAGS.values())
 
 _TAGS = sorted(KNOWN_TAGS, key=len, reverse=True)
 _TAG_RE = re.compile("|".join(re.escape(t) for t in _TAGS))
@@ -90,8 +90,9 @@ def protect_tags(text: str) -> tuple[str, Callable[[str], str]]:
     is refused (they would be mistaken for placeholders).
     """
     check_tags(text)
-    if _PUA_RE.search(text):
-        c = _PUA_RE.search(text).group()
+    pua = _PUA_RE.search(text)
+    if pua:
+        c = pua.group()
         raise InputError(f"the text contains the private-use character U+{ord(c):04X}, which cannot be read; "
                          "remove it")
     found: list[str] = []
