@@ -27,6 +27,6 @@ def test_preview_says_why_text_cannot_be_read(tmp_path):
     st = _studio(tmp_path)
     assert preview_md(st, "", "ru", "en") == "" and preview_md(st, "  \n", "ru", "en") == ""
     assert "unknown tag [smile]" in preview_md(st, "Привет [smile]", "ru", "en")
-    assert "неизвестный тег [smile]" in preview_md(st, "Привет [smile]", "ru", "ru")
+    assert "неизвестный тег [smile]: CosyVoice3 знает теги [breath]" in preview_md(st, "Привет [smile]", "ru", "ru")
     assert 'class="cv-err"' in preview_md(st, "<strong>громко", "ru", "en")
     assert preview_md(st, "а" * 5001, "ru", "en") == ""  # the counter and Generate say it is too long

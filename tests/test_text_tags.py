@@ -47,26 +47,49 @@ def test_protect_tags_round_trip_and_loss_detection():
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("Привет [smile] мир", "unknown tag [smile]: CosyVoice3 has no such tag"),
-    ("Привет [Breath]", "unknown tag [Breath]: .* did you mean [breath]? Tags are case-sensitive"),
+    ("Привет [smile] мир", "unknown tag [smile]: the tags CosyVoice3 knows are [breath], [noise], [laughter]"),
+    ("Привет [Breath]", "unknown tag [Breath]: tags are lowercase: write [breath]; to have it read as text, write "
+                        "it without brackets"),
     ("Привет [смех]", "unknown tag [смех]"),
     ("a <b>bold</b> word", "unknown tag <b>"),
-    ("<strong>громко", "<strong> is left open: add </strong> after the words it should cover"),
-    ("громко</strong>", "</strong> closes nothing: put <strong> before the words"),
-    ("<strong>а <laughter>б</strong> в</laughter>", "</strong> closes <strong> while <laughter> inside it is still"),
-    ("<strong>а <strong>б</strong></strong>", "<strong> is opened again inside <strong>…</strong>"),
+    ("line<br/>break", "unknown tag <br/>"),
+    ("<strong>громко", "<strong> is opened but not closed: add </strong> where it ends, or remove <strong>"),
+    ("громко</strong>", "</strong> closes nothing: add <strong> where the marked words begin, or remove </strong>"),
+    ("<strong>а <laughter>б</strong> в</laughter>", "</strong> comes while <laughter> inside its span is still open"),
     ("текст \ue000 с символом", "private-use character U+E000"),
 ])
 def test_bad_tags_are_refused_with_the_reason(text, message):
-    with pytest.raises(InputError, match=re.escape(message).replace(r"\.\*", ".*")):
+    with pytest.raises(InputError, match=re.escape(message)):
         normalize(text, "ru")
 
 
+def test_spans_may_nest():
+    text = "<strong>а <laughter>б</laughter> <strong>в</strong></strong>"
+    assert normalize(text, "ru") == text
+
+
+def test_a_transcript_is_never_refused_for_its_brackets():
+    """A voice prompt's transcript is normalised with strict_tags=False: known tags kept, the rest read."""
+    assert normalize("Он сказал [смех] 2 раза <strong>да", "ru", strict_tags=False) == \
+        "Он сказал [смех] два раза <strong>да"
+    assert normalize("текст \ue000 тут", "ru", strict_tags=False) == "текст тут"
+
+
 def test_brackets_that_are_not_tag_like_are_read_as_text():
-    check_tags("см. [1] и [см. выше] и a < b > c и <3")
+    check_tags("см. [1] и [2024] и [см. выше] и a < b > c и <3")
     assert normalize("Источник [1], см. [там же]", "ru") == "Источник [один], смотри [там же]"
 
 
 def test_markup_text_is_passed_as_given_without_tag_checks():
     text = "You are a helpful assistant.<|endofprompt|>[smile] <strong>"
     assert normalize(text, "ru") == text
+
+
+def test_prompt_ids_keep_a_saved_transcript_with_brackets():
+    from pipeline.text.preview import preview_tokenizer
+
+    frontend, _ = preview_tokenizer(None)
+    ids = frontend.prompt_ids("Ха [смех] и [breath] 2 раза")
+    assert frontend.tokenizer.decode(ids).endswith("<|endofprompt|>Ха [смех] и [breath] два раза")
+    with pytest.raises(InputError, match=re.escape("unknown tag [смех]")):
+        frontend.split("Ха [смех]", "ru")  # the text to say is checked

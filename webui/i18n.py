@@ -412,18 +412,21 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                                          "попробуйте другую температуру или зерно"),
     (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
     (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
-    (r"^unknown tag (\S+): CosyVoice3 has no such tag.* did you mean (\S+)\?",
-     "неизвестный тег {0}: у CosyVoice3 такого тега нет. Может быть, {1}? Регистр букв в тегах важен"),
-    (r"^unknown tag (\S+): CosyVoice3 has no such tag",
-     "неизвестный тег {0}: у CosyVoice3 такого тега нет, и модель получила бы его как текст для чтения вместе со "
-     "скобками. Известные теги: [breath], [laughter], [cough], [sigh] и другие, <strong>…</strong>, "
-     "<laughter>…</laughter>, фонемы CMU и пиньинь. Чтобы слово прочиталось, напишите его без скобок"),
-    (r"^(<\w+>) is left open: add (</\w+>)", "{0} не закрыт: добавьте {1} после слов, к которым он относится"),
-    (r"^(</\w+>) closes nothing: put (<\w+>)", "{0} ничего не закрывает: поставьте {1} перед нужными словами "
-                                               "или уберите {0}"),
-    (r"^(</\w+>) closes (<\w+>) while (<\w+>) inside it is still open: close (</\w+>) first",
-     "{0} закрывает {1}, пока внутри ещё открыт {2}: сначала закройте {3}"),
-    (r"^(<\w+>) is opened again inside", "{0} открыт повторно внутри такого же тега: сначала закройте первый"),
+    # the tag messages of pipeline/text/tags.py, worded as on the modes-wiring branch (webui/i18n_modes.py has the
+    # same five lines: keep one copy when both are merged)
+    (r"^unknown tag (\S+): tags are lowercase: write (\S+);",
+     "неизвестный тег {0}: теги пишутся строчными буквами, пишите {1}; чтобы он читался как текст, напишите его без "
+     "скобок"),
+    (r"^unknown tag (\S+): the tags CosyVoice3 knows are (.+) and pronunciation tags",
+     "неизвестный тег {0}: CosyVoice3 знает теги {1} и теги произношения, например [AA1] или [ǐ]; чтобы он читался "
+     "как текст, напишите его без скобок"),
+    (r"^(\S+) is opened but not closed: add (\S+) where it ends",
+     "тег {0} открыт, но не закрыт: добавьте {1} там, где выделение кончается, или уберите {0}"),
+    (r"^(\S+) closes nothing: add (\S+) where the marked words begin",
+     "тег {0} ничего не закрывает: добавьте {1} перед выделяемыми словами или уберите {0}"),
+    (r"^(\S+) comes while (\S+) inside its span is still open",
+     "тег {0} стоит там, где вложенный {1} ещё открыт: сначала закройте {1} (пары тегов вкладываются друг в друга, "
+     "а не перекрещиваются)"),
 )]
 
 

@@ -29,18 +29,19 @@ _NORMALIZERS: dict[str, Callable[[str], str]] = {"ru": _normalize_ru, "en": _nor
                                                  "ja": _normalize_ja}
 
 
-def normalize(text: str, language: str = "auto", *, max_chars: int = MAX_TEXT_CHARS) -> str:
+def normalize(text: str, language: str = "auto", *, max_chars: int = MAX_TEXT_CHARS, strict_tags: bool = True) -> str:
     """Spoken form of ``text`` in ``language`` (one of :data:`LANGUAGES`).
 
     Text with ``<|…|>`` markup is returned exactly as given (upstream's bypass, tags unchecked). Control tags
     are kept exactly as typed (:func:`.tags.protect_tags`). Raises :class:`InputError` for empty or over-long
-    text, unknown languages, unknown tag-like strings and unbalanced span tags.
+    text, unknown languages and, unless ``strict_tags`` is false (a prompt transcript), unknown tag-like strings
+    and unbalanced span tags.
     """
     check_language(language)
     _check_text(text, max_chars)
     if has_markup(text):
         return text
-    protected, restore = protect_tags(text)
+    protected, restore = protect_tags(text, check=strict_tags)
     lang = _resolve_language(text, language)
     text = restore(_NORMALIZERS[lang](_prepare(protected, lang)))
     text = re.sub(r" {2,}", " ", text).strip()
@@ -92,5 +93,5 @@ class TextFrontend:
         check_language(language)
         body = transcript
         if isinstance(body, str) and body.strip() and not has_markup(body):
-            body = normalize(body, language)
+            body = normalize(body, language, strict_tags=False)  # a saved voice is never refused later
         return self.tokenizer.encode(prepare_prompt_text(body))

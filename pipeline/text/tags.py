@@ -5,12 +5,15 @@ prompt-structure tokens: events (``[breath]``, ``[laughter]``, …), the spans `
 ``<laughter>…</laughter>``, and the CMU-phone (``[AA1]``) and pinyin (``[ǐ]``) pronunciation tokens. Each is
 matched literally (case matters) and encodes to one id.
 
-Policy for a string that looks like a tag but is not one (``[smile]``, ``[Breath]``, ``[смех]``, ``<b>``): it is
-**refused** with an :class:`InputError` that names it and says what to do, never read aloud or silently dropped.
-"Looks like a tag" means ``[`` one word ``]`` starting with a letter (any script; no spaces) or
-``<name>``/``</name>`` with a Latin name. Brackets around numbers or several words (``[1]``, ``[см. выше]``)
-are ordinary text and are read. A span left open, closed without being opened, crossed with the other span or
-opened inside itself is refused too.
+Policy for a string that looks like a tag but is not one (``[whisper]``, ``[Breath]``, ``[смех]``, ``<b>``): in the
+text to say it is **refused** with an :class:`InputError` that names it and says what to do, never read aloud or
+silently dropped. "Looks like a tag" means ``[word]``, ``<word>``, ``</word>`` or ``<word/>`` with at least one letter
+(any script) and no spaces; ``[1]``, ``[2024]``, ``[см. выше]`` and ``a < b > c`` are ordinary text and are read. A
+span left open, closed without being opened or crossed with the other span is refused too. The checks and their
+messages are the ones the ``modes-wiring`` branch wrote in ``pipeline/tags.py`` (same regular expression, same
+words), so the page, the API and the CLI say the same thing whichever module a caller imports. A voice prompt's
+transcript is not checked (a saved voice must never be refused afterwards): :func:`protect_tags` with
+``check=False`` keeps the known tags and leaves anything else as text.
 
 :func:`protect_tags` swaps every tag for a private-use character that no normaliser rule touches and returns a
 function that puts the tags back; :func:`normalize` uses it, so the text between tags is normalised as one
@@ -35,66 +38,63 @@ _TAG_RE = re.compile("|".join(re.escape(t) for t in _TAGS))
 _SPAN_OPEN = set(SPAN_TAGS)
 _SPAN_CLOSE = set(SPAN_TAGS.values())
 _KNOWN = set(KNOWN_TAGS)
-TAG_LIKE = re.compile(r"\[[^\W\d_][\w-]*\]|</?[A-Za-z][A-Za-z0-9_-]*>")
+# tag-like: [word], <word>, </word>, <word/> with at least one letter and no spaces ([1], a < b > c stay text)
+TAG_LIKE = re.compile(r"\[[\w-]*[^\W\d_][\w-]*\]|</?[\w-]*[^\W\d_][\w-]*/?>")
 
 # Placeholders: private-use characters (not letters, digits, spaces or punctuation to any rule here).
 _PUA_FIRST, _PUA_LAST = 0xE000, 0xF8FF
 PLACEHOLDER_CLASS = "[\ue000-\uf8ff]"
 _PUA_RE = re.compile(PLACEHOLDER_CLASS)
 
-_KNOWN_SUMMARY = (", ".join(EVENT_TAGS) + ", <strong>…</strong>, <laughter>…</laughter>, the CMU phones "
-                  "[AA]…[ZH] and the pinyin tokens [a]…[ǜ]")
 
 
-def _unknown_tag_message(tag: str) -> str:
-    near = [t for t in KNOWN_TAGS if t.lower() == tag.lower()]
-    hint = f"did you mean {near[0]}? Tags are case-sensitive. " if near else ""
-    return (f"unknown tag {tag}: CosyVoice3 has no such tag, and the model would get it as text to read, "
-            f"brackets and all. {hint}"
-            f"Known tags: {_KNOWN_SUMMARY}. To have the word read, write it without the brackets")
+def _known_list() -> str:
+    return (", ".join(EVENT_TAGS) + ", <strong>…</strong>, <laughter>…</laughter> and pronunciation tags such as "
+            "[AA1] or [ǐ]")
 
 
 def check_tags(text: str) -> None:
-    """Raise :class:`InputError` for a tag-like string that is not a CosyVoice3 tag, or a span tag that is left
-    open, closes nothing, crosses the other span or is opened inside itself."""
-    for m in TAG_LIKE.finditer(text):
-        if m.group() not in _KNOWN:
-            raise InputError(_unknown_tag_message(m.group()))
+    """Raise :class:`InputError` naming the first unknown tag-like string or unbalanced span in ``text``."""
+    closers = {v: k for k, v in SPAN_TAGS.items()}
     stack: list[str] = []
-    for m in _TAG_RE.finditer(text):
+    for m in TAG_LIKE.finditer(text):
         tag = m.group()
-        if tag in _SPAN_OPEN:
-            if tag in stack:
-                raise InputError(f"{tag} is opened again inside {tag}…{SPAN_TAGS[tag]}: close the first one before "
-                                 "opening another")
+        if tag not in _KNOWN:
+            hint = (f"tags are lowercase: write {tag.lower()}" if tag.lower() in _KNOWN else
+                    f"the tags CosyVoice3 knows are {_known_list()}")
+            raise InputError(f"unknown tag {tag}: {hint}; to have it read as text, write it without brackets")
+        if tag in SPAN_TAGS:
             stack.append(tag)
-        elif tag in _SPAN_CLOSE:
-            opener = next(o for o, c in SPAN_TAGS.items() if c == tag)
-            if not stack or stack[-1] != opener:
-                if opener in stack:
-                    raise InputError(f"{tag} closes {opener} while {stack[-1]} inside it is still open: close "
-                                     f"{SPAN_TAGS[stack[-1]]} first")
-                raise InputError(f"{tag} closes nothing: put {opener} before the words it should cover, "
-                                 f"or remove {tag}")
+        elif tag in closers:
+            if not stack:
+                raise InputError(f"{tag} closes nothing: add {closers[tag]} where the marked words begin, or "
+                                 f"remove {tag}")
+            if stack[-1] != closers[tag]:
+                raise InputError(f"{tag} comes while {stack[-1]} inside its span is still open: close "
+                                 f"{stack[-1]} first (spans go one inside the other, not across)")
             stack.pop()
     if stack:
-        raise InputError(f"{stack[-1]} is left open: add {SPAN_TAGS[stack[-1]]} after the words it should cover")
+        raise InputError(f"{stack[-1]} is opened but not closed: add {SPAN_TAGS[stack[-1]]} where it ends, or remove "
+                         f"{stack[-1]}")
 
 
-def protect_tags(text: str) -> tuple[str, Callable[[str], str]]:
-    """Check the tags (:func:`check_tags`) and replace each with a placeholder character.
+def protect_tags(text: str, *, check: bool = True) -> tuple[str, Callable[[str], str]]:
+    """Check the tags (:func:`check_tags`, unless ``check`` is false) and replace each known tag with a
+    placeholder character.
 
     Returns the text with placeholders and ``restore``, which turns a processed version of that text back into
     one with the tags. ``restore`` raises ``RuntimeError`` if the processing lost, duplicated or reordered a
-    placeholder (a bug in a normaliser, never a user error). Text that already holds private-use characters
-    is refused (they would be mistaken for placeholders).
+    placeholder (a bug in a normaliser, never a user error). Private-use characters already in the text would
+    be mistaken for placeholders: with ``check`` they are refused, without it (a transcript) they are removed
+    (no reading exists for them).
     """
-    check_tags(text)
-    pua = _PUA_RE.search(text)
-    if pua:
-        c = pua.group()
-        raise InputError(f"the text contains the private-use character U+{ord(c):04X}, which cannot be read; "
-                         "remove it")
+    if check:
+        check_tags(text)
+        pua = _PUA_RE.search(text)
+        if pua:
+            raise InputError(f"the text contains the private-use character U+{ord(pua.group()):04X}, which cannot "
+                             "be read; remove it")
+    text = _PUA_RE.sub("", text)
     found: list[str] = []
 
     def sub(m: re.Match) -> str:
