@@ -30,3 +30,15 @@ def test_preview_says_why_text_cannot_be_read(tmp_path):
     assert "неизвестный тег [smile]: CosyVoice3 знает теги [breath]" in preview_md(st, "Привет [smile]", "ru", "ru")
     assert 'class="cv-err"' in preview_md(st, "<strong>громко", "ru", "en")
     assert preview_md(st, "а" * 5001, "ru", "en") == ""  # the counter and Generate say it is too long
+
+
+def test_the_preview_loads_no_model_runtime(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom types import SimpleNamespace\nfrom webui.preview import preview_md\n"
+            f"st = SimpleNamespace(bundle_path={str(tmp_path)!r}, max_text_chars=5000)\n"
+            "assert 'двумя' in preview_md(st, 'с 2 друзьями', 'ru', 'en')\n"
+            "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))")
+    mods = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "pymorphy3" in mods and not mods & {"onnxruntime", "llama_cpp", "torch", "rknnlite"}
