@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from .common import _sentence_end, _spell_digits
-from .ru_morph import count_agreement
+from .ru_morph import count_agreement, ordinal_reading
 from .ru_words import (
     _INSTR_PREPS,
     _MONTHS,
@@ -255,6 +255,10 @@ def _number(m: re.Match) -> str:
         gender = (mult or unit).gender
     else:
         gender = None
+        if last.isdigit() and nxt and not b and not m["sign"] and len(last) <= 4:
+            ordinal = ordinal_reading(int(last), _next_words(s, m.end()))
+            if ordinal:
+                return _ru_ord(int(last), *ordinal)
         if last.isdigit() and nxt:
             morph_case, gender = count_agreement(int(last), _next_words(s, m.end()), _PREP_CASE.get(prev))
             case = morph_case or case

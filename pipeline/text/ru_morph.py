@@ -15,6 +15,7 @@ _CASE = {"nomn": "n", "gent": "g", "gen2": "g", "datv": "d", "accs": "a", "acc2"
          "loc2": "p"}
 _GENDER = {"masc": "m", "femn": "f", "neut": "n"}
 _AGREEING = {"ADJF", "PRTF", "NUMR"}  # words between the number and its noun ("двум новым книгам")
+_TIME_OF_DAY = {"утра", "дня", "вечера", "ночи"}  # "в 5 утра" is a count of hours, not "пятого утра"
 
 
 @functools.cache
@@ -59,3 +60,29 @@ def count_agreement(num: int, words: list[str], prep_case: str | None) -> tuple[
     if not oblique:
         return prep_case, gender
     return (prep_case if prep_case in oblique else oblique[0]), gender
+
+
+def ordinal_reading(num: int, words: list[str]) -> tuple[str, str] | None:
+    """(case, gender) when the count ``num`` must be an ordinal written without its suffix: the next noun is
+    singular in a case a count of ``num`` cannot govern ("на 5 этаже" → на пятом этаже, "к 3 уроку", "с 5 этажа",
+    "в 10 часу"). None otherwise. Numbers ending in 1 ("на 1 этаже") and the genitive singular after 2-4
+    ("2 этажа") are counts."""
+    one = num % 10 == 1 and num % 100 != 11
+    few = 2 <= num % 10 <= 4 and not 12 <= num % 100 <= 14
+    if one:
+        return None
+    morph = _analyzer()
+    for w in words[:3]:
+        parses = morph.parse(w)
+        top = parses[0]
+        if top.tag.POS == "NOUN":
+            if w in _TIME_OF_DAY or "Fixd" in top.tag or top.tag.number != "sing" or any(
+                    p.tag.POS == "NOUN" and p.tag.number == "plur" and p.score >= 0.1 * top.score for p in parses):
+                return None
+            case = _CASE.get(top.tag.case or "")
+            if case in ("d", "i", "p") or (case == "g" and not few):
+                return case, _GENDER.get(top.tag.gender or "", "m")
+            return None
+        if top.tag.POS not in _AGREEING:
+            return None
+    return None
