@@ -247,6 +247,16 @@ def _cli_words(msg: str) -> str:
             .replace("tick “replace”", "add --overwrite"))
 
 
+def cmd_normalize(a: argparse.Namespace) -> int:
+    from .text.preview import preview_tokenizer
+
+    frontend, source = preview_tokenizer(a.bundle)
+    _log(f"segments counted with {source}")
+    for segment in frontend.split(a.text, a.language):
+        print(segment)
+    return 0
+
+
 def cmd_speakers(a: argparse.Namespace) -> int:
     from .errors import PresetError
     from .presets import SpeakerStore
@@ -449,6 +459,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--speed", type=float, default=1.0, help="0.5-2.0 (upstream's mel resampling; not streamed: each "
                    "part is made whole)")
     s.set_defaults(func=cmd_say)
+
+    nz = sub.add_parser("normalize", help="print what will be read: the normalised text, one segment (LLM run) "
+                                          "per line; no model needed")
+    nz.add_argument("text", help="the text, as you would give it to say")
+    nz.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (as for say)")
+    nz.add_argument("--bundle", type=Path, default=_default_bundle(),
+                    help="bundle whose tokenizer counts the segment lengths (env COSYVOICE_RK_BUNDLE); without one, "
+                         "this repository's assets/qwen2-tokenizer (the same vocabulary)")
+    nz.set_defaults(func=cmd_normalize)
 
     sp = sub.add_parser("speakers", help="manage saved voices")
     ssub = sp.add_subparsers(dest="action", required=True)

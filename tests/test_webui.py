@@ -322,6 +322,18 @@ def test_invalid_inputs_show_their_message_next_to_the_input(page, tmp_path):
     assert "5001 characters, the limit is 5000" in pg.wait_for_selector("#cv-text-msg .cv-err").inner_text()
 
 
+def test_the_text_box_shows_what_will_be_read(page):
+    pg = page
+    field(pg, "cv-text").fill("Встретимся 1 мая с 2 друзьями.")
+    pg.wait_for_function("document.querySelector('#cv-preview').innerText.includes('первого мая с двумя')")
+    field(pg, "cv-text").fill("I have 2 cats.")
+    pg.wait_for_function("document.querySelector('#cv-preview').innerText.includes('I have два cats.')")
+    choose(pg, "cv-language", "English (en)")  # the preview follows the language of the text
+    pg.wait_for_function("document.querySelector('#cv-preview').innerText.includes('I have two cats.')")
+    field(pg, "cv-text").fill("Hello [smile]")
+    assert "unknown tag [smile]" in pg.wait_for_selector("#cv-preview .cv-err").inner_text()
+
+
 def test_cancel_a_running_job(page, studio, tmp_path):
     pg = page
     done_before = studio.worker.status()["done"]

@@ -20,6 +20,7 @@ from . import live, openai_api
 from .api import _api
 from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, SpeakState, Studio
 from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
+from .preview import wire_preview
 from .serve import SlowAuth
 from .speak_modes import mode_controls, speed_slider, tag_menu, wire
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
@@ -117,6 +118,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                         s_count = gr.Markdown(f"0 / {studio.max_text_chars}", elem_classes="cv-msg",
                                               elem_id="cv-count")
                         s_text_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-text-msg")
+                        s_preview = gr.HTML("", elem_id="cv-preview")
                         with gr.Row():
                             s_lang = tr(gr.Dropdown(_lang_choices(), value="ru", label=t("language"),
                                                     elem_id="cv-language", min_width=160), label="language")
@@ -334,6 +336,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                        show_progress="hidden")
         s_text.change(None, [s_text], [s_count], js=f"(t) => `${{(t || '').length}} / {studio.max_text_chars}`",
                       api_visibility="private")
+
+        wire_preview(studio, s_preview, lang, s_text, s_lang)
 
         def on_mode(mode: str) -> list[Any]:
             return [gr.update(visible=mode == "saved"), gr.update(visible=mode == "prompt")]

@@ -71,6 +71,8 @@ _S: dict[str, tuple[str, str]] = {
     "text": ("Text to speak", "Текст для озвучивания"),
     "text_ph": ("Type or paste text. Long text is split into sentences and plays as each part is ready.",
                 "Введите или вставьте текст. Длинный текст делится на части и звучит по мере готовности."),
+    "preview_title": ("What will be read (parts: {n}; each is one model run):",
+                      "Что будет прочитано (частей: {n}; каждая — один запуск модели):"),
     "language": ("Language of the text", "Язык текста"),
     "temperature": ("Temperature", "Температура"),
     "temperature_info": ("1.0 = as upstream; lower is steadier, higher more varied",
@@ -415,6 +417,7 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                                          "попробуйте другую температуру или зерно"),
     (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
     (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
+    # the control-tag messages (pipeline/text/tags.py) are in webui/i18n_modes.py
 )]
 
 _RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES]

@@ -64,6 +64,9 @@ footer { opacity: .7; }
 .cv-msg p { margin: 2px 0 !important; }
 .cv-err { color: var(--error-text-color, #dc2626); font-weight: 600; }
 .cv-ok { color: var(--color-green-600, #16a34a); }
+/* what will be read, under the text box (webui/preview.py) */
+#cv-preview .cv-preview { font-size: 0.9em; color: var(--body-text-color-subdued, #6b7280); }
+#cv-preview .cv-preview p, #cv-preview ol { margin: 2px 0 !important; }
 .cv-mic-hint { display: none; }
 body.cv-insecure .cv-mic-hint { display: block; }
 #cv-live audio { width: 100%; }
