@@ -233,10 +233,18 @@ def test_a_client_that_goes_away_cancels_its_job(server):
                       json=body) as r:
         next(r.iter_bytes())  # streaming: gone after the first audio
     _wait_cancelled(server, cancelled)
+    # a whole WAV: gone before the response began. A job of the studio's own keeps the worker busy, so the API's
+    # job is still waiting when its client goes (on a quiet machine the tiny bundle would finish it first).
+    blocker = server.speak(MEDIUM * 6, voice="Анна", language="ru", seed=server.seeds["medium"])
+    deadline = time.monotonic() + 120
+    while blocker.state != "running" and time.monotonic() < deadline:
+        time.sleep(0.1)
     cancelled = server.worker.status()["cancelled"]
-    with pytest.raises(httpx.ReadTimeout):  # a whole WAV: gone while the job runs, before the response began
+    with pytest.raises(httpx.ReadTimeout):
         speech(server, {**body, "response_format": "wav"}, timeout=httpx.Timeout(120, read=0.5))
     _wait_cancelled(server, cancelled)
+    server.cancel(blocker.id)
+    assert [st.phase for st in server.follow(blocker, poll=0.2)][-1] in ("cancelled", "error", "done")
 
 
 def test_a_job_that_dies_mid_stream_cuts_the_response_off(server):
