@@ -66,7 +66,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
         if a.streaming or a.streaming_goldens:
             from .verify_stream import load_streaming_goldens, run_verify_streaming
 
-            if not sg_path.is_file():
+            if not a.streaming_goldens and not sg_path.is_file():
                 raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
                                  "--streaming-goldens F)")
             results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)

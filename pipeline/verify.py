@@ -49,19 +49,25 @@ class StageResult:
         return asdict(self)
 
 
-def load_goldens(path: Path | str) -> dict[str, np.ndarray]:
+def load_npz(path: Path | str, required: list[str], kind: str = "goldens") -> dict[str, np.ndarray]:
+    """A goldens ``.npz`` as a dict; :class:`InputError` naming the file when it is missing, unreadable or lacks
+    one of ``required``."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             g = {k: z[k] for k in z.files}
     except FileNotFoundError:
-        raise InputError(f"goldens file {path} does not exist") from None
+        raise InputError(f"{kind} file {path} does not exist") from None
     except Exception as e:
-        raise InputError(f"{path} is not a readable goldens .npz ({e})") from e
-    missing = [k for k in REQUIRED_KEYS if k not in g]
+        raise InputError(f"{path} is not a readable {kind} .npz ({e})") from e
+    missing = [k for k in required if k not in g]
     if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}; see the fixture README for the goldens format")
+        raise InputError(f"{path} lacks {', '.join(missing)}; see the fixture README for the {kind} format")
     return g
+
+
+def load_goldens(path: Path | str) -> dict[str, np.ndarray]:
+    return load_npz(path, REQUIRED_KEYS)
 
 
 def _close(stage: str, got: np.ndarray, want: np.ndarray, detail: str = "") -> StageResult:

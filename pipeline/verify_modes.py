@@ -14,25 +14,17 @@ from collections.abc import Callable
 import numpy as np
 
 from .bundle import Bundle
-from .errors import BundleError, InputError
-from .verify import StageResult
+from .errors import BundleError
+from .verify import StageResult, load_npz
 
 ROW_TOL = 1e-6
 AUDIO_TOL = 1e-3
 
 
 def load_modes_goldens(path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            g = {k: z[k] for k in z.files}
-    except Exception as e:
-        raise InputError(f"{path} is not a readable modes goldens .npz ({e})") from e
     need = [f"{m}_{k}" for m in ("zero_shot", "cross_lingual", "instruct2")
             for k in ("prompt_text", "tts_text", "llm_prompt_speech_token", "lm_input", "min_len", "max_len")]
-    missing = [k for k in need if k not in g]
-    if missing:
-        raise InputError(f"{path} lacks {', '.join(missing[:4])}; see the fixture README for the modes goldens")
-    return g
+    return load_npz(path, need, "modes goldens")
 
 
 def run_verify_modes(bundle: Bundle, m: dict[str, np.ndarray], g: dict[str, np.ndarray], *,

@@ -19,8 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .bundle import Bundle
-from .errors import InputError
-from .verify import StageResult
+from .verify import StageResult, load_npz
 
 TOLERANCE = 1e-3
 REQUIRED = ["in_prompt_speech_token", "in_prompt_feat", "in_embedding", "in_stream_token", "est_x", "est_mu",
@@ -29,17 +28,7 @@ REQUIRED = ["in_prompt_speech_token", "in_prompt_feat", "in_embedding", "in_stre
 
 
 def load_streaming_goldens(path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            g = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise InputError(f"streaming goldens file {path} does not exist") from None
-    except Exception as e:
-        raise InputError(f"{path} is not a readable streaming goldens .npz ({e})") from e
-    missing = [k for k in REQUIRED if k not in g]
-    if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}; see the fixture README for the streaming goldens")
-    return g
+    return load_npz(path, REQUIRED, "streaming goldens")
 
 
 def _err(got: np.ndarray, want: np.ndarray) -> float:
