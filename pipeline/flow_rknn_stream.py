@@ -313,7 +313,7 @@ def make_chunk_estimator(
     ONNX chunk graph (``cache`` fp16/fp32) saying why; ``rknn`` raises instead of falling back. ``cfg``: split or
     batch; default ``$COSYVOICE_RK_NPU_CFG``, else split."""
     from .flow_rknn import BACKENDS, detect_npu
-    from .flow_stream import CACHE_DTYPES, ChunkEstimator
+    from .flow_stream import CACHE_DTYPES, ChunkEstimator, chunk_graph_paths
 
     backend = (backend or "auto").strip().lower()
     cfg = cfg or os.environ.get(NPU_CFG_ENV) or "split"
@@ -323,13 +323,10 @@ def make_chunk_estimator(
         raise InputError(f"CFG mode {cfg!r}: choose {' or '.join(CFG_MODES)}")
     if cache not in CACHE_DTYPES:
         raise InputError(f"flow cache type must be one of {', '.join(CACHE_DTYPES)}, not {cache!r}")
-    files = bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
-    if cache not in files:
-        raise BundleError(f"bundle {bundle.root} has no streaming flow graph ({cache} cache); convert it again "
-                          "with this version to stream")
+    onnx_graphs = chunk_graph_paths(bundle, cache)
 
     def onnx_est() -> ChunkEstimator:
-        return ChunkEstimator(bundle.path(files[cache]), n_threads=n_threads, spin=spin)
+        return ChunkEstimator(*onnx_graphs, n_threads=n_threads, spin=spin)
 
     def onnx(why: str) -> tuple[Any, str]:
         est = onnx_est()

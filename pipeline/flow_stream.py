@@ -24,23 +24,58 @@ import numpy as np
 from .errors import BackendError, BundleError, InputError
 from .flow import Flow, euler
 
-CHUNK_INPUTS = ("x", "mu", "cond", "spks", "t", "offset", "conv1_cache", "conv2_cache",
-                "k_voice", "v_voice", "k_past", "v_past")
 CACHE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
+CHUNK_FORMAT = 2  # pipeline.convert.flow_stream_export.CHUNK_FORMAT
+# several whole chunks in one estimator call (the graph's in-call chunk mask) over a voice's prompt part:
+# fewer, larger calls use the cores better; the cap bounds the attention scores' memory
+MAX_CHUNKS_PER_CALL = 8
 _F32 = np.float32
+_HEAD = ("x", "mu", "cond", "spks", "mod", "mod_out", "offset", "bias", "conv1_cache", "conv2_cache")
+
+
+def chunk_graph_paths(bundle: Any, cache: str) -> tuple[Path, Path]:
+    """The bundle's chunk graph for ``cache`` and its time-modulation graph, or a clear error."""
+    if cache not in CACHE_DTYPES:
+        raise InputError(f"flow cache type must be one of {', '.join(CACHE_DTYPES)}, not {cache!r}")
+    files = bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
+    if cache not in files:
+        raise BundleError(f"bundle {bundle.root} has no streaming flow graph ({cache} cache); convert it again "
+                          "with this version to stream")
+    if files.get("format") != CHUNK_FORMAT or "time" not in files:
+        raise BundleError(f"bundle {bundle.root} has streaming flow graphs of an older layout; convert it again "
+                          "with this version to stream")
+    return bundle.path(files[cache]), bundle.path(files["time"])
+
+
+def euler_times(ts: np.ndarray) -> list[np.ndarray]:
+    """The t values :func:`pipeline.flow.euler` feeds the estimator, step by step (its float32 running sum)."""
+    t, dt = ts[0:1].copy(), ts[1] - ts[0]
+    out = []
+    for step in range(1, len(ts)):
+        out.append(t.copy())
+        t = t + dt
+        if step < len(ts) - 1:
+            dt = ts[step + 1] - t
+    return out
 
 
 class ChunkEstimator:
-    """The chunk graph on ONNX Runtime's CPU provider."""
+    """The chunk graph on ONNX Runtime's CPU provider.
+
+    Takes the feeds :class:`ChunkedFlow` builds (stacked caches, ``t``) and gives the graph what it wants: each
+    block's cache as a view (no copy) and the AdaLN modulation for ``t``, computed by the time graph once per
+    time value and kept (10 steps: 5.5 MB; the time graph's 0.55 GB of weights are freed after)."""
 
     backend = "onnxruntime-cpu"
+    multi_chunk = True
 
-    def __init__(self, path: Path | str, *, n_threads: int | None = None, spin: bool = True) -> None:
+    def __init__(self, path: Path | str, time_path: Path | str, *, n_threads: int | None = None,
+                 spin: bool = True) -> None:
         import onnxruntime as ort
 
         from .llm import default_threads
 
-        self.path = Path(path)
+        self.path, self.time_path = Path(path), Path(time_path)
         self.n_threads = int(n_threads or default_threads())
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -48,29 +83,66 @@ class ChunkEstimator:
         opts.inter_op_num_threads = 1
         if not spin:  # other stages share the cores while a request streams: do not busy-wait
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self._opts = opts
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             raise BackendError(f"ONNX Runtime cannot load the streaming flow estimator {self.path}: {e}") from e
         ins = {i.name: i for i in self.session.get_inputs()}
-        if sorted(ins) != sorted(CHUNK_INPUTS):
-            raise BundleError(f"{self.path.name} has inputs {sorted(ins)}, the chunk graph has {list(CHUNK_INPUTS)}")
-        self.cache_dtype = np.float16 if ins["k_past"].type == "tensor(float16)" else np.float32
-        shape = ins["k_past"].shape  # (depth, batch, heads, frames, dim_head)
-        self.depth, self.heads, self.dim_head = int(shape[0]), int(shape[2]), int(shape[4])
+        self.depth = sum(1 for n in ins if n.startswith("k_voice_"))
+        want = [*_HEAD, *(f"{k}_{p}_{i}" for i in range(self.depth) for p in ("voice", "past") for k in "kv")]
+        if sorted(ins) != sorted(want):
+            raise BundleError(f"{self.path.name} does not have the chunk graph's inputs ({sorted(ins)[:12]}…); "
+                              "convert the bundle again with this version")
+        self.cache_dtype = np.float16 if ins["k_past_0"].type == "tensor(float16)" else np.float32
+        shape = ins["k_past_0"].shape  # (batch, heads, frames, dim_head)
+        self.heads, self.dim_head = int(shape[1]), int(shape[3])
         self.dim = int(ins["conv1_cache"].shape[1])
         self.conv_context = int(ins["conv1_cache"].shape[2])
         self._outs = [o.name for o in self.session.get_outputs()]
+        self._mods: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     def empty_kv(self, frames: int = 0) -> np.ndarray:
         return np.zeros((self.depth, 2, self.heads, frames, self.dim_head), self.cache_dtype)
 
+    def prepare(self, times: list[np.ndarray]) -> None:
+        """Compute the modulation for these t values (one time-graph session, freed after)."""
+        import onnxruntime as ort
+
+        todo = [np.asarray(t, _F32).reshape(1) for t in times if np.asarray(t, _F32).tobytes() not in self._mods]
+        if not todo:
+            return
+        try:
+            sess = ort.InferenceSession(str(self.time_path), self._opts, providers=["CPUExecutionProvider"])
+            mod, mod_out = sess.run(None, {"t": np.concatenate(todo)})
+        except Exception as e:
+            raise BackendError(f"ONNX Runtime cannot run the flow time graph {self.time_path}: {e}") from e
+        for i, t in enumerate(todo):
+            self._mods[t.tobytes()] = (np.ascontiguousarray(mod[i]), np.ascontiguousarray(mod_out[i]))
+
     def __call__(self, feeds: dict[str, np.ndarray], *, kv: bool = True) -> list[np.ndarray]:
+        t = np.asarray(feeds["t"], _F32)
+        if np.any(t != t.flat[0]):
+            raise BackendError("the streaming flow estimator takes one t for both CFG rows")
+        key = t.reshape(-1)[:1].tobytes()
+        if key not in self._mods:
+            self.prepare([t.reshape(-1)[:1]])
+        mod, mod_out = self._mods[key]
+        n = feeds["x"].shape[-1]
+        run = {"x": feeds["x"], "mu": feeds["mu"], "cond": feeds["cond"], "spks": feeds["spks"], "mod": mod,
+               "mod_out": mod_out, "offset": feeds["offset"], "conv1_cache": feeds["conv1_cache"],
+               "conv2_cache": feeds["conv2_cache"]}
+        run["bias"] = feeds["bias"] if "bias" in feeds else np.zeros((n, n), _F32)
+        for part in ("voice", "past"):
+            k, v = feeds[f"k_{part}"], feeds[f"v_{part}"]
+            for i in range(self.depth):
+                run[f"k_{part}_{i}"] = k[i]
+                run[f"v_{part}_{i}"] = v[i]
         names = self._outs if kv else self._outs[:1]
         try:
-            return self.session.run(names, feeds)
+            return self.session.run(names, run)
         except Exception as e:
-            raise BackendError(f"streaming flow estimator failed on {feeds['x'].shape[-1]} frames: {e}") from e
+            raise BackendError(f"streaming flow estimator failed on {n} frames: {e}") from e
 
 
 @dataclass
@@ -112,7 +184,7 @@ class FlowRequest:
     voice: PromptCache | None
     past: list[StepState]
     frames_done: int
-    stats: dict[str, float] = field(default_factory=lambda: {"chunks": 0, "frames": 0})
+    stats: dict[str, float] = field(default_factory=lambda: {"chunks": 0, "calls": 0, "frames": 0})
 
 
 class ChunkedFlow:
@@ -127,6 +199,9 @@ class ChunkedFlow:
             raise BundleError(f"flow chunk of {self.chunk} frames is not a whole number of tokens")
         self.chunk_tokens = self.chunk // self.ratio
         self.mel_bins = flow.mel_bins
+        self.max_chunks = MAX_CHUNKS_PER_CALL if getattr(estimator, "multi_chunk", False) else 1
+        if hasattr(estimator, "prepare"):
+            estimator.prepare(euler_times(flow.t_span()))
 
     @classmethod
     def from_bundle(cls, bundle: Any, flow: Flow, *, n_threads: int | None = None, cache: str = "fp16",
@@ -134,18 +209,13 @@ class ChunkedFlow:
         """``backend`` auto|rknn|onnx (:func:`pipeline.flow_rknn_stream.make_chunk_estimator`, which takes the
         ``npu`` options core_mask, cfg, overflow, log); ``onnx`` (the default) is the ONNX chunk graph."""
         sec = bundle.manifest["flow"]
-        files = sec["estimator"].get("onnx_chunk") or {}
-        if cache not in CACHE_DTYPES:
-            raise InputError(f"flow cache type must be one of {', '.join(CACHE_DTYPES)}, not {cache!r}")
-        if cache not in files:
-            raise BundleError(f"bundle {bundle.root} has no streaming flow graph ({cache} cache); convert it again "
-                              "with this version to stream")
+        paths = chunk_graph_paths(bundle, cache)
         dims = sec.get("dims", {})
         if int(dims.get("num_decoding_left_chunks", -1)) != -1:
             raise BundleError("this flow was trained with a limited left context (num_decoding_left_chunks = "
                               f"{dims['num_decoding_left_chunks']}); streaming supports all left chunks only")
         if backend == "onnx":
-            est: Any = ChunkEstimator(bundle.path(files[cache]), n_threads=n_threads, spin=spin)
+            est: Any = ChunkEstimator(*paths, n_threads=n_threads, spin=spin)
         else:
             from .flow_rknn_stream import make_chunk_estimator
 
@@ -221,13 +291,18 @@ class ChunkedFlow:
     def _solve_next(self, req: FlowRequest, *, finalize: bool, upto: int,
                     should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         a = req.frames_done
-        b = min(a + self.chunk, upto)
-        keep = b - a == self.chunk  # a partial chunk is the last one: nothing attends to it later
+        # several chunks per call only over the prompt part a voice's cache holds: which frames are ready later
+        # depends on the LLM's timing, and the call's shape changes the float rounding, so grouping there would
+        # make a seed's audio differ run to run; this part is grouped the same with or without the cache
+        vf = self.voice_frames(req.n_prompt)
+        b = min(a + self.chunk * self.max_chunks, upto, vf) if a < vf else min(a + self.chunk, upto)
+        keep = (b - a) % self.chunk == 0  # a partial chunk is the last one: nothing attends to it later
         return self._solve(req, a, b, finalize=finalize, keep=keep, should_stop=should_stop)
 
-    def _solve(self, req: FlowRequest, a: int, b: int, *, finalize: bool, keep: bool,
+    def _solve(self, req: FlowRequest, a: int, b: int, *, finalize: bool, keep: bool, chunked: bool = True,
                should_stop: Callable[[], bool] | None = None) -> np.ndarray:
-        """Solve frames [a, b) with everything before ``a`` in ``req``'s caches; returns x (M, b − a)."""
+        """Solve frames [a, b) with everything before ``a`` in ``req``'s caches; returns x (M, b − a).
+        ``chunked``: upstream's chunk mask among these frames (else full attention: the upstream final call)."""
         t0, t1 = a // self.ratio, b // self.ratio
         toks = np.asarray(req.tokens, np.int64)
         if toks.max(initial=0) >= self.flow.frontend.vocab_size:
@@ -247,6 +322,9 @@ class ChunkedFlow:
         if p_end > a:
             feeds["cond"][0, :, : p_end - a] = req.cond[:, a:p_end]
         feeds["spks"][0] = req.spks
+        if chunked and n > self.chunk:
+            i = np.arange(a, b) // self.chunk
+            feeds["bias"] = np.where(i[None, :] <= i[:, None], _F32(0.0), _F32(-np.inf)).astype(_F32)
         voice = req.voice.steps if req.voice is not None else None
         empty = self.est.empty_kv()
         x_in = np.zeros((2, m, n), _F32)
@@ -269,7 +347,8 @@ class ChunkedFlow:
         x = euler(np.array(self.flow.noise[0, :, a:b], _F32), self.flow.t_span(), self.flow.cfg_rate, velocity,
                   should_stop=should_stop)
         req.frames_done = b
-        req.stats["chunks"] += 1
+        req.stats["chunks"] += -(-n // self.chunk)
+        req.stats["calls"] += 1
         req.stats["frames"] += n
         return x
 
@@ -279,5 +358,6 @@ class ChunkedFlow:
         req = FlowRequest([*toks.tolist(), *np.asarray(tokens, np.int64).tolist()], toks.size, spks, cond, None,
                           self._fresh_steps(), 0)
         # one chunk that is the whole sequence: full attention
-        mel = self._solve(req, 0, self.ratio * len(req.tokens), finalize=True, keep=False, should_stop=should_stop)
+        mel = self._solve(req, 0, self.ratio * len(req.tokens), finalize=True, keep=False, chunked=False,
+                          should_stop=should_stop)
         return np.ascontiguousarray(mel[:, self.ratio * toks.size:])

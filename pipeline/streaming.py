@@ -86,13 +86,16 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                    prefix_state: bytes | None = None, flow_cache: Any = None, schedule: str = "upstream",
                    final: str = "causal", hift_noise: np.ndarray | None = None, tokens: Any = None,
                    on_mel: Callable[[np.ndarray, bool], None] | None = None, mode: str = "zero_shot",
-                   on_progress: Callable[[str, dict], None] | None = None,
+                   on_progress: Callable[[str, dict], None] | None = None, llm_yields: bool | None = None,
                    should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Yield float32 audio arrays as they become final, then one :class:`SynthesisResult` (tokens, timings,
     ``stats``: ttfa_s, wall_s, chunks, emissions, prompt-cache use). ``tokens``: a fixed speech-token list
     instead of the LLM (as upstream's streaming goldens were recorded; for ``verify``), or a callable
     ``tokens(on_token, should_stop)`` that produces them (``bench``: the LLM at a forced length);
-    ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder."""
+    ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder. ``llm_yields``: once the LLM has the
+    tokens the first audio needs, it waits until that audio is out, so that the flow has the cores to itself
+    (default: when the flow runs on the CPU; the LLM's later tokens are not needed sooner, the flow is the
+    slower stage there)."""
     from .engine import SynthesisResult
     from .vocoder_stream import HiFTStream
 
@@ -107,6 +110,10 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
     req = cf.start(prompt, flow_cache)
     n_prompt = len(prompt.speech_tokens)
     ratio = cf.ratio
+    if llm_yields is None:
+        llm_yields = str(getattr(cf.est, "backend", "")).startswith("onnxruntime")
+    first_out = threading.Event()
+    first_need = next(emission_points(n_prompt, hop=cf.chunk_tokens)) + cf.flow.frontend.pre_lookahead_len
     stopped = lambda: sh.stop or (should_stop is not None and should_stop())  # noqa: E731
 
     def llm() -> None:
@@ -118,8 +125,14 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 if flt.keep(tok):
                     sh.tokens.append(tok)
                     sh.cond.notify_all()
+                wait = llm_yields and len(sh.tokens) >= first_need and not first_out.is_set()
             if on_progress:
                 on_progress("tokens", {"n": i + 1})
+            if wait:
+                t_wait = time.perf_counter()
+                while not first_out.wait(0.05) and not stopped():
+                    pass
+                sh.timings["llm_yield"] = time.perf_counter() - t_wait
 
         t0 = time.perf_counter()
         try:
@@ -162,9 +175,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 req.tokens.extend(new)
                 t0 = time.perf_counter()
                 ready = cf.ready_frames(req, finalize=False)
-                if ready > req.frames_done:  # one chunk at a time: new tokens and a stop are seen between chunks
-                    pending.append(cf.advance(req, [], min(ready, req.frames_done + cf.chunk), finalize=False,
-                                              should_stop=stopped))
+                if ready > req.frames_done:  # a call at a time (ChunkedFlow groups the prompt part's chunks)
+                    pending.append(cf.advance(req, [], min(ready, req.frames_done + cf.chunk * cf.max_chunks),
+                                              finalize=False, should_stop=stopped))
                     sh.timings["flow"] += time.perf_counter() - t0
                     while req.frames_done >= next_emit:
                         _hand(sh, pending, req.frames_done - next_emit, final=False)
@@ -219,6 +232,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             t0 = time.perf_counter()
             audio = voc.push(mel, finalize=last)
             sh.timings["vocoder"] += time.perf_counter() - t0
+            first_out.set()  # even if this mel was too short to give audio yet: the flow needs more tokens
             if audio.size:
                 if ttfa is None:
                     ttfa = time.perf_counter() - t_start
@@ -230,12 +244,14 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
         if not voc.done:
             raise InputError("the stream ended before its final chunk")
     finally:
+        first_out.set()
         with sh.cond:  # a consumer that stops iterating, an error or a cancel: stop both threads
             sh.stop = True
             sh.cond.notify_all()
         for t in threads:
             t.join()
     stats = {"ttfa_s": ttfa or 0.0, "wall_s": time.perf_counter() - t_start, "chunks": req.stats["chunks"],
+             "flow_calls": req.stats["calls"], "llm_yields": bool(llm_yields),
              "emissions": emissions, "prompt_cache_frames": flow_cache.frames if flow_cache is not None else 0,
              "schedule": schedule, "final": final,
              "threads": {"llm": getattr(engine.lm, "n_threads", None), "flow": getattr(cf.est, "n_threads", None),

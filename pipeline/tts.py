@@ -24,7 +24,7 @@ import numpy as np
 from .audio import AudioSource, prepare_prompt
 from .bundle import Bundle
 from .engine import Engine, PromptFeatures, SynthesisResult, log_to_stderr
-from .errors import InputError, PresetError
+from .errors import CosyVoiceRKError, InputError, PresetError
 from .presets import Preset, SpeakerStore, features_problem
 from .tokenizer import ENDOFPROMPT
 
@@ -110,10 +110,13 @@ class CosyVoiceRK:
 
     def _stream_choice(self, flow_fast: bool) -> tuple[bool, str]:
         """Whether ``create_chunks(stream=True)`` can use the streaming engine here, and why (logged once)."""
-        graphs = self.bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
+        from .flow_stream import chunk_graph_paths
+
         whole = "each text part is made in one pass and heard when it is done"
-        if self.engine.flow_cache_type not in graphs:
-            return False, f"no streaming: the bundle has no streaming flow graph (convert it again); {whole}"
+        try:
+            chunk_graph_paths(self.bundle, self.engine.flow_cache_type)
+        except CosyVoiceRKError as e:
+            return False, f"no streaming: {e}; {whole}"
         if flow_fast:
             return False, f"no streaming: the fast flow (INT8) has no streaming graph; {whole}"
         if getattr(self.engine.flow.estimator, "backend", "") == "rknn-npu":

@@ -32,7 +32,7 @@ from pipeline.errors import BackendError, InputError
 from pipeline.flow import Flow
 from pipeline.flow_rknn import CORE_MASKS
 from pipeline.flow_rknn_stream import NPU_CFG_ENV, NPU_KV_ENV, RknnChunkEstimator, make_chunk_estimator
-from pipeline.flow_stream import ChunkedFlow, ChunkEstimator
+from pipeline.flow_stream import ChunkedFlow, ChunkEstimator, chunk_graph_paths
 
 PAST = (100, 700)  # the streaming goldens' request reaches 650 past frames
 EXACT_TOL = 1e-4
@@ -124,8 +124,7 @@ def _feeds(est, rng, *, n: int, voice: int, past: int) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("cfg", ["split", "batch"])
 def test_each_call_equals_the_onnx_chunk_graph(standin, stream_bundle, npu_dir, cfg):
     out, geo = npu_dir
-    ref = ChunkEstimator(stream_bundle.path(stream_bundle.manifest["flow"]["estimator"]["onnx_chunk"]["fp32"]),
-                         n_threads=1)
+    ref = ChunkEstimator(*chunk_graph_paths(stream_bundle, "fp32"), n_threads=1)
     b = 1 if cfg == "split" else 2
     est = RknnChunkEstimator({p: out / chunk_file_name(b, p) for p in PAST}, geo, cfg=cfg, cache_dtype=np.float32,
                              log=lambda m: None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import threading
 
 import numpy as np
@@ -54,8 +56,12 @@ def _calls(sg, pre: str):
 
 @pytest.mark.parametrize("pre", ["stream", "pad"])
 @pytest.mark.parametrize("voice_cache", [False, True])
-def test_chunked_flow_matches_upstream_chunks(stream_bundle, parts, sg, pre, voice_cache):
+@pytest.mark.parametrize("max_chunks", [1, 8])
+def test_chunked_flow_matches_upstream_chunks(stream_bundle, parts, sg, pre, voice_cache, max_chunks):
+    """One chunk per estimator call, or several with the graph's in-call chunk mask (the goldens' later calls
+    hold up to four chunks): both are upstream's chunk-masked flow."""
     cf = ChunkedFlow.from_bundle(stream_bundle, parts[0], cache="fp32")
+    cf.max_chunks = max_chunks
     prompt = _prompt(sg, pre)
     p = len(prompt.speech_tokens)
     pc = cf.build_prompt_cache(prompt) if voice_cache else None
@@ -70,6 +76,32 @@ def test_chunked_flow_matches_upstream_chunks(stream_bundle, parts, sg, pre, voi
         want = sg[f"{pre}_final_causal_mel" if fin else f"{pre}_c{k}_mel"][0]
         assert mel.shape == want.shape
         assert np.abs(mel - want).max() < TOL, (k, np.abs(mel - want).max())
+
+
+def test_several_chunks_per_call_are_the_same_chunks(stream_bundle, parts, sg):
+    """Guards the in-call mask: without it a call of several prompt chunks lets early frames see later ones."""
+    p = _prompt(sg, "stream")
+    prompt = PromptFeatures(np.tile(p.speech_tokens, 3), np.tile(p.mel, (3, 1)), p.embedding)  # 150 tokens
+    mels = []
+    for mc in (1, 4):
+        cf = ChunkedFlow.from_bundle(stream_bundle, parts[0], cache="fp32")
+        cf.max_chunks = mc
+        assert cf.voice_frames(150) == 250
+        req = cf.start(prompt)
+        mels.append(cf.advance(req, sg["in_stream_token"][:78].tolist(), 2 * (150 + 75), finalize=False))
+        assert (req.stats["chunks"], req.stats["calls"]) == (9, 9 if mc == 1 else 2 + 4)
+    assert np.abs(mels[0] - mels[1]).max() < 1e-5
+
+
+def test_old_chunk_graph_layout_is_refused(stream_bundle, tmp_path):
+    from pipeline.errors import BundleError
+    from pipeline.flow_stream import chunk_graph_paths
+
+    b = copy.copy(stream_bundle)
+    b.manifest = json.loads(json.dumps(stream_bundle.manifest))
+    del b.manifest["flow"]["estimator"]["onnx_chunk"]["format"]
+    with pytest.raises(BundleError, match="older layout; convert it again"):
+        chunk_graph_paths(b, "fp16")
 
 
 def test_fp16_cache_stays_close(stream_bundle, parts, sg):

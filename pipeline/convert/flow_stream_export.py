@@ -1,10 +1,11 @@
-"""Converter step: the streaming flow's chunk graphs (``flow_estimator.chunk.fp32.onnx``, ``.chunk.fp16.onnx``).
+"""Converter step: the streaming flow's graphs (``flow_estimator.chunk.fp32.onnx``, ``.chunk.fp16.onnx`` and the
+time-modulation graph ``flow_estimator.time.onnx``).
 
 Exported from ``flow.pt`` through the project's torch DiT (:mod:`pipeline.convert.dit_chunk`), checked against
 that DiT's chunk-masked full-sequence output, and saved with every weight pointing into the plain estimator's
 external data file (``flow_estimator.onnx.data``), so the bundle holds one copy of the weights and ONNX Runtime
-memory-maps the same file. The two graphs differ only in the K/V cache tensors' type (the runtime's
-``--flow-cache``).
+memory-maps the same file. The two chunk graphs differ only in the K/V cache tensors' type (the runtime's
+``--flow-cache``); both take the AdaLN modulation the time graph computes once per Euler step.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import numpy as np
 from ..errors import SourceError
 
 CHUNK_NAMES = {"fp32": "flow_estimator.chunk.fp32.onnx", "fp16": "flow_estimator.chunk.fp16.onnx"}
+TIME_NAME = "flow_estimator.time.onnx"
+# the graph layout the runtime expects (2: per-block cache inputs, a separate time graph, an in-call chunk mask)
+CHUNK_FORMAT = 2
 # the chunked graph against the torch DiT run over the whole sequence with upstream's chunk mask
 CHECK_TOLERANCE = {"fp32": 1e-4, "fp16": 5e-2}
 _MIN_EXTERNAL = 1024
@@ -32,7 +36,7 @@ def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
     file they share); returns the flow section with ``estimator.onnx_chunk`` and the new files."""
     import torch
 
-    from .dit_chunk import export_chunk_onnx
+    from .dit_chunk import export_chunk_onnx, export_time_onnx
     from .dit_torch import load_dit
 
     out = Path(out)
@@ -45,7 +49,12 @@ def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
     dit = load_dit(sd)
     index = _data_index(out / est["onnx"], out / data_name)
     chunk_frames = int(sec.get("dims", {}).get("static_chunk_size", 50))
-    names: dict[str, str] = {}
+    names: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        raw = Path(tmp) / "time.onnx"
+        export_time_onnx(dit, raw)
+        _share_weights(raw, out / TIME_NAME, index, data_name)
+    names["time"] = TIME_NAME
     for kind, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
         name = CHUNK_NAMES[kind]
         log(f"flow → streaming chunk graph ({kind} K/V cache)")
@@ -53,14 +62,15 @@ def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
             raw = Path(tmp) / "chunk.onnx"
             export_chunk_onnx(dit, raw, cache_dtype=dtype)
             _share_weights(raw, out / name, index, data_name)
-        err = check_chunk_graph(out / name, dit, chunk_frames)
+        err = check_chunk_graph(out / name, out / TIME_NAME, dit, chunk_frames)
         if err > CHECK_TOLERANCE[kind]:
             raise SourceError(f"{name}: chunked output differs from the chunk-masked DiT by {err:.3g}")
         log(f"  chunked vs chunk-masked DiT: max abs {err:.2e}")
         names[kind] = name
+    names["format"] = CHUNK_FORMAT
     est["onnx_chunk"] = names
     sec["estimator"] = est
-    sec["files"] = list(dict.fromkeys([*sec["files"], *names.values()]))
+    sec["files"] = list(dict.fromkeys([*sec["files"], *(v for v in names.values() if isinstance(v, str))]))
     return sec
 
 
@@ -117,39 +127,49 @@ def _share_weights(raw: Path, dst: Path, index: dict[bytes, tuple[int, int]], da
     os.replace(tmp, dst)
 
 
-def check_chunk_graph(path: Path, dit: Any, chunk_frames: int, frames: int = 130, seed: int = 0) -> float:
-    """Run ``path`` chunk by chunk over random inputs and compare with the torch DiT over the whole sequence
-    with upstream's static chunk mask; returns the max abs difference."""
+def check_chunk_graph(path: Path, time_path: Path, dit: Any, chunk_frames: int, frames: int = 130,
+                      seed: int = 0) -> float:
+    """Run ``path`` over random inputs, chunk by chunk and then two chunks per call (the in-call chunk mask),
+    and compare with the torch DiT over the whole sequence with upstream's static chunk mask; returns the max
+    abs difference."""
     import onnxruntime as ort
     import torch
 
-    from .dit_chunk import ChunkDiT
+    from .dit_chunk import ChunkDiT, cache_input_names
 
     cd = ChunkDiT(dit)
     mel = dit.proj_out.out_features
     spk = dit.input_embed.proj.in_features - 3 * mel
     g = torch.Generator().manual_seed(seed)
     x, mu, cond = (torch.randn(2, mel, frames, generator=g) for _ in range(3))
-    spks, t = torch.randn(2, spk, generator=g), torch.rand(2, generator=g)
+    spks, t = torch.randn(2, spk, generator=g), torch.rand(1, generator=g).repeat(2)
     ref = _chunk_masked(dit, x, mu, cond, spks, t, chunk_frames).numpy()
+    mod, mod_out = ort.InferenceSession(str(time_path), providers=["CPUExecutionProvider"]).run(
+        None, {"t": t[:1].numpy()})
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    cache_t = np.float16 if sess.get_inputs()[8].type == "tensor(float16)" else np.float32
-    kv = (cd.depth, 2, cd.heads, 0, cd.dim_head)
-    k_past = np.zeros(kv, cache_t)
-    v_past = np.zeros(kv, cache_t)
-    c1 = c2 = np.zeros((2, cd.dim, cd.conv_context), np.float32)
-    outs = []
-    for a in range(0, frames, chunk_frames):
-        b = min(frames, a + chunk_frames)
-        vel, kn, vn, c1, c2 = sess.run(None, {
-            "x": x[:, :, a:b].numpy(), "mu": mu[:, :, a:b].numpy(), "cond": cond[:, :, a:b].numpy(),
-            "spks": spks.numpy(), "t": t.numpy(), "offset": np.array([a], np.int64), "conv1_cache": c1,
-            "conv2_cache": c2, "k_voice": np.zeros(kv, cache_t), "v_voice": np.zeros(kv, cache_t),
-            "k_past": k_past, "v_past": v_past})
-        k_past = np.concatenate([k_past, kn], axis=3)
-        v_past = np.concatenate([v_past, vn], axis=3)
-        outs.append(vel)
-    return float(np.abs(np.concatenate(outs, axis=2) - ref).max())
+    cache_t = np.float16 if sess.get_inputs()[-1].type == "tensor(float16)" else np.float32
+    names = cache_input_names(cd.depth)
+    err = 0.0
+    for per_call in (1, 2):
+        kv = np.zeros((cd.depth, 2, 2, cd.heads, 0, cd.dim_head), cache_t)  # block, k/v, batch, heads, T, dh
+        c1 = c2 = np.zeros((2, cd.dim, cd.conv_context), np.float32)
+        outs = []
+        for a in range(0, frames, per_call * chunk_frames):
+            b = min(frames, a + per_call * chunk_frames)
+            i = np.arange(a, b)
+            bias = np.where(i[None, :] // chunk_frames <= i[:, None] // chunk_frames, 0.0, -np.inf)
+            feeds = {"x": x[:, :, a:b].numpy(), "mu": mu[:, :, a:b].numpy(), "cond": cond[:, :, a:b].numpy(),
+                     "spks": spks.numpy(), "mod": mod[0], "mod_out": mod_out[0], "offset": np.array([a], np.int64),
+                     "bias": bias.astype(np.float32), "conv1_cache": c1, "conv2_cache": c2}
+            empty = np.zeros((2, cd.heads, 0, cd.dim_head), cache_t)
+            for n in names:
+                blk, kind = int(n.rsplit("_", 1)[1]), 0 if n.startswith("k_") else 1
+                feeds[n] = empty if "_voice_" in n else np.ascontiguousarray(kv[blk, kind])
+            vel, kn, vn, c1, c2 = sess.run(None, feeds)
+            kv = np.concatenate([kv, np.stack([kn, vn], axis=1)], axis=4)
+            outs.append(vel)
+        err = max(err, float(np.abs(np.concatenate(outs, axis=2) - ref).max()))
+    return err
 
 
 def _chunk_masked(dit: Any, x: Any, mu: Any, cond: Any, spks: Any, t: Any, chunk: int) -> Any:

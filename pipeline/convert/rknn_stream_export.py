@@ -86,10 +86,17 @@ def _ort(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})
 
 
+def _ref(ref: tuple[Path, Path], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The ONNX chunk graph (and its time graph) on these feeds, as the CPU streams with it."""
+    from ...flow_stream import ChunkEstimator
+
+    return ChunkEstimator(*ref, n_threads=1)(feeds)
+
+
 class _Case:
     """Inputs of one chunk call in both forms: the ONNX chunk graph's (exact lengths) and the NPU graph's."""
 
-    def __init__(self, geo: dict[str, Any], ref_graph: Path, batch: int, past: int, n: int, t_valid: int,
+    def __init__(self, geo: dict[str, Any], ref_graph: tuple[Path, Path], batch: int, past: int, n: int, t_valid: int,
                  seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
         f32 = np.float32
@@ -110,7 +117,7 @@ class _Case:
         empty = np.zeros((depth, 2, heads, 0, dh), f32)
         zc = np.zeros((2, dim, ctx), f32)
         if t_valid:  # real past K/V and conv context: the chunk graph over the past frames, in one call
-            _, kp, vp, c1, c2 = _ort(ref_graph, {
+            _, kp, vp, c1, c2 = _ref(ref_graph, {
                 "x": x[..., :t_valid], "mu": mu[..., :t_valid], "cond": cond[..., :t_valid], "spks": spks, "t": t,
                 "offset": np.zeros(1, np.int64), "conv1_cache": zc, "conv2_cache": zc, "k_voice": empty,
                 "v_voice": empty, "k_past": empty, "v_past": empty})
@@ -159,7 +166,8 @@ def _max_err(got: Sequence[np.ndarray], want: Sequence[np.ndarray]) -> tuple[lis
     return errs, scales
 
 
-def _build(onnx_path: Path, rknn_path: Path, pasts: list[int], geo: dict[str, Any], ref_graph: Path, batch: int,
+def _build(onnx_path: Path, rknn_path: Path, pasts: list[int], geo: dict[str, Any], ref_graph: tuple[Path, Path],
+           batch: int,
            target: str, python: Path, max_rel_err: float, log: Callable[[str], None]) -> tuple[list[dict], dict]:
     """Check ``onnx_path`` (padding, per past length), build it (several past lengths: rknn-toolkit2's
     ``dynamic_input``, one shape set each) and check every shape set in the simulator; the manifest entries."""
@@ -170,11 +178,11 @@ def _build(onnx_path: Path, rknn_path: Path, pasts: list[int], geo: dict[str, An
         for n, tv in ((c - 13, p - 7), (c, p // 3)):  # short chunk + padded past; full chunk (tails)
             case = _Case(geo, ref_graph, batch, p, n, tv, seed=1)
             errs, scales = _max_err(case.valid(_ort(onnx_path, case.npu_feeds)),
-                                    case.valid(_ort(ref_graph, case.ref_feeds)))
+                                    case.valid(_ref(ref_graph, case.ref_feeds)))
             bad = [f"{OUTPUTS[i]} {e:.3g}" for i, (e, s) in enumerate(zip(errs, scales, strict=True))
                    if not e <= PAD_TOL * max(s, 1.0)]
             if bad:
-                raise BackendError(f"{tag} p{p}: the chunk graph on padded inputs differs from {ref_graph.name} "
+                raise BackendError(f"{tag} p{p}: the chunk graph on padded inputs differs from {ref_graph[0].name} "
                                    f"at the exact lengths: {', '.join(bad)}")
             pad_err = max(pad_err, *errs)
         sim = _Case(geo, ref_graph, batch, p, c, int(SIM_PAST_FRACTION * p), seed=0)
@@ -252,7 +260,8 @@ def convert_rknn_stream(
     _, kinds = check_options(past_buckets, cfg, shapes)
     src, out = Path(src), Path(out)
     target, buckets, python = preflight(target, past_buckets, rknn_python)
-    ref_graph = out / flow_section["estimator"]["onnx_chunk"]["fp32"]
+    chunk = flow_section["estimator"]["onnx_chunk"]
+    ref_graph = (out / chunk["fp32"], out / chunk["time"])
     dit = load_dit(torch.load(src / "flow.pt", map_location="cpu", weights_only=True))
     geo = chunk_geometry(dit, int(flow_section.get("dims", {}).get("static_chunk_size", 50)))
     c = geo["chunk"]
