@@ -84,7 +84,8 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
             rows[f"stream_total{key}_s"].append(wall)
             rows[f"ttfa{key}_s"].append(marks[0])
             if warm:
-                rows["overlap_s"].append(max(0.0, sum(res.timings.values()) - wall))
+                busy = sum(res.timings.get(k, 0.0) for k in ("llm", "flow", "vocoder"))
+                rows["overlap_s"].append(max(0.0, busy - wall))
                 chunk_times = [b - a for a, b in zip([0.0, *marks], marks, strict=False)]
                 audio_s = res.duration
         log(f"  stream repeat {r + 1}/{opts.repeat}: non-streaming {rows['nonstream_total_s'][-1]:.2f}s, "
@@ -92,6 +93,7 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
             f"cold total {rows['stream_total_cold_s'][-1]:.2f}s")
     if engine.flow_cache_type != "fp32" and "fp32" in engine.bundle.manifest["flow"]["estimator"].get("onnx_chunk", {}):
         mel_err = _cache_error(engine, prompt, toks, log)
+    rss = stream_rss(engine, opts, log)
     metrics = {k: stats(v) for k, v in rows.items()}
     med = {k: m["median"] for k, m in metrics.items()}
     return {
@@ -106,7 +108,64 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
         "prompt_cache": {"frames": cache.frames, "mb": cache.nbytes / 2**20, "build_s": build_s,
                          "prompt_frames": cf.ratio * len(prompt.speech_tokens)},
         "cache_mel_error": mel_err,
+        "stream_peak_rss_mb": rss,
+        "llm_yields": bool(res.stats.get("llm_yields")) if res is not None else None,
     }
+
+
+def stream_rss(engine: Any, opts: Any, log: Log) -> float | None:
+    """Peak RSS (MB) of a process that only streams: ``Engine.load`` as the worker loads the engine, the
+    voice's prompt cache, one streaming request of the bench's shape. This process holds the non-streaming
+    graphs and the fp32 comparison too, so its own peak is not the worker's."""
+    import multiprocessing as mp
+
+    args = {"bundle": str(engine.bundle.root), "quant": opts.quant, "threads": opts.threads,
+            "flow_cache": engine.flow_cache_type, "flow_backend": opts.flow_backend, "opts": _plain(opts)}
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_rss_child, args=(args, child), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        out = parent.recv() if parent.poll(3600) else {"error": "timed out"}
+    except EOFError:
+        out = {"error": f"the process died (exit {proc.exitcode})"}
+    proc.join(30)
+    if "error" in out:
+        log(f"  streaming-only peak RSS: not measured ({out['error']})")
+        return None
+    log(f"  streaming-only peak RSS {out['peak_mb']:.0f} MB (a process that loads the engine as the worker does, "
+        f"builds the voice's prompt cache of {out['cache_mb']:.0f} MB and streams once)")
+    return float(out["peak_mb"])
+
+
+def _plain(opts: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(opts).items() if isinstance(v, (int, float, str, bool, type(None)))}
+
+
+def _rss_child(args: dict[str, Any], conn: Any) -> None:
+    from types import SimpleNamespace
+
+    try:
+        from .bench import peak_rss_mb, synthetic_inputs
+        from .engine import Engine
+        from .sampling import make_ras_sampler
+
+        o = SimpleNamespace(**args["opts"])
+        engine = Engine.load(args["bundle"], quant=args["quant"], n_threads=args["threads"],
+                             flow_backend=args["flow_backend"], flow_cache=args["flow_cache"], log=lambda m: None)
+        text, ptext, prompt = synthetic_inputs(engine.constants, o, engine.text_embedding.vocab,
+                                               engine.flow.mel_bins, engine.flow.frontend.spk_embed_dim)
+        state = engine.prompt_prefix_state(ptext)
+        src = _token_source(engine, text, ptext, prompt, state, o.tokens,
+                            make_ras_sampler(engine.constants["sampling"]), o.seed)
+        cache = engine.prompt_cache(prompt, "bench")
+        for _ in engine.synthesize_stream(text, ptext, prompt, voice_key="bench", tokens=src,
+                                          schedule=o.stream_schedule):
+            pass
+        conn.send({"peak_mb": peak_rss_mb()[0], "cache_mb": cache.nbytes / 2**20})
+    except BaseException as e:  # noqa: BLE001 - reported by the parent
+        conn.send({"error": f"{type(e).__name__}: {e}"})
 
 
 def _cache_error(engine: Any, prompt: Any, toks: list[int], log: Log) -> dict[str, float]:
@@ -143,6 +202,9 @@ def format_stream(rep: dict[str, Any]) -> list[str]:
         f"built in {pc['build_s']:.2f} s",
         "  per emission (s)      " + ", ".join(f"{t:.2f}" for t in rep["chunk_times_s"]),
     ]
+    if rep.get("stream_peak_rss_mb"):
+        lines.append(f"  streaming-only peak RSS  {rep['stream_peak_rss_mb'] / 1024:.2f} GB (its own process: the "
+                     "engine as the worker loads it, the voice's prompt cache, one request)")
     if rep.get("cache_mel_error"):
         lines.append(f"  cache mel error vs fp32  max abs {rep['cache_mel_error']['max_abs']:.2e}")
     return lines

@@ -142,13 +142,13 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
 
     from pipeline.bundle import Bundle
     from pipeline.convert.flow_fast import upgrade_bundle
-    from pipeline.convert.flow_stream_export import CHUNK_NAMES
+    from pipeline.convert.flow_stream_export import CHUNK_FORMAT, CHUNK_NAMES, TIME_NAME
     from pipeline.flow import Flow, OrtEstimator
 
     root = tmp_path / "b"
     shutil.copytree(no_int8_bundle.root, root)
     before = Bundle.load(root).manifest["flow"]["estimator"]
-    chunk = {"onnx_chunk": CHUNK_NAMES}  # the streaming graphs share flow_estimator.onnx.data and are kept
+    chunk = {"onnx_chunk": {**CHUNK_NAMES, "time": TIME_NAME, "format": CHUNK_FORMAT}}  # the streaming graphs share flow_estimator.onnx.data and are kept
     assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx", **chunk}
     upgrade_bundle(root, log=lambda m: None)
     b = Bundle.load(root)
@@ -202,3 +202,15 @@ def test_mel_check_sees_a_different_estimator(random_bundle, monkeypatch):
     c = rep["mel_check"]
     assert c["estimator"].endswith("flow_estimator.int8.onnx")
     assert 1e-4 < c["mel_error"]["max_abs"] < 10 and 0 < c["mel_error"]["rel_l2"] < 0.5
+
+
+def test_bench_stream_reports_its_fields(random_bundle, cache):
+    rep = _bench(random_bundle, cache, "--stream", "--repeat", "1")
+    s = rep["stream"]
+    for k in ("ttfa_s", "stream_total_s", "stream_total_cold_s"):
+        _check_stats(rep["metrics"][k], "s")
+        assert 0 < s["metrics"][k]["median"]
+    assert s["metrics"]["ttfa_s"]["median"] <= s["metrics"]["stream_total_s"]["median"]
+    assert s["prompt_cache"]["mb"] > 0 and s["chunk_times_s"] and s["audio_s"] > 0
+    assert s["cache_mel_error"]["max_abs"] < 1e-2  # fp16 against fp32 cache, same tokens
+    assert s["stream_peak_rss_mb"] > 0 and s["llm_yields"] is True
