@@ -148,7 +148,8 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
     root = tmp_path / "b"
     shutil.copytree(no_int8_bundle.root, root)
     before = Bundle.load(root).manifest["flow"]["estimator"]
-    chunk = {"onnx_chunk": {**CHUNK_NAMES, "time": TIME_NAME, "format": CHUNK_FORMAT}}  # the streaming graphs share flow_estimator.onnx.data and are kept
+    # the streaming graphs share flow_estimator.onnx.data and are kept
+    chunk = {"onnx_chunk": {**CHUNK_NAMES, "time": TIME_NAME, "format": CHUNK_FORMAT}}
     assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx", **chunk}
     upgrade_bundle(root, log=lambda m: None)
     b = Bundle.load(root)

@@ -111,10 +111,10 @@ def _feeds(est, rng, *, n: int, voice: int, past: int) -> dict[str, np.ndarray]:
     def kv(t: int) -> np.ndarray:
         return rng.standard_normal((est.depth, 2, est.heads, t, est.dim_head), dtype=f32)
 
-    x = rng.standard_normal((2, 80, n), dtype=f32)
+    x = rng.standard_normal((2, 80, n), dtype=f32)  # t: one value for both CFG rows, as the solver feeds it
     return {"x": x, "mu": rng.standard_normal((2, 80, n), dtype=f32),
             "cond": rng.standard_normal((2, 80, n), dtype=f32),
-            "spks": rng.standard_normal((2, 80), dtype=f32), "t": np.array([0.3, 0.9], f32),
+            "spks": rng.standard_normal((2, 80), dtype=f32), "t": np.array([0.3, 0.3], f32),
             "offset": np.array([voice + past], np.int64),
             "conv1_cache": rng.standard_normal((2, est.dim, est.conv_context), dtype=f32),
             "conv2_cache": rng.standard_normal((2, est.dim, est.conv_context), dtype=f32),

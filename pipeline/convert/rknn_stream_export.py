@@ -88,7 +88,7 @@ def _ort(path: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
 def _ref(ref: tuple[Path, Path], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """The ONNX chunk graph (and its time graph) on these feeds, as the CPU streams with it."""
-    from ...flow_stream import ChunkEstimator
+    from ..flow_stream import ChunkEstimator
 
     return ChunkEstimator(*ref, n_threads=1)(feeds)
 
