@@ -26,8 +26,8 @@ from .flow import Flow, euler
 
 CACHE_DTYPES = {"fp32": np.float32, "fp16": np.float16}
 CHUNK_FORMAT = 2  # pipeline.convert.flow_stream_export.CHUNK_FORMAT
-# several whole chunks in one estimator call (the graph's in-call chunk mask) over a voice's prompt part:
-# fewer, larger calls use the cores better; the cap bounds the attention scores' memory
+# several whole chunks in one estimator call (the graph's in-call chunk mask): fewer, larger calls use the
+# cores better; the cap bounds the attention scores' memory
 MAX_CHUNKS_PER_CALL = 8
 _F32 = np.float32
 _HEAD = ("x", "mu", "cond", "spks", "mod", "mod_out", "offset", "bias", "conv1_cache", "conv2_cache")
@@ -291,11 +291,10 @@ class ChunkedFlow:
     def _solve_next(self, req: FlowRequest, *, finalize: bool, upto: int,
                     should_stop: Callable[[], bool] | None = None) -> np.ndarray:
         a = req.frames_done
-        # several chunks per call only over the prompt part a voice's cache holds: which frames are ready later
-        # depends on the LLM's timing, and the call's shape changes the float rounding, so grouping there would
-        # make a seed's audio differ run to run; this part is grouped the same with or without the cache
+        # up to max_chunks per call; the voice's cached part ends a call, so that a request groups its chunks
+        # the same with or without the cache (a call's shape changes the float rounding)
         vf = self.voice_frames(req.n_prompt)
-        b = min(a + self.chunk * self.max_chunks, upto, vf) if a < vf else min(a + self.chunk, upto)
+        b = min(a + self.chunk * self.max_chunks, upto, vf if a < vf else upto)
         keep = (b - a) % self.chunk == 0  # a partial chunk is the last one: nothing attends to it later
         return self._solve(req, a, b, finalize=finalize, keep=keep, should_stop=should_stop)
 

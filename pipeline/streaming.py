@@ -113,6 +113,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
     if llm_yields is None:
         llm_yields = str(getattr(cf.est, "backend", "")).startswith("onnxruntime")
     first_out = threading.Event()
+    llm_wait = [0.0]
     first_need = next(emission_points(n_prompt, hop=cf.chunk_tokens)) + cf.flow.frontend.pre_lookahead_len
     stopped = lambda: sh.stop or (should_stop is not None and should_stop())  # noqa: E731
 
@@ -132,7 +133,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 t_wait = time.perf_counter()
                 while not first_out.wait(0.05) and not stopped():
                     pass
-                sh.timings["llm_yield"] = time.perf_counter() - t_wait
+                llm_wait[0] = time.perf_counter() - t_wait
 
         t0 = time.perf_counter()
         try:
@@ -161,12 +162,22 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
         points = emission_points(n_prompt, hop=cf.chunk_tokens, grow=schedule == "upstream")
         next_emit = ratio * (n_prompt + next(points))
         emitted = ratio * n_prompt  # frames (from the prompt start) handed to the vocoder
+        vf = cf.voice_frames(n_prompt)
         pending: list[np.ndarray] = []
         used = 0  # kept tokens moved into the flow request
+
+        def goal() -> int:
+            """The frame the next flow call solves up to. One chunk at a time when the estimator takes one;
+            else the whole stretch up to the next emission point, so that the calls (whose shape changes the
+            float rounding) are the same whatever the LLM's timing: a seed gives the same audio every run."""
+            if req.frames_done < vf:
+                return vf
+            return req.frames_done + cf.chunk if cf.max_chunks == 1 else next_emit
+
         try:
             while True:
                 with sh.cond:
-                    while not (sh.stop or sh.llm_done or _ready(cf, req, len(sh.tokens) - used) > req.frames_done):
+                    while not (sh.stop or sh.llm_done or _ready(cf, req, len(sh.tokens) - used) >= goal()):
                         sh.cond.wait()
                     if sh.stop:
                         return
@@ -174,10 +185,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 used += len(new)
                 req.tokens.extend(new)
                 t0 = time.perf_counter()
-                ready = cf.ready_frames(req, finalize=False)
-                if ready > req.frames_done:  # a call at a time (ChunkedFlow groups the prompt part's chunks)
-                    pending.append(cf.advance(req, [], min(ready, req.frames_done + cf.chunk * cf.max_chunks),
-                                              finalize=False, should_stop=stopped))
+                if cf.ready_frames(req, finalize=False) >= goal():
+                    pending.append(cf.advance(req, [], goal(), finalize=False, should_stop=stopped))
                     sh.timings["flow"] += time.perf_counter() - t0
                     while req.frames_done >= next_emit:
                         _hand(sh, pending, req.frames_done - next_emit, final=False)
@@ -252,6 +261,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             t.join()
     stats = {"ttfa_s": ttfa or 0.0, "wall_s": time.perf_counter() - t_start, "chunks": req.stats["chunks"],
              "flow_calls": req.stats["calls"], "llm_yields": bool(llm_yields),
+             "llm_wait_s": llm_wait[0],
              "emissions": emissions, "prompt_cache_frames": flow_cache.frames if flow_cache is not None else 0,
              "schedule": schedule, "final": final,
              "threads": {"llm": getattr(engine.lm, "n_threads", None), "flow": getattr(cf.est, "n_threads", None),
