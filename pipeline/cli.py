@@ -43,7 +43,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
                        flow_buckets=a.flow_buckets or "200,300,500,1000", flow_int8=not a.no_flow_int8,
                        flow_stream_buckets=a.flow_stream_buckets or "500,1000",
                        flow_stream_cfg=stream_cfg, flow_stream_shapes=a.flow_stream_shapes or "static",
-                       log=_log)
+                       llm=a.llm, log=_log)
     return 0
 
 
@@ -60,7 +60,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
             _log(f"converting {a.checkpoint} (F32 GGUF) into a temporary bundle")
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
-                                        hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, log=_log)
+                                        hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, llm=a.llm,
+                                        log=_log)
         results = run_verify(bundle, goldens, log=_log)
         sg_path = a.streaming_goldens or (a.goldens.with_name("streaming_goldens.npz") if a.streaming else None)
         if a.streaming or a.streaming_goldens:
@@ -89,6 +90,10 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     bundle = Bundle.load(a.bundle, check="size")
     _log(f"hashing every file of {a.bundle} (the real bundle: ~3 GB, 15-30 s on an RK3588's eMMC)")
+    from .bundle_info import describe_source
+
+    for line in describe_source(bundle.manifest):
+        _log(line)
     bad = bundle.scan(log=_log)
     if bad:
         _log(f"DAMAGED: {', '.join(bad)}; copy the bundle again from where it was converted, or convert again")
@@ -388,6 +393,12 @@ def _int8_arg(p: argparse.ArgumentParser) -> None:
                    help="skip the INT8 flow estimator of the opt-in fast mode (built on first use instead)")
 
 
+def _llm_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", choices=["rl", "base"], default=None,
+                   help="LLM checkpoint to convert: rl (upstream's RL-tuned llm.rl.pt) or base (llm.pt); default rl "
+                        "when llm.rl.pt is in the folder (download --rl), else base")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice-rk", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -423,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RKNN streaming graphs: one per past bucket (static, default) or one per CFG kind with every "
                         "bucket as a shape set and one copy of the weights (dynamic; docs/rk3588.md)")
     _int8_arg(c)
+    _llm_arg(c)
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("verify", help="run every stage on golden inputs and compare with golden outputs")
@@ -435,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--streaming-goldens", type=Path, help="streaming goldens file (implies --streaming)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--hift-noise-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    _llm_arg(v)
     v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("say", help="speak text in a saved voice or a one-off prompt, to a WAV file")
