@@ -483,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     nz.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (as for say)")
     nz.add_argument("--bundle", type=Path, default=_default_bundle(),
                     help="bundle whose tokenizer counts the segment lengths (env COSYVOICE_RK_BUNDLE); without one, "
-                         "this repository's assets/qwen2-tokenizer (the same vocabulary)")
+                         "this repository's assets/qwen2-tokenizer (Qwen2's merges: the cuts can differ slightly)")
     nz.set_defaults(func=cmd_normalize)
 
     sp = sub.add_parser("speakers", help="manage saved voices")

@@ -34,12 +34,12 @@ _S: dict[str, tuple[str, str]] = {
     # no bundle
     "no_bundle": ("**No model bundle.** {error}", "**Нет пакета модели.** {error}"),
     "how_to_get": (
-        "To get one (the conversion needs an x86 computer with internet, ~3 GB download):\n\n"
+        "To get one (the conversion needs an x86 computer with internet, a 5.77 GB download):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Copy `{bundle}` to the board if you converted elsewhere, then press **Check again** (or restart "
         "`cosyvoice-rk webui --bundle {bundle}`). To try the page without real weights: "
         "`./cv make-random-bundle {bundle}` (it does not speak any language).",
-        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка ~3 ГБ):\n\n"
+        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка 5,77 ГБ):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Если конвертировали на другом компьютере, скопируйте `{bundle}` на плату и нажмите **Проверить снова** "
         "(или перезапустите `cosyvoice-rk webui --bundle {bundle}`). Посмотреть страницу без настоящих весов: "
