@@ -188,3 +188,22 @@ def test_convert_refuses_a_file_changed_since_download(hub, tmp_path):
     hashes["flow.pt"] = "0" * 64
     with pytest.raises(SourceError, match=r"changed or damaged since download: flow.pt .* download"):
         release.check_downloaded(tmp_path, NEEDED_FILES, hashes)
+
+
+def test_hub_metadata_and_byte_progress(monkeypatch):
+    """hub_files reads sizes and LFS sha256 from the hub's model_info; hub_fetch's tqdm class reports bytes."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import ModelInfo
+
+    info = ModelInfo(id="x/y", siblings=[
+        {"rfilename": "llm.pt", "size": 10, "lfs": {"size": 10, "sha256": "ab" * 32, "pointerSize": 130}},
+        {"rfilename": "cosyvoice3.yaml", "size": 3}])
+    monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kw: info if kw.get("files_metadata") else None)
+    assert dl.hub_files("x/y", "main") == {"llm.pt": Expected(10, "ab" * 32), "cosyvoice3.yaml": Expected(3, None)}
+
+    seen = []
+    bar = dl._tqdm_reporting("llm.pt", lambda *a: seen.append(a))(total=100, disable=True)
+    bar.update(40)
+    bar.update(60)
+    bar.close()
+    assert seen == [("llm.pt", 40, 100), ("llm.pt", 100, 100)]
