@@ -97,6 +97,15 @@ def test_check_and_status_show_the_llm(tiny_bundle):
     assert _source_rows(src, "en", item) == ["s_llm_ckpt=`llm.pt`: upstream's base LLM"]
     assert _source_rows(src, "ru", item) == ["s_llm_ckpt=`llm.pt`: базовая LLM upstream"]
     assert _source_rows({}, "en", item)[0].startswith("s_llm_ckpt=not recorded")
+    # the whole Status tab, from what Studio.status() puts there
+    from pipeline.bundle_info import source_info
+    from webui.views import status_md
+
+    st = {"bundle": {"location": "/b", "found": True, "fingerprint": "f", "quants": ["f32"],
+                     "source": source_info(tiny_bundle.manifest)},
+          "worker": {"state": "stopped"}, "speakers_dir": "s", "results_dir": "r", "voices": 0}
+    assert "- **LLM checkpoint:** `llm.pt`: upstream's base LLM" in status_md(st, "en")
+    assert "- **Чекпойнт LLM:** `llm.pt`: базовая LLM upstream" in status_md(st, "ru")
     r = subprocess.run([sys.executable, "-m", "pipeline.cli", "check", "--bundle", str(tiny_bundle.root)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "LLM checkpoint: llm.pt (upstream's base LLM)" in r.stderr, r.stderr
