@@ -209,3 +209,18 @@ def test_manifest_records_the_tokenizer(blank_src, tmp_path):
                   "why": "cosyvoice3.yaml's get_tokenizer.version: cosyvoice3"}
     assert any("CosyVoice3Tokenizer" in line for line in describe_source(b.manifest))
     assert json.loads((b.root / "manifest.json").read_text())["source"]["download"] is None
+
+
+def test_convert_refuses_a_checkpoint_file_changed_since_download(tiny_src, tmp_path):
+    from pipeline.fsutil import sha256_file
+    from pipeline.release import DOWNLOAD_MANIFEST, file_record
+
+    src = _copy_ckpt(tiny_src, tmp_path / "ckpt")
+    names = ["cosyvoice3.yaml", "llm.pt", "flow.pt", "hift.pt"]
+    files = {n: file_record(src / n) for n in names}
+    files["hift.pt"]["sha256"] = "0" * 64  # what download fetched was other bytes than what is there now
+    (src / DOWNLOAD_MANIFEST).write_text(json.dumps({"repo_id": "r", "revision": "v", "files": files}))
+    with pytest.raises(SourceError, match=r"changed or damaged since download: hift.pt \(sha256 "
+                                          + sha256_file(src / "hift.pt")[:16]):
+        convert_checkpoint(src, tmp_path / "b", **QUIET)
+    assert not (tmp_path / "b").exists()

@@ -39,7 +39,8 @@ def source_section(src: Path, choice: str, llm_file: str, log: Callable[[str], N
     """The manifest's ``source``: every file read with its sha256, the LLM checkpoint and, when the folder came
     from ``download``, its repository and revision. Refuses a file changed since ``download`` recorded it."""
     src = Path(src)
-    names = required_files(llm_file)
+    names = [n for n in required_files(llm_file) if n is not None]
+    names += [n for n in upstream.FILE_NAMES_OPTIONAL if (src / n).is_file()]  # read or copied when present
     hashes = {n: sha256_file(src / n) for n in names}
     check_downloaded(src, names, hashes)
     dl = read_download_manifest(src)
