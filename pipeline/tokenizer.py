@@ -4,7 +4,9 @@ Upstream (``cosyvoice/tokenizer/tokenizer.py``, ``CosyVoice3Tokenizer``) loads C
 ``AutoTokenizer`` (a Qwen2 tokenizer with exactly three added tokens, ids 151643..151645) and then adds
 its own special tokens in list order. ``<|endofprompt|>`` therefore lands on 151646, the id the LLM
 hard-codes. :func:`build_tokenizer` rebuilds that tokenizer from ``vocab.json`` + ``merges.txt``; the
-converter saves it as ``tokenizer.json`` and :class:`TextTokenizer` loads it at runtime.
+converter saves it as ``tokenizer.json`` and :class:`TextTokenizer` loads it at runtime. Without
+``get_tokenizer.version: cosyvoice3`` in the checkpoint's yaml upstream builds CosyVoice2Tokenizer instead (the same
+list up to ``[mn]``; no ``<|endofsystem|>``, no CMU/pinyin tokens): ``version="cosyvoice2"`` (docs/release.md §4).
 """
 
 from __future__ import annotations
