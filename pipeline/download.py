@@ -109,6 +109,12 @@ def download(dest: Path | str, *, repo_id: str = REPO_ID, revision: str | None =
         raise _network_error(repo_id, dest, e) from e
     if table is not None:
         expected, where = {n: table[n] for n in files}, f"the release table ({repo_id} @ {rev[:8]})"
+        # a mirror (HF_ENDPOINT) serving other files under the pinned revision is refused before any download
+        differ = [f"{n}: the hub lists {remote[n].size:,} B, the release has {table[n].size:,} B" for n in files
+                  if remote[n].size is not None and remote[n].size != table[n].size]
+        if differ:
+            raise SourceError(f"the hub's {repo_id} @ {rev[:8]} is not the release the project knows ("
+                              + "; ".join(differ) + "); check HF_ENDPOINT (a stale mirror?) and nothing was fetched")
         log(f"{repo_id} @ {rev[:8]}: {len(files)} files, {gb(sum(table[n].size or 0 for n in files))}; sizes "
             "checked against the project's table, sha256 where it is public")
     else:

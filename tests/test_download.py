@@ -207,3 +207,10 @@ def test_hub_metadata_and_byte_progress(monkeypatch):
     bar.update(60)
     bar.close()
     assert seen == [("llm.pt", 40, 100), ("llm.pt", 100, 100)]
+
+
+def test_a_mirror_listing_other_sizes_under_the_pinned_revision_is_refused_first(hub, tmp_path):
+    hub.meta["flow.pt"] = Expected(5, None)
+    with pytest.raises(SourceError, match=r"flow.pt: the hub lists 5 B, the release has \d+ B.*HF_ENDPOINT"):
+        dl.download(tmp_path, log=lambda m: None)
+    assert hub.fetched == []
