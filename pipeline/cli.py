@@ -23,9 +23,9 @@ def _log(msg: str) -> None:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
-    from .download import download
+    from .download import PINNED_REVISION, download
 
-    download(a.dir, revision=a.revision, rl=a.rl, log=_log)
+    download(a.dir, revision=a.revision or PINNED_REVISION, rl=a.rl, log=_log)
     return 0
 
 
@@ -43,7 +43,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
                        flow_buckets=a.flow_buckets or "200,300,500,1000", flow_int8=not a.no_flow_int8,
                        flow_stream_buckets=a.flow_stream_buckets or "500,1000",
                        flow_stream_cfg=stream_cfg, flow_stream_shapes=a.flow_stream_shapes or "static",
-                       log=_log)
+                       llm=a.llm, log=_log)
     return 0
 
 
@@ -60,7 +60,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
             _log(f"converting {a.checkpoint} (F32 GGUF) into a temporary bundle")
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
-                                        hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, log=_log)
+                                        hift_noise_seconds=a.hift_noise_seconds, flow_int8=False, llm=a.llm,
+                                        log=_log)
         results = run_verify(bundle, goldens, log=_log)
         sg_path = a.streaming_goldens or (a.goldens.with_name("streaming_goldens.npz") if a.streaming else None)
         if a.streaming or a.streaming_goldens:
@@ -89,6 +90,10 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     bundle = Bundle.load(a.bundle, check="size")
     _log(f"hashing every file of {a.bundle} (the real bundle: ~3 GB, 15-30 s on an RK3588's eMMC)")
+    from .bundle_info import describe_source
+
+    for line in describe_source(bundle.manifest):
+        _log(line)
     bad = bundle.scan(log=_log)
     if bad:
         _log(f"DAMAGED: {', '.join(bad)}; copy the bundle again from where it was converted, or convert again")
@@ -388,14 +393,24 @@ def _int8_arg(p: argparse.ArgumentParser) -> None:
                    help="skip the INT8 flow estimator of the opt-in fast mode (built on first use instead)")
 
 
+def _llm_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--llm", choices=["rl", "base"], default=None,
+                   help="LLM checkpoint to convert: rl (upstream's RL-tuned llm.rl.pt) or base (llm.pt); default rl "
+                        "when llm.rl.pt is in the folder (download --rl), else base")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice-rk", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("download", help="fetch the upstream Fun-CosyVoice3-0.5B files the converter needs")
     d.add_argument("dir", type=Path)
-    d.add_argument("--revision", default=None, help="branch, tag or commit of the model repository")
-    d.add_argument("--rl", action="store_true", help="also fetch llm.rl.pt (the RL-tuned LLM)")
+    d.add_argument("--revision", default=None,
+                   help="branch, tag or commit of the model repository (default: the release commit 29e01c4e, whose "
+                        "file sizes the project knows; another revision is checked against the hub's metadata)")
+    d.add_argument("--rl", action="store_true",
+                   help="also fetch llm.rl.pt, upstream's RL-tuned LLM (2.02 GB more: 7.79 GB instead of 5.77 GB); "
+                        "convert then uses it by default")
     d.set_defaults(func=cmd_download)
 
     c = sub.add_parser("convert", help="upstream checkpoint folder → device bundle (x86 host, needs torch)")
@@ -419,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RKNN streaming graphs: one per past bucket (static, default) or one per CFG kind with every "
                         "bucket as a shape set and one copy of the weights (dynamic; docs/rk3588.md)")
     _int8_arg(c)
+    _llm_arg(c)
     c.set_defaults(func=cmd_convert)
 
     v = sub.add_parser("verify", help="run every stage on golden inputs and compare with golden outputs")
@@ -431,6 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--streaming-goldens", type=Path, help="streaming goldens file (implies --streaming)")
     v.add_argument("--json", action="store_true", help="machine-readable output")
     v.add_argument("--hift-noise-seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    _llm_arg(v)
     v.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("say", help="speak text in a saved voice or a one-off prompt, to a WAV file")
@@ -466,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     nz.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (as for say)")
     nz.add_argument("--bundle", type=Path, default=_default_bundle(),
                     help="bundle whose tokenizer counts the segment lengths (env COSYVOICE_RK_BUNDLE); without one, "
-                         "this repository's assets/qwen2-tokenizer (the same vocabulary)")
+                         "this repository's assets/qwen2-tokenizer (Qwen2's merges: the cuts can differ slightly)")
     nz.set_defaults(func=cmd_normalize)
 
     sp = sub.add_parser("speakers", help="manage saved voices")

@@ -4,7 +4,9 @@ Upstream (``cosyvoice/tokenizer/tokenizer.py``, ``CosyVoice3Tokenizer``) loads C
 ``AutoTokenizer`` (a Qwen2 tokenizer with exactly three added tokens, ids 151643..151645) and then adds
 its own special tokens in list order. ``<|endofprompt|>`` therefore lands on 151646, the id the LLM
 hard-codes. :func:`build_tokenizer` rebuilds that tokenizer from ``vocab.json`` + ``merges.txt``; the
-converter saves it as ``tokenizer.json`` and :class:`TextTokenizer` loads it at runtime.
+converter saves it as ``tokenizer.json`` and :class:`TextTokenizer` loads it at runtime. Without
+``get_tokenizer.version: cosyvoice3`` in the checkpoint's yaml upstream builds CosyVoice2Tokenizer instead (the same
+list up to ``[mn]``; no ``<|endofsystem|>``, no CMU/pinyin tokens): ``version="cosyvoice2"`` (docs/release.md §4).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ COSYVOICE3_SPECIAL_TOKENS: list[str] = [
     *(f"[{p}]" for p in _CMU_PHONES.split()),
     *(f"[{p}]" for p in _PINYIN.split()),
 ]
+# CosyVoice2Tokenizer's list: what upstream builds when cosyvoice3.yaml's get_tokenizer has no
+# ``version: cosyvoice3`` (get_qwen_tokenizer's default is 'cosyvoice2'): no <|endofsystem|>, no CMU/pinyin tokens.
+COSYVOICE2_SPECIAL_TOKENS: list[str] = COSYVOICE3_SPECIAL_TOKENS[:COSYVOICE3_SPECIAL_TOKENS.index("<|endofsystem|>")]
+TOKENIZER_VERSIONS: dict[str, list[str]] = {"cosyvoice2": COSYVOICE2_SPECIAL_TOKENS,
+                                            "cosyvoice3": COSYVOICE3_SPECIAL_TOKENS}
+UPSTREAM_CLASS = {"cosyvoice2": "CosyVoice2Tokenizer", "cosyvoice3": "CosyVoice3Tokenizer"}
+ENDOFSYSTEM = "<|endofsystem|>"
 ENDOFPROMPT = "<|endofprompt|>"
 # Upstream's Qwen2LM hard-codes this id; equal to pipeline.convert.upstream.ENDOFPROMPT_ID (the runtime
 # does not import the converter package).
@@ -64,14 +73,20 @@ def _special(content: str) -> AddedToken:
 
 
 def build_tokenizer(vocab_json: Path, merges_txt: Path, *,
-                    added_tokens: Sequence[tuple[str, dict]] | None = None) -> Tokenizer:
-    """Qwen2 byte-level BPE from ``vocab_json`` + ``merges_txt`` with Qwen2's and CosyVoice3's special tokens.
+                    added_tokens: Sequence[tuple[str, dict]] | None = None, version: str = "cosyvoice3") -> Tokenizer:
+    """Qwen2 byte-level BPE from ``vocab_json`` + ``merges_txt`` with Qwen2's and CosyVoice's special tokens.
+
+    ``version``: the special-token list of upstream's ``get_qwen_tokenizer(version=...)``: ``cosyvoice3``
+    (CosyVoice3Tokenizer) or ``cosyvoice2`` (CosyVoice2Tokenizer, upstream's default when the yaml names none).
 
     ``added_tokens``: the tokens a ``tokenizer_config.json`` declares (content, AddedToken flags) in id
     order, as ``AutoTokenizer`` would add them; default Qwen2's three. Raises :class:`SourceError` if the
     files are not a Qwen2 vocabulary or the special ids come out shifted
     (``<|endofprompt|>`` must encode to ``[151646]``).
     """
+    if version not in TOKENIZER_VERSIONS:
+        raise SourceError(f"unknown tokenizer version {version!r}: upstream's get_qwen_tokenizer knows "
+                          f"{' and '.join(TOKENIZER_VERSIONS)} (any other value raises ValueError there)")
     vocab_json, merges_txt = Path(vocab_json), Path(merges_txt)
     for p in (vocab_json, merges_txt):
         if not p.is_file():
@@ -98,7 +113,7 @@ def build_tokenizer(vocab_json: Path, merges_txt: Path, *,
     declared = added_tokens if added_tokens is not None else [(t, {}) for t in QWEN2_ADDED_TOKENS]
     for content, flags in declared:
         tok.add_special_tokens([AddedToken(content, **{"special": True, "normalized": False, **flags})])
-    tok.add_special_tokens([_special(t) for t in COSYVOICE3_SPECIAL_TOKENS])
+    tok.add_special_tokens([_special(t) for t in TOKENIZER_VERSIONS[version]])
     for i, t in enumerate(QWEN2_ADDED_TOKENS):
         if tok.token_to_id(t) != QWEN2_BPE_SIZE + i:
             raise SourceError(f"{vocab_json}: {t} lands on id {tok.token_to_id(t)}, not {QWEN2_BPE_SIZE + i}")
@@ -147,6 +162,12 @@ class TextTokenizer:
     @property
     def endofprompt_id(self) -> int:
         return self._endofprompt_id
+
+    @property
+    def version(self) -> str:
+        """``cosyvoice3`` or ``cosyvoice2``: which of upstream's tokenizers this one is (it has
+        ``<|endofsystem|>`` and the CMU/pinyin tokens only as cosyvoice3)."""
+        return "cosyvoice3" if self._tok.token_to_id(ENDOFSYSTEM) is not None else "cosyvoice2"
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``: no BOS/EOS; special tokens such as ``[breath]`` are matched literally."""

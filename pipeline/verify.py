@@ -92,7 +92,10 @@ def run_verify(bundle: Bundle, g: dict[str, np.ndarray], *, log: Callable[[str],
 
     log("prompt mel")
     wav = g["in_prompt_wav"].astype(np.float32)
-    res.append(_close("prompt_mel", features.flow_prompt_mel(wav), g["in_prompt_feat"][0]))
+    # the checkpoint's own feat_extractor (its fmax: 8000 or null), as the runtime's voice frontend uses it
+    mel_params = dict((bundle.manifest.get("flow") or {}).get("prompt_mel") or {})
+    res.append(_close("prompt_mel", features.flow_prompt_mel(wav, **mel_params), g["in_prompt_feat"][0],
+                      f"fmax {mel_params.get('fmax')}"))
 
     gguf = bundle.manifest["llm"]["gguf"].get("f32")
     if gguf is None:

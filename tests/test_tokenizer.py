@@ -1,4 +1,9 @@
-"""CosyVoice3 text tokenizer on the real Qwen2 vocabulary (assets/qwen2-tokenizer)."""
+"""CosyVoice3's text tokenizer as the converter builds it from a checkpoint's CosyVoice-BlankEN files (here this
+repository's Qwen2 copies, assets/qwen2-tokenizer, with the fixture yaml's get_tokenizer.version).
+
+The special-token ids are CosyVoice3's whatever the merges. Ordinary-text ids are Qwen2's: the release's BlankEN
+merges.txt is a trimmed list (134,935 of Qwen2's 151,387 merges), so real CosyVoice3 ids for ordinary text can differ;
+``convert`` builds from the checkpoint's own files (tests/test_release_checkpoint.py checks that)."""
 
 from __future__ import annotations
 
@@ -23,9 +28,19 @@ QWEN2 = Path(__file__).parent.parent / "assets" / "qwen2-tokenizer"
 
 
 @pytest.fixture(scope="module")
-def tokenizer_json(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
-    build_tokenizer(QWEN2 / "vocab.json", QWEN2 / "merges.txt").save(str(path))
+def tokenizer_json(tmp_path_factory, tiny_src) -> Path:
+    from pipeline.convert.config import load_source_config, tokenizer_version
+    from pipeline.convert.llm_gguf import build_text_tokenizer
+
+    tmp = tmp_path_factory.mktemp("tok")
+    blank = tmp / "CosyVoice-BlankEN"
+    blank.mkdir()
+    for n in ("vocab.json", "merges.txt"):
+        (blank / n).write_bytes((QWEN2 / n).read_bytes())
+    version, _ = tokenizer_version(load_source_config(tiny_src)["yaml"])
+    assert version == "cosyvoice3"
+    path = tmp / "tokenizer.json"
+    build_text_tokenizer(blank, version).save(str(path))
     return path
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from pipeline.audio import prepare_prompt
 from pipeline.bundle import HOW_TO_GET, Bundle
+from pipeline.bundle_info import source_info
 from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
 from pipeline.fsutil import atomic_write_bytes, atomic_write_json
 from pipeline.modes import check_request
@@ -220,7 +221,8 @@ class Studio:
                   "error": self.bundle_error, "how_to_get": HOW_TO_GET}
         if m:
             bundle.update(fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
-                          created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})))
+                          created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})),
+                          source=source_info(m))
         worker = self.worker.status() if self.worker is not None else {"state": "stopped"}
         return {"bundle": bundle, "worker": worker, "speakers_dir": str(self.store.root.resolve()),
                 "results_dir": str(self.results_dir.resolve()), "voices": len(self.voice_names())}

@@ -34,12 +34,12 @@ _S: dict[str, tuple[str, str]] = {
     # no bundle
     "no_bundle": ("**No model bundle.** {error}", "**Нет пакета модели.** {error}"),
     "how_to_get": (
-        "To get one (the conversion needs an x86 computer with internet, ~3 GB download):\n\n"
+        "To get one (the conversion needs an x86 computer with internet, a 5.77 GB download):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Copy `{bundle}` to the board if you converted elsewhere, then press **Check again** (or restart "
         "`cosyvoice-rk webui --bundle {bundle}`). To try the page without real weights: "
         "`./cv make-random-bundle {bundle}` (it does not speak any language).",
-        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка ~3 ГБ):\n\n"
+        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка 5,77 ГБ):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Если конвертировали на другом компьютере, скопируйте `{bundle}` на плату и нажмите **Проверить снова** "
         "(или перезапустите `cosyvoice-rk webui --bundle {bundle}`). Посмотреть страницу без настоящих весов: "
@@ -228,6 +228,12 @@ _S: dict[str, tuple[str, str]] = {
     "s_weights": ("Weights", "Веса"),
     "s_random": ("random (test bundle)", "случайные (тестовый пакет)"),
     "s_real": ("converted checkpoint", "сконвертированный чекпойнт"),
+    "s_llm_ckpt": ("LLM checkpoint", "Чекпойнт LLM"),
+    "s_llm_rl": ("{file}: upstream's RL-tuned LLM", "{file}: LLM upstream, дообученная с RL"),
+    "s_llm_base": ("{file}: upstream's base LLM", "{file}: базовая LLM upstream"),
+    "s_not_recorded": ("not recorded (converted before this was recorded)",
+                       "не записан (пакет сконвертирован до того, как это стали записывать)"),
+    "s_tokenizer": ("Text tokenizer", "Текстовый токенизатор"),
     "s_quant": ("LLM variant", "Вариант LLM"),
     "s_backends": ("Backends", "Бэкенды"),
     "s_flow_choice": ("Flow backend choice", "Выбор бэкенда flow"),
@@ -362,6 +368,9 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     (r"^voice file (.+) does not exist$", "файла голоса {0} нет; выберите его снова"),
     (r"^the voice's features (?:cannot be used|did not read back)", "признаки голоса испорчены; сохраните голос "
                                                                     "заново из его записи"),
+    (r"^(\S+) is not a token of this model's text tokenizer \(CosyVoice2Tokenizer",
+     "{0} — нет такого токена в текстовом токенизаторе этой модели (CosyVoice2Tokenizer: в её cosyvoice3.yaml нет "
+     "get_tokenizer.version: cosyvoice3, поэтому тегов произношения нет); напишите само слово"),
     (r"^unknown language '(.*)'; choose one of (.+)$", "неизвестный язык «{0}»; выберите один из: {1}"),
     (r"^unknown language '(.*)'$", "неизвестный язык «{0}»; выберите ru, en, zh, ja или auto"),
     (r"^voice name contains control characters", "в имени голоса есть управляющие символы (перевод строки, "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import html
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import gradio as gr
@@ -214,6 +215,19 @@ def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
     return "", False, False
 
 
+def _source_rows(src: dict[str, Any], lang: str, item: Callable[[str, Any], str]) -> list[str]:
+    """The LLM checkpoint and the text tokenizer the bundle was converted with (pipeline.bundle_info)."""
+    llm, tok = src.get("llm"), src.get("tokenizer")
+    if llm:
+        value = t("s_llm_rl" if llm.get("choice") == "rl" else "s_llm_base", lang, file=f"`{_esc(llm.get('file'))}`")
+    else:
+        value = t("s_not_recorded", lang)
+    rows = [item("s_llm_ckpt", value)]
+    if tok:
+        rows.append(item("s_tokenizer", f"{_esc(tok.get('upstream_class'))} (`{_esc(tok.get('version'))}`)"))
+    return rows
+
+
 def status_md(s: dict[str, Any], lang: str) -> str:
     b, w = s["bundle"], s["worker"]
 
@@ -226,6 +240,7 @@ def status_md(s: dict[str, Any], lang: str) -> str:
         rows += [item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
                  item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
                  item("s_quant", quant)]
+        rows += _source_rows(b.get("source") or {}, lang, item)
     else:
         rows.append(f"- {_err(b['error'])}")
     rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]

@@ -13,10 +13,11 @@ from typing import Any
 
 from ..bundle import FORMAT, FORMAT_VERSION, MANIFEST, Bundle, file_entry
 from ..errors import BundleError, SourceError
-from ..fsutil import atomic_write_json, sha256_file
+from ..fsutil import atomic_write_json
 from . import upstream
 from .config import load_source_config
 from .llm_gguf import QUANTS
+from .source import choose_llm, required_files, source_section
 
 DEFAULT_QUANTS = ("f32", "q4_k_m")
 _COPIED = ("campplus.onnx", "speech_tokenizer_v3.onnx")
@@ -30,13 +31,14 @@ def parse_quants(spec: str | Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def check_source(src: Path) -> dict:
-    """Validate an upstream checkpoint folder and return its parsed config."""
+def check_source(src: Path, llm_file: str | None = "llm.pt") -> dict:
+    """Validate an upstream checkpoint folder and return its parsed config (``llm_file`` None: the LLM
+    checkpoint is not asked for)."""
     src = Path(src)
     if not src.is_dir():
         raise SourceError(f"checkpoint folder {src} does not exist")
     cfg = load_source_config(src)
-    missing = [n for n in upstream.FILE_NAMES_REQUIRED if not (src / n).is_file()]
+    missing = [n for n in required_files(llm_file) if n is not None and not (src / n).is_file()]
     if missing:
         raise SourceError(
             f"{src} is not a complete CosyVoice3 checkpoint: missing {', '.join(missing)} "
@@ -60,10 +62,12 @@ def convert_checkpoint(
     flow_stream_cfg: Sequence[str] = ("split",),
     flow_stream_shapes: str = "static",
     extra_manifest: dict[str, Any] | None = None,
+    llm: str | None = None,
     log: Callable[[str], None] = print,
 ) -> Bundle:
     """Convert ``src`` into a bundle at ``out``; returns the loaded (hash-checked) bundle.
 
+    ``llm``: ``rl`` (upstream's RL-tuned ``llm.rl.pt``) or ``base`` (``llm.pt``); None = rl when present.
     ``flow_int8``: also write the INT8 flow estimator of the opt-in fast mode (``flow_fast``)."""
     from .flow_export import convert_flow
     from .flow_fast import convert_flow_fast
@@ -73,7 +77,10 @@ def convert_checkpoint(
 
     src, out = Path(src), Path(out)
     quants = parse_quants(quants)
-    cfg = check_source(src)
+    check_source(src, llm_file=None)  # a missing folder or a CosyVoice1/2 one is named before any LLM question
+    llm_choice, llm_file = choose_llm(src, llm)
+    cfg = check_source(src, llm_file)
+    source = source_section(src, llm_choice, llm_file, log)  # refuses a file changed since download
     if rknn_target:
         from .rknn_export import preflight
 
@@ -89,8 +96,8 @@ def convert_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        log(f"LLM → GGUF ({', '.join(quants)})")
-        llm = convert_llm(src, work, cfg, quants)
+        log(f"LLM {llm_file} ({llm_choice}) → GGUF ({', '.join(quants)})")
+        llm = convert_llm(src, work, cfg, quants, llm_file)
         log("flow → frontend arrays, noise table, estimator ONNX")
         flow = convert_flow(src, work, cfg)
         if rknn_target:
@@ -113,7 +120,8 @@ def convert_checkpoint(
             flow["files"] = [*flow["files"], *r["files"]]
         log("HiFT → f0 weights, decoder ONNX, noise tables")
         hift = convert_hift(src, work, cfg, noise_seconds=hift_noise_seconds)
-        frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer")}
+        frontend: dict[str, Any] = {"tokenizer": llm.get("tokenizer"),
+                                    "tokenizer_version": llm.get("tokenizer_version")}
         copied = []
         for name in _COPIED:
             if (src / name).is_file():
@@ -142,10 +150,7 @@ def convert_checkpoint(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "random_weights": bool(random_weights),
             "fingerprint": fingerprint,
-            "source": {
-                "path": str(src.resolve()),
-                "files": {n: sha256_file(src / n) for n in upstream.FILE_NAMES_REQUIRED},
-            },
+            "source": source,
             "constants": constants,
             "llm": llm,
             "flow": flow,

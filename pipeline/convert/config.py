@@ -128,3 +128,22 @@ def load_source_config(src: Path) -> dict:
     if qwen.get("model_type") != "qwen2":
         raise SourceError(f"{qcfg_path}: model_type is {qwen.get('model_type')!r}, expected 'qwen2'")
     return {"yaml": cfg, "qwen": qwen}
+
+
+def tokenizer_version(yaml_cfg: dict) -> tuple[str, str]:
+    """Which text tokenizer upstream builds for this yaml, and why: ``get_tokenizer`` is
+    ``get_qwen_tokenizer(token_path, skip_special_tokens, version='cosyvoice2')``, so without a ``version`` key
+    it is CosyVoice2Tokenizer (no ``<|endofsystem|>``, no CMU/pinyin tokens); another value raises there."""
+    from ..tokenizer import TOKENIZER_VERSIONS
+
+    gt = yaml_cfg.get("get_tokenizer")
+    if not isinstance(gt, dict):
+        raise SourceError("cosyvoice3.yaml: get_tokenizer is missing or not a mapping (upstream builds the text "
+                          "tokenizer from it)")
+    if "version" not in gt:
+        return "cosyvoice2", "cosyvoice3.yaml's get_tokenizer has no version: upstream's default, cosyvoice2"
+    v = gt["version"]
+    if v not in TOKENIZER_VERSIONS:
+        raise SourceError(f"cosyvoice3.yaml: get_tokenizer.version is {v!r}; upstream knows "
+                          f"{' and '.join(TOKENIZER_VERSIONS)} (anything else raises ValueError there)")
+    return str(v), f"cosyvoice3.yaml's get_tokenizer.version: {v}"

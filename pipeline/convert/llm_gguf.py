@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BackendError, SourceError
 from ..fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
+from ..tokenizer import UPSTREAM_CLASS
 from . import upstream
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
@@ -55,7 +56,7 @@ def _load_state_dict(path: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().to(torch.float32).contiguous().numpy() for k, v in sd.items()}
 
 
-def _dims(qwen: dict, sd: dict[str, np.ndarray], src: Path) -> dict[str, Any]:
+def _dims(qwen: dict, sd: dict[str, np.ndarray], ckpt: Path) -> dict[str, Any]:
     try:
         hidden = int(qwen["hidden_size"])
         layers = int(qwen["num_hidden_layers"])
@@ -63,7 +64,7 @@ def _dims(qwen: dict, sd: dict[str, np.ndarray], src: Path) -> dict[str, Any]:
         kv_heads = int(qwen.get("num_key_value_heads", heads))
         inter = int(qwen["intermediate_size"])
     except (KeyError, TypeError, ValueError) as e:
-        raise SourceError(f"{src}/CosyVoice-BlankEN/config.json: missing or bad Qwen2 field {e}") from e
+        raise SourceError(f"{ckpt.parent}/CosyVoice-BlankEN/config.json: missing or bad Qwen2 field {e}") from e
     if hidden % heads or heads % kv_heads:
         raise SourceError(f"config.json: hidden {hidden}, heads {heads}, kv heads {kv_heads} "
                           "are inconsistent")
@@ -72,10 +73,10 @@ def _dims(qwen: dict, sd: dict[str, np.ndarray], src: Path) -> dict[str, Any]:
         raise SourceError(f"config.json: head_dim {head_dim} x heads {heads} != hidden {hidden}")
     for key in ("embed_tokens.weight", "norm.weight"):
         if _PREFIX + key not in sd:
-            raise SourceError(f"{src}/llm.pt has no {_PREFIX + key}; not a CosyVoice3 LLM checkpoint")
+            raise SourceError(f"{ckpt} has no {_PREFIX + key}; not a CosyVoice3 LLM checkpoint")
     for key in ("speech_embedding.weight", "llm_decoder.weight"):
         if key not in sd:
-            raise SourceError(f"{src}/llm.pt has no {key}; not a CosyVoice3 LLM checkpoint")
+            raise SourceError(f"{ckpt} has no {key}; not a CosyVoice3 LLM checkpoint")
     return {
         "hidden": hidden, "layers": layers, "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
         "intermediate": inter,
@@ -87,7 +88,7 @@ def _dims(qwen: dict, sd: dict[str, np.ndarray], src: Path) -> dict[str, Any]:
     }
 
 
-def _gguf_tensors(sd: dict[str, np.ndarray], d: dict[str, Any], src: Path) -> dict[str, np.ndarray]:
+def _gguf_tensors(sd: dict[str, np.ndarray], d: dict[str, Any], ckpt: Path) -> dict[str, np.ndarray]:
     """GGUF tensor name -> array in PyTorch (out, in) layout, every shape checked against ``d``."""
     h, hd, inter = d["hidden"], d["head_dim"], d["intermediate"]
     q, kv = d["heads"] * hd, d["kv_heads"] * hd
@@ -116,17 +117,17 @@ def _gguf_tensors(sd: dict[str, np.ndarray], d: dict[str, Any], src: Path) -> di
     out = {}
     for gname, key, shape in want:
         if key not in sd:
-            raise SourceError(f"{src}/llm.pt has no {key} (config.json says {d['layers']} layers)")
+            raise SourceError(f"{ckpt} has no {key} (config.json says {d['layers']} layers)")
         if tuple(sd[key].shape) != shape:
-            raise SourceError(f"{src}/llm.pt: {key} has shape {tuple(sd[key].shape)}, "
+            raise SourceError(f"{ckpt}: {key} has shape {tuple(sd[key].shape)}, "
                               f"config.json implies {shape}")
         out[gname] = sd[key]
     extra = sorted(k for k in sd if k.startswith(f"{_PREFIX}layers.{d['layers']}."))
     if extra:
-        raise SourceError(f"{src}/llm.pt has more layers than config.json's {d['layers']} ({extra[0]})")
+        raise SourceError(f"{ckpt} has more layers than config.json's {d['layers']} ({extra[0]})")
     text = sd[_PREFIX + "embed_tokens.weight"]
     if text.ndim != 2 or text.shape[1] != h:
-        raise SourceError(f"{src}/llm.pt: embed_tokens has shape {text.shape}, expected (*, {h})")
+        raise SourceError(f"{ckpt}: embed_tokens has shape {text.shape}, expected (*, {h})")
     return out
 
 
@@ -173,13 +174,14 @@ def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None
                            f"(llama_model_quantize returned {rc}){llama_log_suffix()}")
 
 
-def build_text_tokenizer(blank_en: Path):
-    """CosyVoice3's text tokenizer from CosyVoice-BlankEN, honouring the added tokens its
-    tokenizer_config.json declares (as ``AutoTokenizer.from_pretrained`` does)."""
+def build_text_tokenizer(blank_en: Path, version: str = "cosyvoice3"):
+    """The text tokenizer upstream builds from CosyVoice-BlankEN (its own vocab.json and merges.txt), honouring
+    the added tokens its tokenizer_config.json declares (as ``AutoTokenizer.from_pretrained`` does); ``version``
+    as cosyvoice3.yaml's ``get_tokenizer`` (:func:`pipeline.convert.config.tokenizer_version`)."""
     from ..tokenizer import build_tokenizer
 
     declared = [spec for _, spec in sorted(_declared_added_tokens(blank_en).items())]
-    return build_tokenizer(blank_en / "vocab.json", blank_en / "merges.txt", added_tokens=declared)
+    return build_tokenizer(blank_en / "vocab.json", blank_en / "merges.txt", added_tokens=declared, version=version)
 
 
 def _declared_added_tokens(blank_en: Path) -> dict[int, tuple[str, dict]]:
@@ -213,9 +215,10 @@ def _check_tokenizer(tok, blank_en: Path) -> None:
         )
 
 
-def convert_llm(src: Path, out: Path, cfg: dict, quants: list[str]) -> dict:
+def convert_llm(src: Path, out: Path, cfg: dict, quants: list[str], llm_file: str = "llm.pt") -> dict:
     """Write ``llm-<quant>.gguf`` files, ``text_embedding.npy`` and (if possible) ``tokenizer.json``.
 
+    ``llm_file``: the LLM checkpoint in ``src`` (``llm.pt``, or upstream's RL-tuned ``llm.rl.pt``).
     Returns the manifest's ``llm`` section (see module docstring for the file layout).
     """
     src, out = Path(src), Path(out)
@@ -233,16 +236,19 @@ def convert_llm(src: Path, out: Path, cfg: dict, quants: list[str]) -> dict:
         raise SourceError(f"{src}/cosyvoice3.yaml: llm.speech_token_size / llm.sampling missing "
                           f"or bad ({e})") from e
 
-    sd = _load_state_dict(src / "llm.pt")
-    d = _dims(cfg["qwen"], sd, src)
+    sd = _load_state_dict(src / llm_file)
+    d = _dims(cfg["qwen"], sd, src / llm_file)
     if d["speech_vocab"] < size + 4:
-        raise SourceError(f"{src}/llm.pt: speech_embedding has {d['speech_vocab']} rows, "
+        raise SourceError(f"{src / llm_file}: speech_embedding has {d['speech_vocab']} rows, "
                           f"fewer than speech_token_size {size} + 4 special tokens")
-    tensors = _gguf_tensors(sd, d, src)
-    tok = None
+    tensors = _gguf_tensors(sd, d, src / llm_file)
+    tok = tok_version = None
     blank_en = src / "CosyVoice-BlankEN"
     if (blank_en / "vocab.json").is_file() and (blank_en / "merges.txt").is_file():
-        tok = build_text_tokenizer(blank_en)  # checked before the slow GGUF work
+        from .config import tokenizer_version
+
+        tok_version = tokenizer_version(cfg["yaml"])
+        tok = build_text_tokenizer(blank_en, tok_version[0])  # checked before the slow GGUF work
         _check_tokenizer(tok, blank_en)
     out.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
@@ -283,6 +289,11 @@ def convert_llm(src: Path, out: Path, cfg: dict, quants: list[str]) -> dict:
         "default_quant": "q4_k_m" if "q4_k_m" in gguf_files else quants[0],
         "text_embedding": TEXT_EMBEDDING,
         "tokenizer": tokenizer,
+        # which of upstream's tokenizers tokenizer.json is, and why (None: no tokenizer files in the checkpoint)
+        "tokenizer_version": None if tok_version is None else {"version": tok_version[0],
+                                                               "upstream_class": UPSTREAM_CLASS[tok_version[0]],
+                                                               "why": tok_version[1]},
+        "checkpoint": llm_file,
         "dims": d,
         "constants": {
             "speech_token_size": size, "sos": size, "eos": size + 1, "task_id": size + 2, "fill": size + 3,

@@ -22,7 +22,7 @@ from .en import _normalize_en
 from .ja import _normalize_ja
 from .ru import _normalize_ru
 from .split import split_text
-from .tags import protect_tags
+from .tags import check_tags_in_tokenizer, protect_tags
 from .zh import _normalize_zh
 
 _NORMALIZERS: dict[str, Callable[[str], str]] = {"ru": _normalize_ru, "en": _normalize_en, "zh": _normalize_zh,
@@ -77,6 +77,7 @@ class TextFrontend:
         """Normalised segments as text (what :meth:`segments` encodes)."""
         check_language(language)
         norm = normalize(text, language, max_chars=self.max_chars)
+        check_tags_in_tokenizer(norm, self.tokenizer)
         segs = split_text(norm, language, self.tokenizer, max_tokens=self.max_tokens, min_tokens=self.min_tokens,
                           merge_len=self.merge_len, hard_max_tokens=self.hard_max_tokens)
         if not segs:

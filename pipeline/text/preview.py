@@ -2,8 +2,9 @@
 
 Segment lengths are counted in text tokens, so a tokenizer is needed, never a model: the bundle's
 ``tokenizer.json`` when there is a bundle, else the Qwen2 BPE files of this repository
-(``assets/qwen2-tokenizer``, the same vocabulary as CosyVoice3's CosyVoice-BlankEN, so the same ids and the same
-cuts). :func:`preview_tokenizer` says which one it used. Used by ``cosyvoice-rk normalize`` and the page's preview.
+(``assets/qwen2-tokenizer``: CosyVoice3's vocabulary, but Qwen2's full merge list where the release's is trimmed, so
+ordinary text can get other ids and, rarely, other cuts than with a real bundle). :func:`preview_tokenizer` says
+which one it used. Used by ``cosyvoice-rk normalize`` and the page's preview.
 """
 
 from __future__ import annotations

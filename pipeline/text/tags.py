@@ -78,6 +78,21 @@ def check_tags(text: str) -> None:
                          f"{stack[-1]}")
 
 
+def check_tags_in_tokenizer(text: str, tokenizer: object) -> None:
+    """Refuse a known tag that ``tokenizer`` has no token for: a bundle converted from a checkpoint whose yaml has
+    no ``get_tokenizer.version: cosyvoice3`` has upstream's CosyVoice2Tokenizer, without the CMU-phone and
+    pinyin tokens. Upstream would read ``[AA1]`` there as the five characters; like any other unknown tag, it is
+    refused instead of read aloud. A tokenizer without ``token_to_id`` (a test stub) is not asked."""
+    token_to_id = getattr(tokenizer, "token_to_id", None)
+    if token_to_id is None:
+        return
+    for m in _TAG_RE.finditer(text):
+        if token_to_id(m.group()) is None:
+            raise InputError(f"{m.group()} is not a token of this model's text tokenizer (CosyVoice2Tokenizer: "
+                             "its cosyvoice3.yaml has no get_tokenizer.version: cosyvoice3, so it has no "
+                             "pronunciation tags); write the word itself instead")
+
+
 def protect_tags(text: str, *, check: bool = True) -> tuple[str, Callable[[str], str]]:
     """Check the tags (:func:`check_tags`, unless ``check`` is false) and replace each known tag with a
     placeholder character.
