@@ -182,7 +182,7 @@ def output_embedding(audio: np.ndarray, sample_rate: int, speaker: Any) -> np.nd
 def run_quality(opts: QualityOptions, *, asr: AsrStatus | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Run every setting on the sentence set; returns the report (``quality_report.JSON_FIELDS``).
     ``asr``: the transcriber to score the CER with (default: :func:`load_asr`)."""
-    from .bench import machine_info
+    from .bench import _loadavg, machine_info
     from .engine import Engine
     from .flow import Flow, OrtEstimator, int8_estimator_path, ort_estimator
     from .llm import SpeechLM, TextEmbedding
@@ -191,6 +191,7 @@ def run_quality(opts: QualityOptions, *, asr: AsrStatus | None = None, log: Log 
     from .tokenizer import TextTokenizer
     from .vocoder import HiFT
 
+    machine = machine_info()
     bundle = Bundle.load(opts.bundle)
     settings = settings_grid(bundle, opts)
     sentences, set_sha = load_sentences(opts.languages)
@@ -270,9 +271,10 @@ def run_quality(opts: QualityOptions, *, asr: AsrStatus | None = None, log: Log 
                     _write_wav(Path(opts.out_dir) / st.slug / f"{s.id}.wav", wav, sr)
             acc.finish(res)
 
+    machine["loadavg_end"] = _loadavg()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": machine_info(),
+        "machine": machine,
         "bundle": {"path": str(bundle.root), "fingerprint": bundle.fingerprint, "random_weights": bundle.is_random,
                    "quants": quants},
         "voice": {"name": voice.name, "source": voice.source, "language": voice.language,

@@ -162,7 +162,7 @@ def _setting(rep: dict, quant: str, flow: str = "full", steps: int = 10) -> dict
 
 
 def test_a_broken_llm_and_fewer_steps_score_worse(qbundle):
-    rep = run_quality(_opts(qbundle, quants=["q8_0", "broken"], flow_steps=[2]),
+    rep = run_quality(_opts(qbundle, quants=["q8_0", "broken"], flow_steps=[2], languages=["ru", "en"]),
                       asr=AsrStatus(None, "no ASR here"))
     assert [s["name"] for s in rep["settings"]][0] == "f32 / full / 10 steps"
     ref, q8, broken = _setting(rep, "f32"), _setting(rep, "q8_0"), _setting(rep, "broken")
