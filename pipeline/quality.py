@@ -169,10 +169,13 @@ def _voice(bundle: Bundle, models: Any, opts: QualityOptions) -> _VoiceIn:
 
 def output_embedding(audio: np.ndarray, sample_rate: int, speaker: Any) -> np.ndarray | None:
     """CAMPPlus embedding of an output, prepared as the prompt's is (silence trimmed with the same margin,
-    resampled to 16 kHz); None when nothing audible or too little is left."""
-    from .audio import TOKENIZER_SR, resample, trim_silence
+    resampled to 16 kHz); None when it is silent (as quiet as a prompt that is refused) or too short."""
+    from .audio import SILENCE_DBFS, TOKENIZER_SR, peak_dbfs, resample, trim_silence
 
-    y, _ = trim_silence(np.asarray(audio, np.float32), sample_rate, margin_s=0.2)
+    x = np.asarray(audio, np.float32)
+    if not len(x) or peak_dbfs(x, sample_rate) < SILENCE_DBFS:  # the prompt's own silence check
+        return None
+    y, _ = trim_silence(x, sample_rate, margin_s=0.2)
     y16 = resample(y, sample_rate, TOKENIZER_SR) if len(y) else y
     if len(y16) < int(0.025 * TOKENIZER_SR):  # below one fbank frame
         return None

@@ -300,3 +300,23 @@ def test_cli_json_has_every_field_and_docs_explain_them(qbundle, tmp_path):
              *SETTING_FIELDS, *LLM_FIELDS, *MEL_FIELDS, *SENTENCE_FIELDS}
     missing = sorted(f for f in every if f"`{f}`" not in doc)
     assert not missing, f"docs/quality.md does not explain {missing}"
+
+
+def test_output_similarity_is_computed_as_the_prompts(qbundle):
+    """The prompt's own audio, scored as an output, has the prompt's embedding (cosine ~1); another recording
+    scores lower; silence has none."""
+    from pipeline.audio import load_audio, prepare_prompt, resample
+    from pipeline.bundle import Bundle
+    from pipeline.quality import output_embedding
+    from pipeline.speaker import PromptModels, extract_prompt_features
+
+    b = Bundle.load(qbundle)
+    models = PromptModels.from_bundle(b, n_threads=1)
+    prepared = prepare_prompt(PROMPT)
+    feats, _ = extract_prompt_features(prepared, models, bundle=b)
+    self_sim = cosine(feats.embedding, output_embedding(prepared.wav24k, 24000, models.speaker))
+    assert self_sim > 0.999
+    other, sr = load_audio(ROOT / "tests" / "fixtures" / "prompts" / "cross_lingual_prompt.wav")
+    other24 = resample(other[: 5 * sr], sr, 24000)
+    assert cosine(feats.embedding, output_embedding(other24, 24000, models.speaker)) < self_sim
+    assert output_embedding(np.zeros(24000, np.float32), 24000, models.speaker) is None
