@@ -341,6 +341,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quality(a: argparse.Namespace) -> int:
+    from .quality_cli import run_quality_cli
+
+    return run_quality_cli(a, log=_log)
+
+
 def cmd_webui(a: argparse.Namespace) -> int:
     from webui.serve import serve
 
@@ -561,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--flow-cache", choices=("fp16", "fp32"), default="fp16",
                    help="type of the streaming flow's attention K/V cache (fp16 halves its memory)")
     b.set_defaults(func=cmd_bench)
+
+    from .quality_cli import add_quality_parser
+
+    add_quality_parser(sub, default_bundle=_default_bundle(), default_speakers=_default_speakers(),
+                       func=cmd_quality)
 
     w = sub.add_parser("webui", help="the studio: a web page for voices and speech (this machine or the LAN)")
     _runtime_args(w)
