@@ -222,6 +222,18 @@ class CosyVoiceRK:
                     "on disk?) and was rebuilt from its recording"] if damaged else []
         return Voice(p.name, p.transcript, p.features, ids, p.prefix_state, warnings=warnings)
 
+    def prepare_stream(self, name: str, *, should_stop: Callable[[], bool] | None = None) -> float:
+        """Solve the saved voice's flow prompt cache now (kept in memory, LRU), so that its first streamed
+        request does not pay for it; returns the seconds it took (0 when streaming is off or it was there)."""
+        if not self.streams:
+            return 0.0
+        import time
+
+        v = self.load_voice(name)
+        t0 = time.perf_counter()
+        self.engine.prompt_cache(v.features, should_stop=should_stop)
+        return time.perf_counter() - t0
+
     def _prefix(self, ids: list[int]) -> tuple[bytes, str]:
         """The cached LLM state after ``[sos, prompt text]`` and the key it is valid for."""
         key = self._gguf_key + hashlib.sha256(np.asarray(ids, np.int64).tobytes()).hexdigest()[:16]

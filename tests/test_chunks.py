@@ -176,3 +176,14 @@ def test_say_refuses_raw_pcm_to_a_terminal(tmp_path):
         os.close(follower)
         os.close(leader)
     assert r.returncode == 2 and "stdout, which is a terminal" in r.stderr and "aplay" in r.stderr
+
+
+def test_prepare_stream_solves_a_saved_voices_prompt_cache_ahead(tts, seed):
+    tts.add_voice("warm", PROMPT.read_bytes(), ZH_PROMPT_TEXT, language="zh")
+    from pipeline.engine import PromptCacheLRU
+
+    tts.engine.prompt_caches = PromptCacheLRU(1200)  # nothing solved yet
+    assert tts.prepare_stream("warm") > 0
+    chunks = list(tts.create_chunks(MEDIUM, "warm", language="ru", seed=seed, stream=True))
+    results = [c.segment_result.result for c in chunks if c.segment_result is not None]
+    assert results and all(r.stats["prompt_cache_hit"] for r in results)
