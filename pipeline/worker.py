@@ -604,6 +604,7 @@ class _Runner:
                                                   language=payload.get("language", "auto"),
                                                   overwrite=bool(payload.get("overwrite")))
                 send({"type": "done", "result": {"name": preset.name, "slug": preset.slug, "info": _plain(info)}})
+                self._prepare_stream(preset.name)
             elif kind == "import_voice":
                 preset = self.tts.import_voice(payload["data"], name=payload.get("name") or None,
                                                overwrite=bool(payload.get("overwrite")))
@@ -620,6 +621,22 @@ class _Runner:
         except Exception as e:  # noqa: BLE001 - any other failure is reported, the worker lives on
             traceback.print_exc()
             send({"type": "error", "message": f"internal error ({type(e).__name__}: {e})", "kind": type(e).__name__})
+
+    def _prepare_stream(self, name: str) -> None:
+        """Solve a newly saved voice's flow prompt cache while the person types, until the next job arrives
+        (that job then solves what is missing, if it needs it)."""
+        from .sampling import Cancelled
+
+        try:
+            took = self.tts.prepare_stream(name, should_stop=self.conn.poll)
+        except Cancelled:
+            return
+        except CosyVoiceRKError as e:
+            print(f"worker: voice {name!r} not prepared for streaming ({e}); its first request will do it",
+                  file=sys.stderr)
+            return
+        if took:
+            print(f"worker: voice {name!r} prepared for streaming in {took:.1f} s", file=sys.stderr)
 
     def _one_off(self, prompt: dict[str, Any]) -> Any:
         audio = bytes(prompt["audio"])
