@@ -1,0 +1,78 @@
+"""The transcript box fills itself: when a prompt is uploaded or recorded, the worker's speech recognition model
+(:mod:`pipeline.asr`) transcribes it and the text lands in the box, editable.
+
+Only a box that is empty or still holds the last automatic text is filled: what the user typed is never
+overwritten, not even when typed while the transcription runs (the browser decides, from the box as it is when the
+transcript arrives). On the Speak tab nothing is transcribed in the modes that need no transcript (another
+language, instruction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from pipeline.errors import CosyVoiceRKError
+
+from .client import Studio
+from .i18n import t
+from .views import _err, _esc, _msg, _ok
+
+# The box is written in the browser, after the transcription, from its value at that moment: a box the user typed
+# into meanwhile is left alone (the transcript is only offered when the box is empty or holds the last automatic
+# text). Inputs: the transcript, the box, the last automatic text, the message; outputs: box, automatic text,
+# message.
+FILL_JS = """(p, cur, auto, m) => {
+  if (!p) return [cur, auto, m];
+  if (cur && cur.trim() && cur !== auto) return [cur, auto, ''];
+  return [p, p, m];
+}"""
+
+
+def _busy(lang: str) -> str:
+    return f'<span class="cv-busy">⏳ {_esc(t("asr_busy", lang))}</span>'
+
+
+def transcribe_into(studio: Studio, lang: str, path: str | None, current: str | None, auto_text: str | None,
+                    language: str, mode: str = "zero_shot") -> Iterator[list[Any]]:
+    """Updates for (message, transcript to offer): the busy state first, then the result or why there is none."""
+    if not path or mode != "zero_shot" or ((current or "").strip() and current != auto_text):
+        yield [gr.update(), ""]
+        return
+    yield [_busy(lang), ""]
+    try:
+        studio.check_prompt(path)
+    except Exception:  # noqa: BLE001 - the prompt check next to the audio says what is wrong with it
+        yield ["", ""]
+        return
+    try:
+        final = studio.transcribe(path, language or "auto").wait()
+    except Exception as e:  # noqa: BLE001 - shown next to the box
+        yield [_err(_msg(e, lang)), ""]
+        return
+    if final["type"] != "done":
+        yield [_err(_msg(CosyVoiceRKError(final.get("message") or "cancelled"), lang)), ""]
+        return
+    r = final["result"]
+    if not r["text"]:
+        yield [_err(t("asr_empty", lang)), ""]
+        return
+    yield [_ok(t("asr_filled", lang, model=r["model"], language=r["language"])), r["text"]]
+
+
+def wire_transcription(studio: Studio, lang: Any, audio: Any, box: Any, msg: Any, language: Any,
+                       mode: Any = None) -> None:
+    """Fill ``box`` from ``audio`` (and, with ``mode``, when the mode becomes zero_shot with a recording)."""
+    auto = gr.Textbox("", visible="hidden")  # the last automatic text (read in the browser by FILL_JS)
+    offer = gr.Textbox("", visible="hidden")
+    ins = [lang, audio, box, auto, language] + ([mode] if mode is not None else [])
+
+    def run(*args: Any) -> Iterator[list[Any]]:
+        yield from transcribe_into(studio, *args)
+
+    for trigger in (audio.change, *([mode.change] if mode is not None else [])):
+        trigger(run, ins, [msg, offer], api_visibility="private", show_progress="hidden",
+                trigger_mode="always_last").then(None, [offer, box, auto, msg], [box, auto, msg], js=FILL_JS,
+                                                 api_visibility="private")
