@@ -9,6 +9,7 @@ language, instruction).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,13 +22,12 @@ from .i18n import t
 from .views import _err, _esc, _msg, _ok
 
 # The box is written in the browser, after the transcription, from its value at that moment: a box the user typed
-# into meanwhile is left alone (the transcript is only offered when the box is empty or holds the last automatic
-# text). Inputs: the transcript, the box, the last automatic text, the message; outputs: box, automatic text,
-# message.
-FILL_JS = """(p, cur, auto, m) => {
-  if (!p) return [cur, auto, m];
-  if (cur && cur.trim() && cur !== auto) return [cur, auto, ''];
-  return [p, p, m];
+# into meanwhile is left alone. ``o``: {"text": the transcript, "prev": the box's automatic text when it started}.
+FILL_JS = """(o, cur, m) => {
+  if (!o) return [cur, m];
+  const {text, prev} = JSON.parse(o);
+  if (cur && cur.trim() && cur !== prev) return [cur, ''];
+  return [text, m];
 }"""
 
 
@@ -37,42 +37,45 @@ def _busy(lang: str) -> str:
 
 def transcribe_into(studio: Studio, lang: str, path: str | None, current: str | None, auto_text: str | None,
                     language: str, mode: str = "zero_shot") -> Iterator[list[Any]]:
-    """Updates for (message, transcript to offer): the busy state first, then the result or why there is none."""
+    """Updates for (message, the offer for FILL_JS, the last automatic text): the busy state first, then the
+    result or why there is none."""
+    auto_text = auto_text or ""
     if not path or mode != "zero_shot" or ((current or "").strip() and current != auto_text):
-        yield [gr.update(), ""]
+        yield [gr.update(), "", auto_text]
         return
-    yield [_busy(lang), ""]
+    yield [_busy(lang), "", auto_text]
     try:
         studio.check_prompt(path)
     except Exception:  # noqa: BLE001 - the prompt check next to the audio says what is wrong with it
-        yield ["", ""]
+        yield ["", "", auto_text]
         return
     try:
         final = studio.transcribe(path, language or "auto").wait()
     except Exception as e:  # noqa: BLE001 - shown next to the box
-        yield [_err(_msg(e, lang)), ""]
+        yield [_err(_msg(e, lang)), "", auto_text]
         return
     if final["type"] != "done":
-        yield [_err(_msg(CosyVoiceRKError(final.get("message") or "cancelled"), lang)), ""]
+        yield [_err(_msg(CosyVoiceRKError(final.get("message") or "cancelled"), lang)), "", auto_text]
         return
     r = final["result"]
     if not r["text"]:
-        yield [_err(t("asr_empty", lang)), ""]
+        yield [_err(t("asr_empty", lang)), "", auto_text]
         return
-    yield [_ok(t("asr_filled", lang, model=r["model"], language=r["language"])), r["text"]]
+    offer = json.dumps({"text": r["text"], "prev": current or ""}, ensure_ascii=False)
+    yield [_ok(t("asr_filled", lang, model=r["model"], language=r["language"])), offer, r["text"]]
 
 
 def wire_transcription(studio: Studio, lang: Any, audio: Any, box: Any, msg: Any, language: Any,
                        mode: Any = None) -> None:
     """Fill ``box`` from ``audio`` (and, with ``mode``, when the mode becomes zero_shot with a recording)."""
-    auto = gr.Textbox("", visible="hidden")  # the last automatic text (read in the browser by FILL_JS)
-    offer = gr.Textbox("", visible="hidden")
+    auto = gr.State("")  # the last automatic text
+    offer = gr.Textbox("", visible="hidden")  # read in the browser by FILL_JS
     ins = [lang, audio, box, auto, language] + ([mode] if mode is not None else [])
 
     def run(*args: Any) -> Iterator[list[Any]]:
         yield from transcribe_into(studio, *args)
 
     for trigger in (audio.change, *([mode.change] if mode is not None else [])):
-        trigger(run, ins, [msg, offer], api_visibility="private", show_progress="hidden",
-                trigger_mode="always_last").then(None, [offer, box, auto, msg], [box, auto, msg], js=FILL_JS,
+        trigger(run, ins, [msg, offer, auto], api_visibility="private", show_progress="hidden",
+                trigger_mode="always_last").then(None, [offer, box, msg], [box, msg], js=FILL_JS,
                                                  api_visibility="private")
