@@ -66,9 +66,9 @@ def read_manifest(path: Path | str | None = None) -> tuple[Path, list[AsrModel]]
     m = root / MANIFEST
     if not m.is_file():
         if root.is_dir() and any(root.iterdir()):
-            raise AsrMissing(f"the speech recognition model in {root} is incomplete (no {MANIFEST}): run "
+            raise AsrMissing(f"the speech recognition model in {root} is incomplete ({MANIFEST} is missing): run "
                              f"{HOW_TO_GET} again, it resumes where it stopped; or type the transcript")
-        raise AsrMissing(f"automatic transcription needs the speech recognition model (~300 MB), not found in "
+        raise AsrMissing(f"automatic transcription needs the speech recognition model (~500 MB), not found in "
                          f"{root}: get it with {HOW_TO_GET}; or type the transcript")
     try:
         data = json.loads(m.read_text(encoding="utf-8"))
@@ -81,7 +81,7 @@ def read_manifest(path: Path | str | None = None) -> tuple[Path, list[AsrModel]]
     for md in models:
         if not (root / md.folder).is_dir():
             raise AsrMissing(f"the speech recognition model in {root} is incomplete ({md.folder} is missing): "
-                             f"run {HOW_TO_GET} again")
+                             f"run {HOW_TO_GET} again, it resumes where it stopped; or type the transcript")
     return root, models
 
 

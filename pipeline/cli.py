@@ -148,10 +148,13 @@ def _check_prompt(wav: Path, transcript: str | None, language: str) -> None:
 
 def _transcribe(a: argparse.Namespace) -> str:
     """--prompt-wav's words by the speech recognition model (docs/asr.md), said on stderr."""
-    from .asr import transcribe_file
+    from .asr import AsrMissing, transcribe_file
     from .tts import check_transcript
 
-    r = transcribe_file(a.prompt_wav, a.language, a.asr_dir)
+    try:
+        r = transcribe_file(a.prompt_wav, a.language, a.asr_dir)
+    except AsrMissing as e:  # the page's words ("type the transcript") in the command line's
+        raise AsrMissing(str(e).replace("or type the transcript", "or give --prompt-text TEXT")) from None
     _log(f"transcript ({r.model}, {'detected ' if r.detected else ''}language {r.language}): {r.text}")
     check_transcript(r.text)
     return r.text
@@ -421,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("dir", type=Path, nargs="?", help="destination (with --asr default: $COSYVOICE_RK_ASR or "
                    "models/asr)")
     d.add_argument("--asr", action="store_true", help="fetch the speech recognition models instead (GigaAM v3 for "
-                   "Russian, Whisper base for the rest; ~300 MB) that transcribe prompts (docs/asr.md)")
+                   "Russian, Whisper base for the rest; ~500 MB) that transcribe prompts (docs/asr.md)")
     d.add_argument("--revision", default=None, help="branch, tag or commit of the model repository")
     d.add_argument("--rl", action="store_true", help="also fetch llm.rl.pt (the RL-tuned LLM)")
     d.set_defaults(func=cmd_download)

@@ -163,7 +163,8 @@ def test_without_the_model_the_message_says_how_to_get_it(tmp_path, test_asr):
     assert issubclass(AsrMissing, CosyVoiceRKError)
     part = tmp_path / "part"
     (part / "whisper-base").mkdir(parents=True)
-    with pytest.raises(AsrMissing, match=r"incomplete \(no asr.json\): run \./cv download --asr again, it resumes"):
+    with pytest.raises(AsrMissing, match=r"incomplete \(asr.json is missing\): run \./cv download --asr again, "
+                                         r"it resumes"):
         load_transcriber(part)
     bad = tmp_path / "bad"
     make_test_asr(bad)

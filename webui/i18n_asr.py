@@ -12,13 +12,13 @@ STRINGS: dict[str, tuple[str, str]] = {
 }
 
 RU_MESSAGES: list[tuple[str, str]] = [
-    (r"^automatic transcription needs the speech recognition model \(~300 MB\), not found in (.+): get it with "
+    (r"^automatic transcription needs the speech recognition model \(~500 MB\), not found in (.+): get it with "
      r"(.+); or type the transcript",
-     "для автоматического распознавания текста записи нужна модель распознавания речи (~300 МБ), в {0} её нет: "
+     "для автоматического распознавания текста записи нужна модель распознавания речи (~500 МБ), в {0} её нет: "
      "скачайте её командой {1} — или введите текст записи сами"),
-    (r"^the speech recognition model in (.+) is incomplete \((.+)\): run (.+) again",
-     "модель распознавания речи в {0} скачана не полностью ({1}): запустите {2} ещё раз — загрузка продолжится "
-     "с места остановки; или введите текст записи сами"),
+    (r"^the speech recognition model in (.+) is incomplete \((.+) is missing\): run (.+) again",
+     "модель распознавания речи в {0} скачана не полностью (нет {1}): запустите {2} ещё раз — загрузка "
+     "продолжится с места остановки; или введите текст записи сами"),
     (r"^(.+asr\.json) cannot be read \((.+)\); get the model again with (.+)$",
      "файл {0} не читается ({1}); скачайте модель заново командой {2}"),
     (r"^the speech recognition model (\S+) in (.+) cannot be loaded \((.+)\); get it again with (.+)$",

@@ -43,12 +43,12 @@ def transcribe_into(studio: Studio, lang: str, path: str | None, current: str | 
     if not path or mode != "zero_shot" or ((current or "").strip() and current != auto_text):
         yield [gr.update(), "", auto_text]
         return
-    yield [_busy(lang), "", auto_text]
     try:
         studio.check_prompt(path)
     except Exception:  # noqa: BLE001 - the prompt check next to the audio says what is wrong with it
-        yield ["", "", auto_text]
+        yield [gr.update(), "", auto_text]
         return
+    yield [_busy(lang), "", auto_text]
     try:
         final = studio.transcribe(path, language or "auto").wait()
     except Exception as e:  # noqa: BLE001 - shown next to the box
