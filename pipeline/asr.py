@@ -93,18 +93,24 @@ def _language(language: str | None) -> str | None:
 class Transcriber:
     """Loaded ASR models (each on first use). ``transcribe`` is all other code needs."""
 
-    def __init__(self, root: Path, models: list[AsrModel]) -> None:
+    def __init__(self, root: Path, models: list[AsrModel], n_threads: int | None = None) -> None:
         self.root = root
         self.models = models
+        # as the engine's ONNX sessions: the CPUs this process may use (the worker is pinned on a board), at most 4
+        self.n_threads = n_threads or min(4, len(os.sched_getaffinity(0)))
         self._loaded: dict[str, Any] = {}
 
     def _asr(self, md: AsrModel) -> Any:
         if md.name not in self._loaded:
             import onnx_asr
+            import onnxruntime as ort
 
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self.n_threads
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle between prompts
             try:
                 self._loaded[md.name] = onnx_asr.load_model(md.kind, self.root / md.folder,
-                                                            quantization=md.quantization)
+                                                            quantization=md.quantization, sess_options=so)
             except Exception as e:  # noqa: BLE001 - onnx-asr raises its own types, OSError and ORT's
                 raise AsrMissing(f"the speech recognition model {md.name} in {self.root / md.folder} cannot be "
                                  f"loaded ({type(e).__name__}: {e}); get it again with {HOW_TO_GET}") from e
@@ -144,10 +150,7 @@ class Transcriber:
         lang = _language(language)
         detected = False
         if lang is None:
-            if self._whisper() is None:
-                lang = next(iter(self.models[0].languages))
-            else:
-                lang, detected = self.detect_language(audio16), True
+            lang, detected = self.detect_language(audio16), True
         md = self._covering(lang)
         if md is None:
             covered = sorted({x for m in self.models for x in m.languages if x != "*"})
@@ -163,16 +166,16 @@ class Transcriber:
         return self.recognize(audio, sample_rate, language).text
 
 
-def load_transcriber(path: Path | str | None = None) -> Transcriber:
+def load_transcriber(path: Path | str | None = None, *, n_threads: int | None = None) -> Transcriber:
     """The transcriber of the ASR folder ``path`` (None: ``$COSYVOICE_RK_ASR`` or ``models/asr``); raises
-    :class:`AsrMissing` saying how to get the model when it is not there."""
+    :class:`AsrMissing` saying how to get the model when it is not there. The models load on first use."""
     try:
         import onnx_asr  # noqa: F401
     except ImportError:
         raise AsrMissing("the onnx-asr package is not installed: run ./cv once more (it installs the runtime), "
                          "or pip install onnx-asr") from None
     root, models = read_manifest(path)
-    return Transcriber(root, models)
+    return Transcriber(root, models, n_threads)
 
 
 def language_tokens(tokens: dict[str, int]) -> dict[str, int]:
