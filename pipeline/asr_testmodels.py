@@ -114,7 +114,7 @@ def make_test_whisper(folder: Path | str, seed: int = 0) -> Path:
     inits = [
         numpy_helper.from_array((rng.standard_normal((n_vocab, _D)) * 1.0).astype(np.float32), "emb"),
         numpy_helper.from_array((rng.standard_normal((_D, _D)) * 0.5).astype(np.float32), "w_enc"),
-        numpy_helper.from_array((rng.standard_normal((_D, _D)) * 0.5).astype(np.float32), "w_ctx"),
+        numpy_helper.from_array((rng.standard_normal((_D, _D)) * 1.5).astype(np.float32), "w_ctx"),
         numpy_helper.from_array((rng.standard_normal((_D, n_vocab)) * 1.0).astype(np.float32), "w_out"),
         numpy_helper.from_array(eos_onehot * 0.4, "eos_slope"),
         numpy_helper.from_array(eos_onehot * -8.0, "eos_bias"),

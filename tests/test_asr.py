@@ -133,6 +133,7 @@ def test_whisper_language_detection_and_text_match_an_independent_loop(transcrib
     best = max(langs, key=lambda code: logits[langs[code]])
     assert transcriber.detect_language(audio16) == best
 
+    texts = []
     for lang in ("en", "ja"):
         ids = [sot, tokens[f"<|{lang}|>"], tokens["<|transcribe|>"], tokens["<|notimestamps|>"]]
         while len(ids) < 448 and ids[-1] != eot:
@@ -141,6 +142,8 @@ def test_whisper_language_detection_and_text_match_an_independent_loop(transcrib
         text = "".join(inv[i] for i in ids[4:] if not inv[i].startswith("<|")).replace("\u0120", " ")
         assert ids[-1] == eot and len(text) > 3
         assert transcriber.transcribe(audio16, ASR_RATE, lang) == " ".join(text.split())
+        texts.append(text)
+    assert texts[0] != texts[1]  # the language token reaches the decoder
 
 
 def test_a_language_no_model_covers_is_refused(transcriber, prompt):
