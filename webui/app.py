@@ -336,7 +336,7 @@ def build_app(studio: Studio) -> gr.Blocks:
         s_audio.change(prompt_feedback, [lang, s_audio], [s_audio_msg], api_visibility="private",
                        show_progress="hidden")
         wire_transcription(studio, lang, v_audio, v_transcript, v_transcript_msg, v_lang)
-        wire_transcription(studio, lang, s_audio, s_ptext, s_ptext_msg, s_plang, s_how.mode)
+        wire_transcription(studio, lang, s_audio, s_ptext, s_ptext_msg, s_plang, s_how.mode, s_mode)
         s_text.change(None, [s_text], [s_count], js=f"(t) => `${{(t || '').length}} / {studio.max_text_chars}`",
                       api_visibility="private")
 

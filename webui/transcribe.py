@@ -36,11 +36,11 @@ def _busy(lang: str) -> str:
 
 
 def transcribe_into(studio: Studio, lang: str, path: str | None, current: str | None, auto_text: str | None,
-                    language: str, mode: str = "zero_shot") -> Iterator[list[Any]]:
+                    language: str, mode: str = "zero_shot", source: str = "prompt") -> Iterator[list[Any]]:
     """Updates for (message, the offer for FILL_JS, the last automatic text): the busy state first, then the
     result or why there is none."""
     auto_text = auto_text or ""
-    if not path or mode != "zero_shot" or ((current or "").strip() and current != auto_text):
+    if not path or mode != "zero_shot" or source != "prompt" or ((current or "").strip() and current != auto_text):
         yield [gr.update(), "", auto_text]
         return
     try:
@@ -66,16 +66,18 @@ def transcribe_into(studio: Studio, lang: str, path: str | None, current: str | 
 
 
 def wire_transcription(studio: Studio, lang: Any, audio: Any, box: Any, msg: Any, language: Any,
-                       mode: Any = None) -> None:
-    """Fill ``box`` from ``audio`` (and, with ``mode``, when the mode becomes zero_shot with a recording)."""
+                       mode: Any = None, source: Any = None) -> None:
+    """Fill ``box`` from ``audio``; with ``mode`` (the speech mode) and ``source`` (saved voice or one-off
+    recording) only in zero_shot with the one-off recording, also when either switches to that."""
     auto = gr.State("")  # the last automatic text
     offer = gr.Textbox("", visible="hidden")  # read in the browser by FILL_JS
-    ins = [lang, audio, box, auto, language] + ([mode] if mode is not None else [])
+    gates = [mode, source] if mode is not None and source is not None else []
+    ins = [lang, audio, box, auto, language, *gates]
 
     def run(*args: Any) -> Iterator[list[Any]]:
         yield from transcribe_into(studio, *args)
 
-    for trigger in (audio.change, *([mode.change] if mode is not None else [])):
+    for trigger in (audio.change, *(g.change for g in gates)):
         trigger(run, ins, [msg, offer, auto], api_visibility="private", show_progress="hidden",
                 trigger_mode="always_last").then(None, [offer, box, msg], [box, msg], js=FILL_JS,
                                                  api_visibility="private")
