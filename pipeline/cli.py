@@ -23,8 +23,16 @@ def _log(msg: str) -> None:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
+    if a.asr:
+        from .asr_download import download_asr
+
+        download_asr(a.dir, log=_log)
+        return 0
     from .download import PINNED_REVISION, download
 
+    if a.dir is None:
+        raise InputError("give the folder to download into, e.g. `cosyvoice-rk download models/cosyvoice3` "
+                         "(or --asr for the speech recognition models)")
     download(a.dir, revision=a.revision or PINNED_REVISION, rl=a.rl, log=_log)
     return 0
 
@@ -143,6 +151,20 @@ def _check_prompt(wav: Path, transcript: str | None, language: str) -> None:
     prepare_prompt(wav)
 
 
+def _transcribe(a: argparse.Namespace) -> str:
+    """--prompt-wav's words by the speech recognition model (docs/asr.md), said on stderr."""
+    from .asr import AsrMissing, transcribe_file
+    from .tts import check_transcript
+
+    try:
+        r = transcribe_file(a.prompt_wav, a.language, a.asr_dir)
+    except AsrMissing as e:  # the page's words ("type the transcript") in the command line's
+        raise AsrMissing(str(e).replace("or type the transcript", "or give --prompt-text TEXT")) from None
+    _log(f"transcript ({r.model}, {'detected ' if r.detected else ''}language {r.language}): {r.text}")
+    check_transcript(r.text)
+    return r.text
+
+
 def pcm16(audio: np.ndarray) -> bytes:
     """float32 audio → headerless s16le, converted by libsndfile exactly as :func:`write_wav` converts it."""
     import io
@@ -180,14 +202,16 @@ def cmd_say(a: argparse.Namespace) -> int:
     if not to_stdout and not a.output.suffix.lower() == ".wav":
         raise InputError(f"output {a.output} must end in .wav, or be - for raw PCM on stdout")
     mode, instruct, speed = check_request(a.mode, a.instruct, a.speed)
-    if not a.speaker and not (a.prompt_wav and (a.prompt_text or mode != "zero_shot")):
-        raise InputError("give --speaker NAME, or both --prompt-wav FILE and --prompt-text TEXT (cross_lingual and "
-                         "instruct need no --prompt-text)")
+    if not a.speaker and not a.prompt_wav:
+        raise InputError("give --speaker NAME, or --prompt-wav FILE (with --prompt-text TEXT, or without it to have "
+                         "it transcribed; cross_lingual and instruct need no --prompt-text)")
     normalize(a.text, a.language)
     check_tags(a.text)
     check_temperature(a.temperature)
     if not a.speaker:
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
+        if mode == "zero_shot" and a.prompt_text is None:
+            a.prompt_text = _transcribe(a)
     sink = _raw_stdout() if to_stdout else None
     with _open_tts(a) as tts:
         if a.speaker:
@@ -298,6 +322,8 @@ def cmd_speakers(a: argparse.Namespace) -> int:
         except PresetError as e:
             raise PresetError(_cli_words(str(e))) from None
         _check_prompt(a.prompt_wav, a.prompt_text, a.language)
+        if a.prompt_text is None:
+            a.prompt_text = _transcribe(a)
     if a.action == "import":  # a bad file is refused before the models load
         meta, _, _ = store.read_export(a.file)
         try:
@@ -376,6 +402,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
                    help="CPU threads for llama.cpp and ONNX Runtime (default: CPUs in this process's affinity, "
                         "at most 4)")
     _placement_args(p)
+    p.add_argument("--asr-dir", type=Path, default=None, help="speech recognition models for transcribing prompts "
+                   "(default: $COSYVOICE_RK_ASR or models/asr; get them with `download --asr`)")
     p.add_argument("--flow-fast", action="store_true",
                    help="opt-in fast flow: the INT8 estimator on ONNX Runtime (~2.5x faster flow on x86; the mel "
                         "differs from upstream's, docs/benchmarks.md)")
@@ -410,7 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     d = sub.add_parser("download", help="fetch the upstream Fun-CosyVoice3-0.5B files the converter needs")
-    d.add_argument("dir", type=Path)
+    d.add_argument("dir", type=Path, nargs="?", help="destination (with --asr default: $COSYVOICE_RK_ASR or "
+                   "models/asr)")
+    d.add_argument("--asr", action="store_true", help="fetch the speech recognition models instead (GigaAM v3 for "
+                   "Russian, Whisper base for the rest; ~500 MB) that transcribe prompts (docs/asr.md)")
     d.add_argument("--revision", default=None,
                    help="branch, tag or commit of the model repository (default: the release commit 29e01c4e, whose "
                         "file sizes the project knows; another revision is checked against the hub's metadata)")
@@ -461,7 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     who = s.add_mutually_exclusive_group()
     who.add_argument("--speaker", help="name of a saved voice")
     who.add_argument("--prompt-wav", type=Path, help="a 3–10 s recording of the voice")
-    s.add_argument("--prompt-text", help="exactly what --prompt-wav says (zero_shot only)")
+    s.add_argument("--prompt-text", help="exactly what --prompt-wav says (zero_shot only; left out: transcribed by "
+                   "the speech recognition model, `download --asr`)")
     s.add_argument("--text", required=True, help="what to say")
     s.add_argument("--language", default="auto", help="ru, en, zh, ja or auto (drives text normalisation)")
     s.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (1.0 = upstream)")
@@ -499,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     add = ssub.add_parser("add", help="save a voice from a prompt recording and its transcript")
     add.add_argument("name")
     add.add_argument("--prompt-wav", type=Path, required=True)
-    add.add_argument("--prompt-text", required=True)
+    add.add_argument("--prompt-text", default=None, help="exactly what --prompt-wav says (left out: transcribed by "
+                     "the speech recognition model, `download --asr`)")
     add.add_argument("--language", default="auto")
     add.add_argument("--overwrite", action="store_true")
     ren = ssub.add_parser("rename")

@@ -35,6 +35,8 @@ Job kinds and their payloads (all plain Python data; audio travels as bytes):
   it are the audio made so far.
 - ``add_voice``: ``name``, ``audio`` (bytes), ``ext``, ``transcript``, ``language``, ``overwrite``.
 - ``import_voice``: ``data`` (bytes of a ``.cvvoice`` file), ``name``, ``overwrite``.
+- ``transcribe``: ``audio`` (bytes), ``language`` (``ru``, ``en``, … or ``auto``: detected); ``done`` has ``text``,
+  ``language``, ``model``, ``detected`` (:mod:`pipeline.asr`; the ASR models load on the first such job).
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from typing import Any
 
 from .errors import CosyVoiceRKError
 
-JOB_KINDS = ("speak", "add_voice", "import_voice")
+JOB_KINDS = ("speak", "add_voice", "import_voice", "transcribe")
 TERMINAL = frozenset({"done", "error", "cancelled"})
 _TOKEN_EVENT_INTERVAL = 0.25  # seconds between "tokens" progress events (a token takes ~20-40 ms on a board)
 _START_RETRIES = 3
@@ -79,6 +81,7 @@ class WorkerConfig:
     cpus: str | None = None
     flow_fast: bool = False
     flow_steps: int | None = None
+    asr_dir: str | None = None  # speech recognition models (None: pipeline.asr's default location)
 
 
 class Job:
@@ -562,7 +565,7 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
                    "quant": config.quant or llm.get("default_quant"), "sample_rate": tts.sample_rate,
                    "sampling": dict(b.constants.get("sampling", {}))},
     })
-    runner = _Runner(tts, conn, cancel_id)
+    runner = _Runner(tts, conn, cancel_id, asr_dir=config.asr_dir)
     try:
         while True:
             try:
@@ -577,8 +580,10 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
 
 
 class _Runner:
-    def __init__(self, tts: Any, conn: Any, cancel_id: Any) -> None:
+    def __init__(self, tts: Any, conn: Any, cancel_id: Any, asr_dir: str | None = None) -> None:
         self.tts = tts
+        self.asr_dir = asr_dir
+        self._asr: Any = None  # the transcriber, loaded by the first transcribe job
         self.conn = conn
         self.cancel_id = cancel_id
         self._send_lock = threading.Lock()
@@ -609,6 +614,8 @@ class _Runner:
                 preset = self.tts.import_voice(payload["data"], name=payload.get("name") or None,
                                                overwrite=bool(payload.get("overwrite")))
                 send({"type": "done", "result": {"name": preset.name, "slug": preset.slug}})
+            elif kind == "transcribe":
+                send({"type": "done", "result": self._transcribe(payload)})
             else:
                 raise WorkerError(f"unknown job kind {kind!r}")
         except Cancelled:
@@ -637,6 +644,14 @@ class _Runner:
             return
         if took:
             print(f"worker: voice {name!r} prepared for streaming in {took:.1f} s", file=sys.stderr)
+
+    def _transcribe(self, p: dict[str, Any]) -> dict[str, Any]:
+        from .asr import load_transcriber, transcribe_bytes
+
+        if self._asr is None:
+            self._asr = load_transcriber(self.asr_dir)
+        r = transcribe_bytes(self._asr, bytes(p["audio"]), p.get("language"))
+        return {"text": r.text, "language": r.language, "model": r.model, "detected": r.detected}
 
     def _one_off(self, prompt: dict[str, Any]) -> Any:
         audio = bytes(prompt["audio"])

@@ -64,7 +64,7 @@ class Env:
         from webui.client import Studio
 
         self.root = root
-        self.studio = Studio(root / "no-bundle", root / "speakers", root / "results")
+        self.studio = Studio(root / "no-bundle", root / "speakers", root / "results", asr_dir=root / "no-asr")
         self.store = self.studio.store
         for name in ("Vera", "Anna"):
             self.store.create(name, SPEECH.read_bytes(), ".wav", "words", language="en", features=_feats(),
@@ -313,6 +313,15 @@ def _bomb(e: Env) -> Path:
     return p
 
 
+def _half_asr(e: Env) -> None:
+    from pipeline.asr import load_transcriber
+
+    part = e.root / "asr-part" / "whisper-base"
+    part.mkdir(parents=True, exist_ok=True)
+    (part / "config.json").write_text("{}")
+    load_transcriber(part.parent)
+
+
 def cases() -> list[Case]:
     sine = lambda sr, s, amp=0.3: (amp * np.sin(2 * np.pi * 220 * np.arange(int(sr * s)) / sr)).astype(np.float32)  # noqa: E731
     c: list[Case] = []
@@ -437,6 +446,12 @@ def cases() -> list[Case]:
         Case(imp, "a file deleted before the import", _import(lambda e: e.root / "uploads" / "gone.cvvoice")),
         Case(imp, "a Word document", _import(_zip({"[Content_Types].xml": b"<x/>", "word/document.xml": b"<w/>"}))),
     ]
+    A = "transcription"
+    c += [
+        Case(A, "a recording to transcribe, no ASR model downloaded",
+             lambda e: e.studio.transcribe(e.wav("t.wav", _speech(5), 16000))),
+        Case(A, "an ASR download that stopped half-way", _half_asr),
+    ]
     B = "bundles"
     c += [
         Case(B, "a bundle folder that does not exist", lambda e: Bundle.load(e.root / "nothing")),
@@ -466,8 +481,11 @@ def cases() -> list[Case]:
                                                     "Speak softly.", "-o", "{root}/o.wav"]),
         ("`--text` with a tag left open", ["say", "--speaker", "Vera", "--text", "hi <strong>there", "-o",
                                            "{root}/o.wav"]),
-        ("`--prompt-wav` without `--prompt-text` in zero_shot", ["say", "--prompt-wav", str(SPEECH), "--text", "hi",
-                                                                 "-o", "{root}/o.wav"]),
+        ("`--prompt-wav` without `--prompt-text` in zero_shot, no ASR model",
+         ["say", "--prompt-wav", str(SPEECH), "--text", "hi", "-o", "{root}/o.wav", "--asr-dir", "{root}/no-asr"]),
+        ("`speakers add` without `--prompt-text`, no ASR model",
+         ["speakers", "add", "Nova", "--speakers-dir", "{root}/speakers", "--prompt-wav", str(SPEECH), "--asr-dir",
+          "{root}/no-asr"]),
         ("`speakers add VERA!` while Vera is saved",
          ["speakers", "add", "VERA!", "--speakers-dir", "{root}/speakers", "--prompt-wav", str(SPEECH),
           "--prompt-text", "w"]),

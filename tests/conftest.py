@@ -58,3 +58,11 @@ def stream_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("stream-bundle") / "tiny"
     return convert_checkpoint(TINY, out, quants=["f32"], hift_noise_seconds=12.0, flow_int8=False,
                               log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def test_asr(tmp_path_factory) -> Path:
+    """The tiny random speech recognition models (pipeline/asr_testmodels.py) in download --asr's layout."""
+    from pipeline.asr_testmodels import make_test_asr
+
+    return make_test_asr(tmp_path_factory.mktemp("asr") / "asr")

@@ -6,7 +6,7 @@ import sys
 RUNTIME = ["pipeline", "pipeline.engine", "pipeline.llm", "pipeline.sampling", "pipeline.flow", "pipeline.vocoder",
            "pipeline.features", "pipeline.audio", "pipeline.speaker", "pipeline.text", "pipeline.tokenizer",
            "pipeline.presets", "pipeline.tts", "pipeline.verify", "pipeline.cli", "pipeline.download",
-           "pipeline.flow_rknn", "pipeline.cpu"]
+           "pipeline.flow_rknn", "pipeline.cpu", "pipeline.asr", "pipeline.asr_download", "onnx_asr"]
 
 
 def _loaded_after(code: str) -> set[str]:

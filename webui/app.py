@@ -24,6 +24,7 @@ from .preview import wire_preview
 from .serve import SlowAuth
 from .speak_modes import mode_controls, speed_slider, tag_menu, wire
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
+from .transcribe import wire_transcription
 from .views import (
     _err,
     _esc,
@@ -107,7 +108,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_ptext = tr(gr.Textbox(label=t("prompt_text"), placeholder=t("prompt_text_ph"), lines=2,
                                                     elem_id="cv-s-ptext"),
                                          label="prompt_text", placeholder="prompt_text_ph")
-                            s_ptext_msg = gr.Markdown("", elem_classes="cv-msg")
+                            s_ptext_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-s-ptext-msg")
                             s_plang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("prompt_language")),
                                          label="prompt_language")
                         s_how = mode_controls(tr)
@@ -334,6 +335,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                        show_progress="hidden")
         s_audio.change(prompt_feedback, [lang, s_audio], [s_audio_msg], api_visibility="private",
                        show_progress="hidden")
+        wire_transcription(studio, lang, v_audio, v_transcript, v_transcript_msg, v_lang)
+        wire_transcription(studio, lang, s_audio, s_ptext, s_ptext_msg, s_plang, s_how.mode, s_mode)
         s_text.change(None, [s_text], [s_count], js=f"(t) => `${{(t || '').length}} / {studio.max_text_chars}`",
                       api_visibility="private")
 

@@ -159,15 +159,17 @@ class Studio:
                  quant: str | None = None, n_threads: int | None = None, flow_backend: str = "auto",
                  npu_cores: str = "auto", cpus: str | None = None, flow_fast: bool = False,
                  flow_steps: int | None = None, history_size: int = 20,
-                 max_queue: int = 8, max_text_chars: int = MAX_TEXT_CHARS, cancel_grace: float = 30.0) -> None:
+                 max_queue: int = 8, max_text_chars: int = MAX_TEXT_CHARS, cancel_grace: float = 30.0,
+                 asr_dir: Path | str | None = None) -> None:
         self.bundle_path = Path(bundle)
         self.store = SpeakerStore(speakers_dir)
         self.results_dir = Path(results_dir)
         self.history = History(self.results_dir, history_size)
         self.max_text_chars = max_text_chars
         self.live_dir = Path(tempfile.mkdtemp(prefix="cosyvoice-rk-live-"))
+        self.asr_dir = None if asr_dir is None else str(asr_dir)
         self._worker_config = dict(quant=quant, n_threads=n_threads, flow_backend=flow_backend, npu_cores=npu_cores,
-                                   cpus=cpus, flow_fast=flow_fast, flow_steps=flow_steps)
+                                   cpus=cpus, flow_fast=flow_fast, flow_steps=flow_steps, asr_dir=self.asr_dir)
         self._worker_args = dict(max_queue=max_queue, cancel_grace=cancel_grace)
         self.worker: Worker | None = None
         self.bundle_error: str | None = None
@@ -317,6 +319,15 @@ class Studio:
         return self._worker().submit("add_voice", {"name": name.strip(), "audio": data, "ext": Path(audio).suffix,
                                                    "transcript": transcript.strip(), "language": language,
                                                    "overwrite": bool(overwrite)})
+
+    def transcribe(self, audio: str | Path, language: str = "auto") -> Job:
+        """Queue the transcription of a prompt recording (``webui/transcribe.py``); no model here: a missing ASR
+        model is reported at once from its folder (:class:`pipeline.asr.AsrMissing`)."""
+        from pipeline.asr import read_manifest
+
+        read_manifest(self.asr_dir)
+        data = Path(audio).read_bytes()
+        return self._worker().submit("transcribe", {"audio": data, "language": language})
 
     def rename_voice(self, name: str, new_name: str) -> str:
         if not (new_name or "").strip():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from . import i18n_asr as _asr
 from . import i18n_modes as _modes
 
 LANGS = ("en", "ru")
@@ -285,6 +286,7 @@ _S: dict[str, tuple[str, str]] = {
 }
 
 _S.update(_modes.STRINGS)
+_S.update(_asr.STRINGS)
 
 
 def t(key: str, lang: str = "en", **params: Any) -> str:
@@ -429,7 +431,7 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     # the control-tag messages (pipeline/text/tags.py) are in webui/i18n_modes.py
 )]
 
-_RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES]
+_RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES + _asr.RU_MESSAGES]
 
 
 def localize(message: str, lang: str) -> str:

@@ -118,7 +118,7 @@ def serve(a: Any) -> int:
     studio = Studio(a.bundle, a.speakers_dir, a.results_dir, quant=a.quant, n_threads=a.threads,
                     flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, flow_fast=a.flow_fast,
                     flow_steps=a.flow_steps, history_size=a.history,
-                    max_queue=a.queue_size)
+                    max_queue=a.queue_size, asr_dir=getattr(a, "asr_dir", None))
     if studio.bundle_error:
         print(f"warning: {studio.bundle_error}\nthe page starts anyway and says how to get a bundle", file=sys.stderr)
     api_key = getattr(a, "api_key", None) or None
