@@ -53,6 +53,7 @@ from .setup_steps import (
     file_size,
     incomplete_files,
     npu_present,
+    pip_progress_flags,
     rknn_toolkit,
     same_disk,
     stamp_cv_venv,
@@ -235,6 +236,11 @@ class FirstRun:
         if rknn and rknn_toolkit() is None:
             rknn = False
             notes.append("setup_note_no_toolkit")
+        if rknn and check_memory(res, llm_pt, rknn=True) and not check_memory(res, llm_pt):
+            rknn = False  # the toolkit's 9 GB are not there, the plain conversion fits: the flow runs on the CPU
+            notes.append("setup_note_rknn_memory")
+        if rknn:
+            notes.append("setup_note_rknn_time")
         if p := check_memory(res, llm_pt, rknn=rknn):
             problems.append(p)
         bundle_parent = self.bundle.parent
@@ -280,7 +286,7 @@ class FirstRun:
     # stages ---------------------------------------------------------------------------------------
     def _install(self) -> None:
         self._stage("install")
-        pip = [self.python, "-m", "pip", "install", "--progress-bar", "raw"]
+        pip = [self.python, "-m", "pip", "install", *pip_progress_flags(self.python)]
         self._child([*pip, f"torch=={torch_pin()}"], "install", progress=True)
         if (ROOT / "pyproject.toml").is_file():
             self._child([*pip, "-e", f"{ROOT}[convert]"], "install", progress=True)

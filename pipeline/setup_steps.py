@@ -22,6 +22,18 @@ def torch_pin(cv: Path = ROOT / "cv") -> str:
     return m.group(1) if m else "2.13.0"
 
 
+def pip_progress_flags(python: str) -> list[str]:
+    """``--progress-bar raw`` (pip >= 24.1 prints "Progress N of M" per download) where this pip has it."""
+    import subprocess
+
+    try:
+        out = subprocess.run([python, "-m", "pip", "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    m = re.match(r"pip (\d+)\.(\d+)", out)
+    return ["--progress-bar", "raw"] if m and (int(m.group(1)), int(m.group(2))) >= (24, 1) else []
+
+
 def npu_present() -> bool:
     """An RK3588 NPU by its device node or the device tree (cheap: no runtime import)."""
     from .cpu import rockchip_soc

@@ -27,6 +27,7 @@ from pipeline.bundle import Bundle
 from pipeline.download import NEEDED_FILES, REPO_ID
 from pipeline.setup_checks import GB, Resources, extras_present, memory_need
 from pipeline.setup_run import FirstRun
+from pipeline.setup_steps import torch_pin
 from webui.setup_view import progress_html
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
@@ -242,3 +243,70 @@ def test_the_download_child_reports_an_unreachable_hub(tmp_path):
                         "--repo-id", REPO_ID], capture_output=True, text=True, env=env, timeout=120,
                        cwd=Path(__file__).resolve().parents[1])
     assert r.returncode == 2 and "cannot download" in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+FAKE_PYTHON = """#!/bin/bash
+# the interpreter of a venv without the converter's extras: pip is a stand-in (no network, nothing installed)
+echo "$*" >> "{log}"
+if [[ "$1" == "-c" && "$2" == "import torch"* && ! -f "{mark}" ]]; then
+  echo "ModuleNotFoundError: No module named 'torch'" >&2; exit 1
+fi
+if [[ "$1 $2" == "-m pip" ]]; then
+  [[ "$3" == "--version" ]] && {{ echo "pip 26.3 from {root} (python 3.11)"; exit 0; }}
+  [[ " $* " == *" --dry-run "* ]] && exit 0
+  echo "Collecting ${{@: -1}}"
+  for i in 1 2 3; do echo "Progress $((i * 70000000)) of 210000000"; sleep 0.2; done
+  touch "{mark}"; exit 0
+fi
+exec "{real}" "$@"
+"""
+
+
+def test_missing_extras_are_installed_with_progress_first(repo, tmp_path):
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / ".installed-runtime").touch()  # a venv ./cv made for the runtime only
+    fake = venv / "bin" / "python"
+    fake.write_text(FAKE_PYTHON.format(log=tmp_path / "calls", mark=tmp_path / "installed", root=tmp_path,
+                                       real=sys.executable))
+    fake.chmod(0o755)
+    events: list[dict] = []
+    fr = FirstRun(tmp_path / "bundle", probe=plenty, python=str(fake), on_bundle=lambda: (True, ""))
+    fr.subscribe(events.append)
+    fr.start_folder(repo)
+    s = wait(fr)
+    assert s["phase"] == "done", s
+    assert s["stages"] == ["check", "install", "convert", "place", "load"]
+    calls = (tmp_path / "calls").read_text().splitlines()
+    installs = [c for c in calls if c.startswith("-m pip install") and "--dry-run" not in c]
+    assert installs[0].endswith(f"--progress-bar raw torch=={torch_pin()}")
+    assert installs[1].endswith("[convert]") and "-e" in installs[1].split()
+    assert any("--dry-run" in c and "--only-binary=:all:" in c for c in calls)  # wheels checked before
+    shown = {(e["bytes"], e["total"]) for e in events if e["stage"] == "install"}
+    assert {(70000000, 210000000), (210000000, 210000000)} <= shown
+    now = {"phase": "running", "stages": s["stages"], "done": ["check"], "stage": "install", "bytes": 70e6,
+           "total": 210e6, "elapsed": 3.0}
+    assert "▶ Install PyTorch" in progress_html(now, "en") and "70.0 of 210.0 MB" in progress_html(now, "en")
+    assert "70.0 из 210.0 МБ" in progress_html(now, "ru")
+    assert (venv / ".installed-convert").is_file()  # ./cv reuses the install
+    assert Bundle.load(tmp_path / "bundle", check="full").manifest["frontend"]["tokenizer"]
+
+
+def test_no_wheel_and_no_compiler_is_refused_up_front(repo, tmp_path, monkeypatch):
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!/bin/bash
+if [[ "$1" == "-c" ]]; then echo "ModuleNotFoundError: No module named 'torch'" >&2; exit 1; fi
+if [[ " $* " == *" --dry-run "* ]]; then
+  echo "ERROR: No matching distribution found for torch==2.13.0" >&2; exit 1
+fi
+exec "{sys.executable}" "$@"
+""")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no cc, gcc or clang
+    monkeypatch.delenv("CC", raising=False)
+    fr = FirstRun(tmp_path / "bundle", probe=plenty, python=str(fake))
+    fr.start_folder(repo)
+    s = wait(fr)
+    assert s["phase"] == "refused" and [p["key"] for p in s["problems"]] == ["setup_no_compiler"], s
+    assert "a C compiler (apt install build-essential)" in progress_html(s, "en")
+    assert "собирать из исходников" in progress_html(s, "ru") and not (tmp_path / "bundle").exists()

@@ -42,6 +42,17 @@ STRINGS: dict[str, tuple[str, str]] = {
         "the NPU graphs run `scripts/setup-rknn-env.sh`, then convert again.",
         "На плате есть NPU, но нет окружения rknn-toolkit2: flow будет работать на CPU. Для графов NPU выполните "
         "`scripts/setup-rknn-env.sh` и сконвертируйте заново."),
+    "setup_note_rknn_memory": (
+        "This board has an NPU, but building its graphs needs about 9 GB of memory (rknn-toolkit2): the bundle is "
+        "made without them and the flow runs on the CPU. Build them on an x86 computer (`./cv convert … --rknn "
+        "rk3588`, docs/rk3588.md) and copy the bundle here for the NPU.",
+        "На плате есть NPU, но для сборки его графов нужно около 9 ГБ памяти (rknn-toolkit2): пакет будет без них, "
+        "flow будет работать на CPU. Соберите их на x86-компьютере (`./cv convert … --rknn rk3588`, "
+        "docs/rk3588.md) и скопируйте пакет сюда."),
+    "setup_note_rknn_time": (
+        "The NPU graphs are built too (rknn-toolkit2 is here): about half an hour per graph on an x86 computer, "
+        "longer on the board.",
+        "Графы NPU тоже собираются (rknn-toolkit2 есть): около получаса на граф на x86-компьютере, на плате дольше."),
     "setup_moved": ("What was in the bundle folder was kept as `{path}`.",
                     "То, что было в папке пакета, сохранено как `{path}`."),
     # refusals (pipeline/setup_checks.py, pipeline/setup_run.py)

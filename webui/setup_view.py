@@ -42,6 +42,12 @@ def _load(studio: Studio) -> tuple[bool, str]:
     return state == "ready", studio.worker.last_error or state
 
 
+def wanted(studio: Studio) -> bool:
+    """The panel is offered with no bundle, or one the worker cannot load (it is then kept aside, not deleted)."""
+    return bool(studio.bundle_error) or (studio.worker is not None and studio.worker.state in ("unavailable",
+                                                                                                "failed"))
+
+
 def intro_md(fr: FirstRun, lang: str) -> str:
     return f"### {t('setup_title', lang)}\n\n" + t("setup_intro", lang, checkpoint=_esc(str(fr.checkpoint)),
                                                     bundle=_esc(str(fr.bundle)), need=memory_need(REAL_LLM_PT) / GB)
@@ -99,7 +105,7 @@ class SetupPanel:
 def build_setup(studio: Studio, tr: Any, lang: Any) -> SetupPanel:
     """The panel (call inside the Status tab) and its events."""
     fr = first_run_for(studio)
-    with gr.Group(visible=bool(studio.bundle_error), elem_id="cv-setup") as box:
+    with gr.Group(visible=wanted(studio), elem_id="cv-setup") as box:
         tr(gr.Markdown(intro_md(fr, "en"), elem_id="cv-setup-intro"), value=lambda lg: intro_md(fr, lg))
         with gr.Row(equal_height=True):
             go = tr(gr.Button(t("setup_download"), variant="primary", elem_id="cv-setup-download", scale=2),
@@ -116,7 +122,7 @@ def build_setup(studio: Studio, tr: Any, lang: Any) -> SetupPanel:
 
     def view(lang_: str) -> list[Any]:
         s = fr.snapshot()
-        return [gr.update(visible=bool(studio.bundle_error) or s.get("phase", "idle") != "idle"),
+        return [gr.update(visible=wanted(studio) or s.get("phase", "idle") != "idle"),
                 progress_html(s, lang_)]
 
     def on_go(lang_: str) -> list[Any]:
