@@ -6,11 +6,11 @@ from __future__ import annotations
 STRINGS: dict[str, tuple[str, str]] = {
     "setup_title": ("Set up the model", "Установка модели"),
     "setup_intro": (
-        "There is no model bundle yet. **Download and convert** fetches upstream's Fun-CosyVoice3-0.5B "
+        "There is no usable model bundle here yet. **Download and convert** fetches upstream's Fun-CosyVoice3-0.5B "
         "(about 5.8 GB, into `{checkpoint}`) and converts it into `{bundle}`; the studio then loads it, no restart "
         "needed. Or convert a checkpoint folder already on this machine. The conversion needs about "
         "{need:.1f} GB of free memory (RAM + swap) and runs PyTorch, which is installed the first time (~200 MB).",
-        "Пакета модели ещё нет. **Скачать и конвертировать** загрузит оригинальную Fun-CosyVoice3-0.5B "
+        "Рабочего пакета модели здесь пока нет. **Скачать и конвертировать** загрузит оригинальную Fun-CosyVoice3-0.5B "
         "(около 5,8 ГБ, в `{checkpoint}`) и сконвертирует её в `{bundle}`; студия сразу её загрузит, перезапуск не "
         "нужен. Или сконвертируйте папку с чекпойнтом, которая уже есть на этой машине. Конвертации нужно около "
         "{need:.1f} ГБ свободной памяти (ОЗУ + подкачка) и PyTorch, который установится при первом запуске "
