@@ -216,8 +216,8 @@ class FirstRun:
             problems.append(Problem("setup_bundle_file", f"{self.bundle} is a file, not a bundle folder; move it "
                                     "away or start the studio with another --bundle", {"path": str(self.bundle)}))
         if source == "hub":
-            sizes = self._hub_sizes(NEEDED_FILES)
-            files, total = list(NEEDED_FILES), sum(sizes.values())
+            sizes = self._hub_sizes()
+            files, total = list(sizes), sum(sizes.values())
             have = sum(min(file_size(self.checkpoint / f), sizes[f]) for f in files)
             if p := check_disk(res, self.checkpoint, total - have, "the download"):
                 problems.append(p)
@@ -267,8 +267,11 @@ class FirstRun:
         self._set(phase="refused", t_end=time.monotonic(),
                   problems=[{"key": p.key, "message": p.message, "params": p.params} for p in problems])
 
-    def _hub_sizes(self, files: list[str]) -> dict[str, int]:
+    def _hub_sizes(self) -> dict[str, int]:
+        """Size of each file ``download`` will fetch (its own choice from the listing), from the hub."""
         from huggingface_hub import HfApi
+
+        from .download import select_files
 
         try:
             info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(
@@ -278,10 +281,7 @@ class FirstRun:
             raise SetupError(f"cannot reach {self.repo_id} ({type(e).__name__}: {first}); check the internet "
                              "connection (or HF_ENDPOINT) and try again") from e
         sizes = {s.rfilename: int(s.size or 0) for s in info.siblings or []}
-        missing = [f for f in files if f not in sizes]
-        if missing:
-            raise SetupError(f"{self.repo_id} does not list {', '.join(missing)}; the release layout changed")
-        return {f: sizes[f] for f in files}
+        return {f: sizes[f] for f in select_files(list(sizes))}  # SourceError names what the listing lacks
 
     # stages ---------------------------------------------------------------------------------------
     def _install(self) -> None:

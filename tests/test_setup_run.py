@@ -270,8 +270,11 @@ def test_missing_extras_are_installed_with_progress_first(repo, tmp_path):
     fake.write_text(FAKE_PYTHON.format(log=tmp_path / "calls", mark=tmp_path / "installed", root=tmp_path,
                                        real=sys.executable))
     fake.chmod(0o755)
+    broken = tmp_path / "bundle"  # a folder the worker could not load: kept aside, not deleted
+    broken.mkdir()
+    (broken / "notes.txt").write_text("mine")
     events: list[dict] = []
-    fr = FirstRun(tmp_path / "bundle", probe=plenty, python=str(fake), on_bundle=lambda: (True, ""))
+    fr = FirstRun(broken, probe=plenty, python=str(fake), on_bundle=lambda: (True, ""))
     fr.subscribe(events.append)
     fr.start_folder(repo)
     s = wait(fr)
@@ -290,6 +293,9 @@ def test_missing_extras_are_installed_with_progress_first(repo, tmp_path):
     assert "70.0 из 210.0 МБ" in progress_html(now, "ru")
     assert (venv / ".installed-convert").is_file()  # ./cv reuses the install
     assert Bundle.load(tmp_path / "bundle", check="full").manifest["frontend"]["tokenizer"]
+    aside = [p for p in tmp_path.iterdir() if p.name.startswith("bundle.before-setup-")]
+    assert len(aside) == 1 and (aside[0] / "notes.txt").read_text() == "mine"
+    assert f"kept as `{aside[0]}`" in progress_html(s, "en") and "сохранено как" in progress_html(s, "ru")
 
 
 def test_no_wheel_and_no_compiler_is_refused_up_front(repo, tmp_path, monkeypatch):
@@ -310,3 +316,14 @@ exec "{sys.executable}" "$@"
     assert s["phase"] == "refused" and [p["key"] for p in s["problems"]] == ["setup_no_compiler"], s
     assert "a C compiler (apt install build-essential)" in progress_html(s, "en")
     assert "собирать из исходников" in progress_html(s, "ru") and not (tmp_path / "bundle").exists()
+
+
+def test_an_unreachable_hub_fails_with_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    fr = FirstRun(tmp_path / "bundle", probe=plenty)
+    fr.start_download()
+    s = wait(fr, 120)
+    assert s["phase"] == "failed" and s["error"].startswith(f"cannot reach {REPO_ID}"), s
+    assert "check the internet connection" in progress_html(s, "en")
+    assert "проверьте подключение к интернету" in progress_html(s, "ru")
+    assert not (tmp_path / "bundle").exists()
