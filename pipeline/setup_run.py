@@ -349,6 +349,8 @@ class FirstRun:
         reader.start()
         peak = 0
         while proc.poll() is None:
+            if self._cancel.is_set():  # a Stop that came while this child was being started
+                self._stop_child()
             if poll is not None:
                 poll()
             peak = max(peak, tree_rss(proc.pid))
