@@ -11,7 +11,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "needed. Or convert a checkpoint folder already on this machine. The conversion needs about "
         "{need:.1f} GB of free memory (RAM + swap) and runs PyTorch, which is installed the first time (~200 MB).",
         "Рабочего пакета модели здесь пока нет. **Скачать и конвертировать** загрузит оригинальную Fun-CosyVoice3-0.5B "
-        "(около 5,8 ГБ, в `{checkpoint}`) и сконвертирует её в `{bundle}`; студия сразу её загрузит, перезапуск не "
+        "(около 5.8 ГБ, в `{checkpoint}`) и сконвертирует её в `{bundle}`; студия сразу её загрузит, перезапуск не "
         "нужен. Или сконвертируйте папку с чекпойнтом, которая уже есть на этой машине. Конвертации нужно около "
         "{need:.1f} ГБ свободной памяти (ОЗУ + подкачка) и PyTorch, который установится при первом запуске "
         "(~200 МБ)."),
