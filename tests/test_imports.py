@@ -27,5 +27,6 @@ def test_importtime_of_pipeline_shows_no_torch():
 
 
 def test_light_modules_do_not_load_model_runtimes():
-    mods = _loaded_after("import pipeline.presets, pipeline.bundle, pipeline.errors, pipeline.text, pipeline.audio")
+    mods = _loaded_after("import pipeline.presets, pipeline.bundle, pipeline.errors, pipeline.text, pipeline.audio, "
+                         "pipeline.setup_run")  # the first-run setup runs in the web process
     assert not mods & {"onnxruntime", "llama_cpp", "torch", "rknnlite"}

@@ -22,6 +22,7 @@ from .client import TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, Spe
 from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .preview import wire_preview
 from .serve import SlowAuth
+from .setup_view import build_setup
 from .speak_modes import mode_controls, speed_slider, tag_menu, wire
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .transcribe import wire_transcription
@@ -244,6 +245,7 @@ def build_app(studio: Studio) -> gr.Blocks:
 
             # ---------------------------------------------------------------------------------- Status
             with tr(gr.Tab(t("tab_status"), id="status"), label="tab_status"):
+                build_setup(studio, tr, lang)  # first run: download and convert, or a local checkpoint folder
                 st_md = gr.Markdown(status_md(studio.status(), "en"), elem_id="cv-status")
                 with gr.Row():
                     st_refresh = tr(gr.Button(t("status_refresh"), size="sm"), value="status_refresh")

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import i18n_asr as _asr
 from . import i18n_modes as _modes
+from . import i18n_setup as _setup
 
 LANGS = ("en", "ru")
 LANG_CHOICES = [("English", "en"), ("Русский", "ru")]
@@ -35,12 +36,14 @@ _S: dict[str, tuple[str, str]] = {
     # no bundle
     "no_bundle": ("**No model bundle.** {error}", "**Нет пакета модели.** {error}"),
     "how_to_get": (
-        "To get one (the conversion needs an x86 computer with internet, a 5.77 GB download):\n\n"
+        "**Set it up from this page:** the **Status** tab downloads (5.77 GB) and converts it here, or converts a "
+        "checkpoint folder you already have. By hand (e.g. on an x86 computer with internet):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Copy `{bundle}` to the board if you converted elsewhere, then press **Check again** (or restart "
         "`cosyvoice-rk webui --bundle {bundle}`). To try the page without real weights: "
         "`./cv make-random-bundle {bundle}` (it does not speak any language).",
-        "Как получить (для конвертации нужен x86-компьютер с интернетом, загрузка 5,77 ГБ):\n\n"
+        "**Установите его с этой страницы:** вкладка **Состояние** скачает (5,77 ГБ) и сконвертирует модель здесь "
+        "или сконвертирует уже имеющуюся папку с чекпойнтом. Вручную (например, на x86-компьютере с интернетом):\n\n"
         "```sh\n./cv download models/cosyvoice3\n./cv convert models/cosyvoice3 {bundle}\n```\n\n"
         "Если конвертировали на другом компьютере, скопируйте `{bundle}` на плату и нажмите **Проверить снова** "
         "(или перезапустите `cosyvoice-rk webui --bundle {bundle}`). Посмотреть страницу без настоящих весов: "
@@ -287,6 +290,7 @@ _S: dict[str, tuple[str, str]] = {
 
 _S.update(_modes.STRINGS)
 _S.update(_asr.STRINGS)
+_S.update(_setup.STRINGS)
 
 
 def t(key: str, lang: str = "en", **params: Any) -> str:
@@ -431,7 +435,7 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     # the control-tag messages (pipeline/text/tags.py) are in webui/i18n_modes.py
 )]
 
-_RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES + _asr.RU_MESSAGES]
+_RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES + _asr.RU_MESSAGES + _setup.RU_MESSAGES]
 
 
 def localize(message: str, lang: str) -> str:

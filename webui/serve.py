@@ -120,7 +120,8 @@ def serve(a: Any) -> int:
                     flow_steps=a.flow_steps, history_size=a.history,
                     max_queue=a.queue_size, asr_dir=getattr(a, "asr_dir", None))
     if studio.bundle_error:
-        print(f"warning: {studio.bundle_error}\nthe page starts anyway and says how to get a bundle", file=sys.stderr)
+        print(f"warning: {studio.bundle_error}\nthe page starts anyway and says how to get a bundle: its Status tab "
+              "downloads and converts one (Download and convert, docs/first-run.md)", file=sys.stderr)
     api_key = getattr(a, "api_key", None) or None
     if a.host not in ("127.0.0.1", "localhost", "::1") and not auth:
         print("note: the studio is open to everyone on the network; add --auth USER:PASSWORD to require a login",

@@ -80,6 +80,12 @@ body.cv-insecure .cv-mic-hint { display: block; }
 .cv-bar.cv-bar-done > i { background: #16a34a; }
 .cv-bar.cv-bar-stopped > i { background: #9ca3af; }
 #cv-progress:empty { display: none; }
+/* first-run setup (Status tab) */
+.cv-setup-stages { list-style: none !important; padding-left: 4px !important; margin: 6px 0 !important; }
+.cv-setup-stages li { margin: 0 !important; }
+.cv-setup-now { font-weight: 600; }
+.cv-setup-todo { color: #6b7280; }
+#cv-setup-progress { padding: 0 8px 6px; }
 /* damaged voices */
 #cv-damaged { border: 1px solid #fecaca !important; background: #fef2f2 !important; }
 /* phones */
