@@ -63,7 +63,7 @@ from .setup_steps import (
 
 STAGES = ("check", "install", "download", "convert", "place", "load")
 # the converter's log lines (pipeline/convert/bundle_writer.py) that start a step, in order
-CONVERT_STEPS = (("LLM → GGUF", "llm"), ("flow → frontend", "flow"), ("flow estimator → RKNN", "rknn"),
+CONVERT_STEPS = (("LLM ", "llm"), ("flow → frontend", "flow"), ("flow estimator → RKNN", "rknn"),
                  ("flow → INT8", "flow_fast"), ("flow → streaming", "flow_stream"),
                  ("streaming flow chunk step → RKNN", "rknn_stream"), ("HiFT → ", "hift"),
                  ("bundle written", "written"))
