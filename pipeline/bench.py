@@ -102,7 +102,7 @@ class BenchOptions:
     flow_steps: int | None = None
     mel_check: bool = False
     stream: bool = False
-    stream_schedule: str = "chunk"
+    stream_schedule: str = "upstream"
     flow_cache: str = "fp16"
 
     def validate(self) -> None:

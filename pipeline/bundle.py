@@ -8,7 +8,7 @@ size, mtime, ctime, inode or device changed since it was last verified (``.verif
 file changes its ctime, even when the mtime is put back, and a copied bundle has new inodes, so edits and copies
 are always rehashed; a warm start only stats the files. Bit rot that no system call saw (a failing SD card or
 eMMC) changes none of these: ``cosyvoice-rk check`` hashes every file regardless of the cache. A full hash of
-the ~3 GB real bundle costs about 15-30 s on an RK3588 reading eMMC (~100-200 MB/s), once.
+the ~5 GB real bundle costs about 25-50 s on an RK3588 reading eMMC (~100-200 MB/s), once.
 """
 
 from __future__ import annotations

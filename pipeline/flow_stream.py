@@ -33,8 +33,9 @@ _F32 = np.float32
 _HEAD = ("x", "mu", "cond", "spks", "mod", "mod_out", "offset", "bias", "conv1_cache", "conv2_cache")
 
 
-def chunk_graph_paths(bundle: Any, cache: str) -> tuple[Path, Path]:
-    """The bundle's chunk graph for ``cache`` and its time-modulation graph, or a clear error."""
+def chunk_graph_paths(bundle: Any, cache: str) -> tuple[Path, Path, Path | None]:
+    """The bundle's chunk graph for ``cache``, its time-modulation graph and the table of that graph's output
+    for the bundle's own schedule (None in a bundle without it), or a clear error."""
     if cache not in CACHE_DTYPES:
         raise InputError(f"flow cache type must be one of {', '.join(CACHE_DTYPES)}, not {cache!r}")
     files = bundle.manifest["flow"]["estimator"].get("onnx_chunk") or {}
@@ -44,7 +45,8 @@ def chunk_graph_paths(bundle: Any, cache: str) -> tuple[Path, Path]:
     if files.get("format") != CHUNK_FORMAT or "time" not in files:
         raise BundleError(f"bundle {bundle.root} has streaming flow graphs of an older layout; convert it again "
                           "with this version to stream")
-    return bundle.path(files[cache]), bundle.path(files["time"])
+    table = bundle.path(files["time_table"]) if files.get("time_table") else None
+    return bundle.path(files[cache]), bundle.path(files["time"]), table
 
 
 def euler_times(ts: np.ndarray) -> list[np.ndarray]:
@@ -63,14 +65,15 @@ class ChunkEstimator:
     """The chunk graph on ONNX Runtime's CPU provider.
 
     Takes the feeds :class:`ChunkedFlow` builds (stacked caches, ``t``) and gives the graph what it wants: each
-    block's cache as a view (no copy) and the AdaLN modulation for ``t``, computed by the time graph once per
-    time value and kept (10 steps: 5.5 MB; the time graph's 0.55 GB of weights are freed after)."""
+    block's cache as a view (no copy) and the AdaLN modulation for ``t``: from the bundle's table for its own
+    schedule (10 steps: 5.5 MB), else computed by the time graph once per time value and kept (the graph's
+    0.55 GB of weights are loaded for that and freed after)."""
 
     backend = "onnxruntime-cpu"
     multi_chunk = True
 
-    def __init__(self, path: Path | str, time_path: Path | str, *, n_threads: int | None = None,
-                 spin: bool = True) -> None:
+    def __init__(self, path: Path | str, time_path: Path | str, time_table: Path | str | None = None, *,
+                 n_threads: int | None = None, spin: bool = True) -> None:
         import onnxruntime as ort
 
         from .llm import default_threads
@@ -101,6 +104,15 @@ class ChunkEstimator:
         self.conv_context = int(ins["conv1_cache"].shape[2])
         self._outs = [o.name for o in self.session.get_outputs()]
         self._mods: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        if time_table is not None:  # the bundle's own schedule: the time graph is never loaded
+            try:
+                with np.load(time_table) as z:
+                    for i, t in enumerate(np.asarray(z["t"], _F32)):
+                        self._mods[t.reshape(1).tobytes()] = (np.ascontiguousarray(z["mod"][i], _F32),
+                                                              np.ascontiguousarray(z["mod_out"][i], _F32))
+            except (OSError, KeyError, ValueError) as e:
+                raise BundleError(f"the flow time table {time_table} cannot be read ({e}); run check on the "
+                                  "bundle") from e
 
     def empty_kv(self, frames: int = 0) -> np.ndarray:
         return np.zeros((self.depth, 2, self.heads, frames, self.dim_head), self.cache_dtype)

@@ -126,7 +126,7 @@ class CosyVoiceRK:
             return True, ("streaming: chunk-causal flow with K/V caches on the RKNN NPU (docs/rk3588.md §7) and "
                           "incremental vocoder on ONNX Runtime CPU, audio every 25 speech tokens")
         return True, ("streaming: chunk-causal flow with K/V caches and incremental vocoder on ONNX Runtime CPU, "
-                      "audio every 25 speech tokens")
+                      "audio after 25 speech tokens, then upstream's doubling hops (50, 100, 100, …)")
 
     def _prefix_key_base(self, quant: str | None) -> str:
         llm = self.bundle.manifest["llm"]
@@ -347,7 +347,7 @@ class CosyVoiceRK:
         """One text segment as ``(float32 audio, is_last, SynthesisResult on the last one else None)``.
 
         The one seam between the engine and every listener (``create_chunks``, the worker, the page, ``say``).
-        ``stream``: the streaming engine (chunk-causal flow, incremental HiFT, a chunk every 25 speech tokens)
+        ``stream``: the streaming engine (chunk-causal flow, incremental HiFT, audio at upstream's emission points)
         where this engine has it (:meth:`_stream_choice`); else non-streaming synthesis, the segment as one
         chunk. The chunks of a segment joined must be its ``SynthesisResult.audio`` (when that is not empty); the
         last one may be empty. ``prompt_ids``: the mode's LLM prompt text (default: the voice's, zero_shot)."""
@@ -360,7 +360,10 @@ class CosyVoiceRK:
             res = self.engine.synthesize(text_ids, p_ids, v.features, **kw)
             yield res.audio, True, res
             return
-        for item in self.engine.synthesize_stream(text_ids, p_ids, v.features, schedule="chunk", **kw):
+        # one flow call per emission on the CPU: upstream's growing hops make fewer, larger calls (the whole
+        # request is done sooner; the first audio is the same); the NPU solves a chunk per call either way
+        schedule = "upstream" if self.engine.chunked_flow().max_chunks > 1 else "chunk"
+        for item in self.engine.synthesize_stream(text_ids, p_ids, v.features, schedule=schedule, **kw):
             if isinstance(item, SynthesisResult):
                 yield np.zeros(0, np.float32), True, item
             else:

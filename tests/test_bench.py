@@ -142,14 +142,14 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
 
     from pipeline.bundle import Bundle
     from pipeline.convert.flow_fast import upgrade_bundle
-    from pipeline.convert.flow_stream_export import CHUNK_FORMAT, CHUNK_NAMES, TIME_NAME
+    from pipeline.convert.flow_stream_export import CHUNK_FORMAT, CHUNK_NAMES, TIME_NAME, TIME_TABLE_NAME
     from pipeline.flow import Flow, OrtEstimator
 
     root = tmp_path / "b"
     shutil.copytree(no_int8_bundle.root, root)
     before = Bundle.load(root).manifest["flow"]["estimator"]
     # the streaming graphs share flow_estimator.onnx.data and are kept
-    chunk = {"onnx_chunk": {**CHUNK_NAMES, "time": TIME_NAME, "format": CHUNK_FORMAT}}
+    chunk = {"onnx_chunk": {**CHUNK_NAMES, "time": TIME_NAME, "time_table": TIME_TABLE_NAME, "format": CHUNK_FORMAT}}
     assert before == {"onnx": "flow_estimator.onnx", "onnx_fused": "flow_estimator.fused.onnx", **chunk}
     upgrade_bundle(root, log=lambda m: None)
     b = Bundle.load(root)

@@ -93,6 +93,22 @@ def test_several_chunks_per_call_are_the_same_chunks(stream_bundle, parts, sg):
     assert np.abs(mels[0] - mels[1]).max() < 1e-5
 
 
+def test_time_table_spares_the_time_graph(stream_bundle, parts, sg, tmp_path):
+    """The bundle's table holds the time graph's output for its schedule: the graph is not loaded (a missing
+    file here), and the mel is the same as with the modulation computed by the graph."""
+    from pipeline.flow_stream import ChunkEstimator, chunk_graph_paths
+
+    chunk, time_graph, table = chunk_graph_paths(stream_bundle, "fp32")
+    assert table is not None
+    mels = []
+    for est in (ChunkEstimator(chunk, tmp_path / "absent.onnx", table, n_threads=1),
+                ChunkEstimator(chunk, time_graph, None, n_threads=1)):
+        cf = ChunkedFlow(parts[0], est, chunk_frames=50)
+        req = cf.start(_prompt(sg, "stream"))
+        mels.append(cf.advance(req, sg["in_stream_token"][:78].tolist(), 2 * (50 + 75), finalize=False))
+    assert np.abs(mels[0] - mels[1]).max() < 1e-6
+
+
 def test_old_chunk_graph_layout_is_refused(stream_bundle, tmp_path):
     from pipeline.errors import BundleError
     from pipeline.flow_stream import chunk_graph_paths

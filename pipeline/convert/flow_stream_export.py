@@ -23,6 +23,8 @@ from ..errors import SourceError
 
 CHUNK_NAMES = {"fp32": "flow_estimator.chunk.fp32.onnx", "fp16": "flow_estimator.chunk.fp16.onnx"}
 TIME_NAME = "flow_estimator.time.onnx"
+# the time graph's output for the bundle's own Euler schedule, so that the runtime need not load it (0.55 GB)
+TIME_TABLE_NAME = "flow_estimator.time_table.npz"
 # the graph layout the runtime expects (2: per-block cache inputs, a separate time graph, an in-call chunk mask)
 CHUNK_FORMAT = 2
 # the chunked graph against the torch DiT run over the whole sequence with upstream's chunk mask
@@ -55,6 +57,7 @@ def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
         export_time_onnx(dit, raw)
         _share_weights(raw, out / TIME_NAME, index, data_name)
     names["time"] = TIME_NAME
+    names["time_table"] = write_time_table(out / TIME_NAME, out / TIME_TABLE_NAME, sec)
     for kind, dtype in (("fp32", torch.float32), ("fp16", torch.float16)):
         name = CHUNK_NAMES[kind]
         log(f"flow → streaming chunk graph ({kind} K/V cache)")
@@ -72,6 +75,24 @@ def convert_flow_chunks(src: Path, out: Path, section: dict[str, Any], *,
     sec["estimator"] = est
     sec["files"] = list(dict.fromkeys([*sec["files"], *(v for v in names.values() if isinstance(v, str))]))
     return sec
+
+
+def write_time_table(time_graph: Path, dst: Path, section: dict[str, Any]) -> str:
+    """Run the time graph on the t values of the flow's Euler schedule (as the solver accumulates them) and
+    save them with the results; returns the file name."""
+    import onnxruntime as ort
+
+    from ..flow import t_span
+    from ..flow_stream import euler_times
+
+    ts = euler_times(t_span(int(section["n_timesteps"]), str(section.get("t_scheduler", "cosine"))))
+    t = np.concatenate(ts).astype(np.float32)
+    mod, mod_out = ort.InferenceSession(str(time_graph), providers=["CPUExecutionProvider"]).run(None, {"t": t})
+    tmp = dst.with_name(f".{dst.name}.tmp.npz")
+    np.savez(tmp, t=t, mod=mod, mod_out=mod_out)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dst)
+    return dst.name
 
 
 def _data_index(graph: Path, data: Path) -> dict[bytes, tuple[int, int]]:
