@@ -102,7 +102,7 @@ class BenchOptions:
     flow_steps: int | None = None
     mel_check: bool = False
     stream: bool = False
-    stream_schedule: str = "upstream"
+    stream_schedule: str | None = None  # None: as the page and say choose (pipeline.tts)
     flow_cache: str = "fp16"
 
     def validate(self) -> None:

@@ -53,6 +53,7 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
     sampler = make_ras_sampler(c["sampling"])
     state = engine.prompt_prefix_state(ptext)
     cf = engine.chunked_flow()
+    schedule = stream_schedule(opts, cf)
     t0 = time.perf_counter()
     cache = engine.prompt_cache(prompt, "bench")
     build_s = time.perf_counter() - t0
@@ -74,7 +75,7 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
             marks: list[float] = []
             res = None
             for item in engine.synthesize_stream(text, ptext, prompt, voice_key="bench", use_prompt_cache=warm,
-                                                 tokens=src, schedule=opts.stream_schedule):
+                                                 tokens=src, schedule=schedule):
                 if isinstance(item, np.ndarray):
                     marks.append(time.perf_counter() - t0)
                 else:
@@ -96,7 +97,7 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
     metrics = {k: stats(v) for k, v in rows.items()}
     med = {k: m["median"] for k, m in metrics.items()}
     return {
-        "schedule": opts.stream_schedule,
+        "schedule": schedule,
         "flow_cache": engine.flow_cache_type,
         "metrics": metrics,
         "ttfa_vs_nonstream": med["ttfa_s"] / med["nonstream_total_s"],
@@ -112,12 +113,22 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
     }
 
 
+def stream_schedule(opts: Any, cf: Any) -> str:
+    """``--stream-schedule``, or what the page and ``say`` use (:meth:`pipeline.tts.CosyVoiceRK._segment_chunks`)."""
+    return opts.stream_schedule or ("upstream" if cf.max_chunks > 1 else "chunk")
+
+
 def stream_rss(engine: Any, opts: Any, log: Log) -> float | None:
     """Peak RSS (MB) of a process that only streams: ``Engine.load`` as the worker loads the engine, the
     voice's prompt cache, one streaming request of the bench's shape. This process holds the non-streaming
     graphs and the fp32 comparison too, so its own peak is not the worker's."""
     import multiprocessing as mp
 
+    avail = _mem_available_mb()
+    if avail is not None and avail < STREAM_RSS_MIN_FREE_MB:
+        log(f"  streaming-only peak RSS: not measured (a second engine process needs ~{STREAM_RSS_MIN_FREE_MB} MB "
+            f"free, {avail:.0f} MB are)")
+        return None
     args = {"bundle": str(engine.bundle.root), "quant": opts.quant, "threads": opts.threads,
             "flow_cache": engine.flow_cache_type, "flow_backend": opts.flow_backend, "opts": _plain(opts)}
     ctx = mp.get_context("spawn")
@@ -136,6 +147,20 @@ def stream_rss(engine: Any, opts: Any, log: Log) -> float | None:
     log(f"  streaming-only peak RSS {out['peak_mb']:.0f} MB (a process that loads the engine as the worker does, "
         f"builds the voice's prompt cache of {out['cache_mb']:.0f} MB and streams once)")
     return float(out["peak_mb"])
+
+
+STREAM_RSS_MIN_FREE_MB = 4096  # the measured process peaks at 3.4 GB with a 10 s voice
+
+
+def _mem_available_mb() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
 
 
 def _plain(opts: Any) -> dict[str, Any]:
@@ -160,7 +185,7 @@ def _rss_child(args: dict[str, Any], conn: Any) -> None:
                             make_ras_sampler(engine.constants["sampling"]), o.seed)
         cache = engine.prompt_cache(prompt, "bench")
         for _ in engine.synthesize_stream(text, ptext, prompt, voice_key="bench", tokens=src,
-                                          schedule=o.stream_schedule):
+                                          schedule=stream_schedule(o, engine.chunked_flow())):
             pass
         conn.send({"peak_mb": peak_rss_mb()[0], "cache_mb": cache.nbytes / 2**20})
     except BaseException as e:  # noqa: BLE001 - reported by the parent

@@ -26,6 +26,9 @@ def cmd_download(a: argparse.Namespace) -> int:
     if a.asr:
         from .asr_download import download_asr
 
+        if a.rl or a.revision:
+            raise InputError("--rl and --revision are for the CosyVoice3 release, not for --asr; run them apart")
+
         download_asr(a.dir, log=_log)
         return 0
     from .download import PINNED_REVISION, download
@@ -595,9 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stream", action="store_true",
                    help="also time streaming against non-streaming synthesis of the same request, interleaved: "
                         "time to first audio, totals with and without the voice's flow prompt cache, per chunk")
-    b.add_argument("--stream-schedule", choices=("chunk", "upstream"), default="upstream",
-                   help="emission points: upstream's 25/50/100-token hops (default; what the page and say use with "
-                        "the flow on the CPU) or every 25 tokens (with the flow on the NPU)")
+    b.add_argument("--stream-schedule", choices=("chunk", "upstream"), default=None,
+                   help="emission points: upstream's 25/50/100-token hops or every 25 tokens (default: what the "
+                        "page and say use: upstream with the flow on the CPU, chunk on the NPU)")
     b.add_argument("--flow-cache", choices=("fp16", "fp32"), default="fp16",
                    help="type of the streaming flow's attention K/V cache (fp16 halves its memory)")
     b.set_defaults(func=cmd_bench)

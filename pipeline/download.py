@@ -188,6 +188,7 @@ def _tqdm_reporting(name: str, progress: Progress):
 
     class _Reporting(tqdm):
         def __init__(self, *a: Any, **kw: Any) -> None:
+            kw.pop("name", None)  # some huggingface_hub versions pass their own bar name, which tqdm refuses
             kw["disable"] = False
             kw["file"] = open(os.devnull, "w")  # noqa: SIM115 - closed in close()
             super().__init__(*a, **kw)

@@ -631,16 +631,17 @@ class _Runner:
 
     def _prepare_stream(self, name: str) -> None:
         """Solve a newly saved voice's flow prompt cache while the person types, until the next job arrives
-        (that job then solves what is missing, if it needs it)."""
+        (a stopped build keeps nothing: the voice's first streamed request solves it). Its job is done already:
+        nothing here may report on it."""
         from .sampling import Cancelled
 
         try:
             took = self.tts.prepare_stream(name, should_stop=self.conn.poll)
         except Cancelled:
             return
-        except CosyVoiceRKError as e:
-            print(f"worker: voice {name!r} not prepared for streaming ({e}); its first request will do it",
-                  file=sys.stderr)
+        except Exception as e:  # noqa: BLE001 - logged only: the voice is saved, a request solves the cache
+            print(f"worker: voice {name!r} not prepared for streaming ({type(e).__name__}: {e}); its first "
+                  "request will do it", file=sys.stderr)
             return
         if took:
             print(f"worker: voice {name!r} prepared for streaming in {took:.1f} s", file=sys.stderr)
