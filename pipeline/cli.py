@@ -165,7 +165,21 @@ def _transcribe(a: argparse.Namespace) -> str:
         raise AsrMissing(str(e).replace("or type the transcript", "or give --prompt-text TEXT")) from None
     _log(f"transcript ({r.model}, {'detected ' if r.detected else ''}language {r.language}): {r.text}")
     check_transcript(r.text)
+    a.detected_language = r.language if r.detected else None
     return r.text
+
+
+def _voice_language(a: argparse.Namespace) -> str:
+    """--language, or with auto the language the ASR detected when the text frontend has it."""
+    from .text import LANGUAGES
+
+    found = getattr(a, "detected_language", None)
+    if a.language != "auto" or not found:
+        return a.language
+    if found not in LANGUAGES:
+        _log(f"the recording's language {found!r} has no text frontend here; the voice is saved as auto")
+        return a.language
+    return found
 
 
 def pcm16(audio: np.ndarray) -> bytes:
@@ -335,7 +349,8 @@ def cmd_speakers(a: argparse.Namespace) -> int:
             raise PresetError(_cli_words(str(e))) from None
     with _open_tts(a) as tts:
         if a.action == "add":
-            p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=a.language, overwrite=a.overwrite)
+            language = _voice_language(a)
+            p, info = tts.add_voice(a.name, a.prompt_wav, a.prompt_text, language=language, overwrite=a.overwrite)
             if info.get("warning"):
                 _log(f"warning: {info['warning']}")
             print(f"saved {p.name} [{p.slug}]: {info.get('prompt_tokens')} prompt tokens, "

@@ -4,6 +4,7 @@ ones. The texts are random; what is checked is the routing by language, the wiri
 language detection, resampling) against independent references."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -227,6 +228,13 @@ def test_speakers_add_and_say_without_prompt_text_transcribe(random_bundle, tmp_
     assert f"transcript (gigaam-v3-e2e-ctc, language ru): {expected}" in r.stderr
     preset = json.loads(next((tmp_path / "spk").glob("*/preset.json")).read_text(encoding="utf-8"))
     assert preset["transcript"] == expected
+
+    # --language auto: the language Whisper detected is saved as the voice's
+    r = cli("speakers", "add", "Ада", "--prompt-wav", PROMPT, "--language", "auto", *base, "--asr-dir", test_asr)
+    assert r.returncode == 0, r.stderr
+    detected = re.search(r"transcript \(\S+, detected language (\w+)\)", r.stderr).group(1)
+    presets = [json.loads(p.read_text(encoding="utf-8")) for p in (tmp_path / "spk").glob("*/preset.json")]
+    assert [p["language"] for p in presets if p["name"] == "Ада"] == [detected]
 
     out = tmp_path / "out.wav"
     for seed in (1, *range(100, 110)):  # random weights stop at once for some seeds
