@@ -335,6 +335,10 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
      "файл {0} пуст (0 байт); загрузите или запишите {1} речи"),
     (r"^(.+) contains no audio samples; record (.+) of speech$", "в файле {0} нет звука; запишите {1} речи"),
     (r"^prompt file (.+) does not exist$", "файла образца {0} нет; загрузите его снова"),
+    (r"^model bundle (.+) does not exist; ", "пакета модели {0} нет; его можно установить на вкладке «Состояние» или "
+                                            "вручную: `cosyvoice-rk download ckpt/`, затем `cosyvoice-rk convert "
+                                            "ckpt/ bundle/` (или случайный тестовый пакет: "
+                                            "`cosyvoice-rk make-random-bundle`)"),
     (r"^cannot resample (\d+) Hz to (\d+) Hz", "частоту {0} Гц нельзя пересчитать; сохраните образец с частотой "
                                               "16000, 22050, 24000, 32000, 44100 или 48000 Гц"),
     (r"^the (?:prompt )?transcript is empty", "текст записи пуст: введите дословно то, что сказано в записи"),

@@ -204,7 +204,8 @@ def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
     """(text, show the banner, show "check again") for a ``Studio.status()``."""
     b, w = s["bundle"], s["worker"]
     if not b["found"]:
-        text = t("no_bundle", lang, error=_esc(b["error"])) + "\n\n" + t("how_to_get", lang, bundle=_esc(b["location"]))
+        text = (t("no_bundle", lang, error=_esc(localize(b["error"], lang))) + "\n\n"
+                + t("how_to_get", lang, bundle=_esc(b["location"])))
         return text, True, True
     if w.get("state") in ("unavailable", "failed"):
         text = t("worker_unavailable", lang, error=_esc(w.get("last_error", ""))) + "\n\n" + \
@@ -242,7 +243,7 @@ def status_md(s: dict[str, Any], lang: str) -> str:
                  item("s_quant", quant)]
         rows += _source_rows(b.get("source") or {}, lang, item)
     else:
-        rows.append(f"- {_err(b['error'])}")
+        rows.append(f"- {_err(localize(b['error'], lang))}")
     rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
     for key, label in STAGES:
         be = w.get("backends", {}).get(key)
