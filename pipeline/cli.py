@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from .errors import CosyVoiceRKError, InputError
+from pipeline.shared.errors import CosyVoiceRKError, InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -24,14 +24,14 @@ def _log(msg: str) -> None:
 
 def cmd_download(a: argparse.Namespace) -> int:
     if a.asr:
-        from .asr_download import download_asr
+        from pipeline.shared.asr_download import download_asr
 
         if a.rl or a.revision:
             raise InputError("--rl and --revision are for the CosyVoice3 release, not for --asr; run them apart")
 
         download_asr(a.dir, log=_log)
         return 0
-    from .download import PINNED_REVISION, download
+    from pipeline.engines.cosyvoice3.download import PINNED_REVISION, download
 
     if a.dir is None:
         raise InputError("give the folder to download into, e.g. `cosyvoice-rk download models/cosyvoice3` "
@@ -41,8 +41,8 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from .convert import convert_checkpoint
-    from .errors import InputError
+    from pipeline.engines.cosyvoice3.convert import convert_checkpoint
+    from pipeline.shared.errors import InputError
 
     for opt, val in (("--flow-buckets", a.flow_buckets), ("--flow-stream-buckets", a.flow_stream_buckets),
                      ("--flow-stream-cfg", a.flow_stream_cfg), ("--flow-stream-shapes", a.flow_stream_shapes)):
@@ -59,15 +59,15 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from .bundle import Bundle
-    from .verify import format_table, load_goldens, run_verify
+    from pipeline.engines.cosyvoice3.verify import format_table, load_goldens, run_verify
+    from pipeline.shared.bundle import Bundle
 
     goldens = load_goldens(a.goldens)
     with tempfile.TemporaryDirectory(prefix="cosyvoice-rk-verify-") as tmp:
         if a.bundle:
             bundle = Bundle.load(a.bundle)
         else:
-            from .convert import convert_checkpoint
+            from pipeline.engines.cosyvoice3.convert import convert_checkpoint
 
             _log(f"converting {a.checkpoint} (F32 GGUF) into a temporary bundle")
             bundle = convert_checkpoint(a.checkpoint, Path(tmp) / "bundle", quants=["f32"],
@@ -76,7 +76,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
         results = run_verify(bundle, goldens, log=_log)
         sg_path = a.streaming_goldens or (a.goldens.with_name("streaming_goldens.npz") if a.streaming else None)
         if a.streaming or a.streaming_goldens:
-            from .verify_stream import load_streaming_goldens, run_verify_streaming
+            from pipeline.engines.cosyvoice3.verify_stream import load_streaming_goldens, run_verify_streaming
 
             if not a.streaming_goldens and not sg_path.is_file():
                 raise InputError(f"--streaming: no streaming goldens at {sg_path} (name them with "
@@ -84,7 +84,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
             results += run_verify_streaming(bundle, load_streaming_goldens(sg_path), log=_log)
         modes_path = a.goldens.with_name("modes_goldens.npz")
         if modes_path.is_file():  # beside --goldens: checked too
-            from .verify_modes import load_modes_goldens, run_verify_modes
+            from pipeline.engines.cosyvoice3.verify_modes import load_modes_goldens, run_verify_modes
 
             results += run_verify_modes(bundle, load_modes_goldens(modes_path), goldens, log=_log)
     ok = all(r.passed for r in results)
@@ -97,11 +97,11 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_check(a: argparse.Namespace) -> int:
-    from .bundle import Bundle
+    from pipeline.shared.bundle import Bundle
 
     bundle = Bundle.load(a.bundle, check="size")
     _log(f"hashing every file of {a.bundle} (the real bundle: ~5 GB, 25-50 s on an RK3588's eMMC)")
-    from .bundle_info import describe_source
+    from pipeline.engines.cosyvoice3.bundle_info import describe_source
 
     for line in describe_source(bundle.manifest):
         _log(line)
@@ -122,11 +122,11 @@ def _default_speakers() -> Path:
 
 
 def _open_tts(a: argparse.Namespace):
-    from .tts import CosyVoiceRK
+    from pipeline.engines import open_tts
 
-    return CosyVoiceRK(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads,
-                       flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, flow_fast=a.flow_fast,
-                       flow_steps=a.flow_steps, log=_log)
+    return open_tts(a.bundle, speakers_dir=a.speakers_dir, quant=a.quant, n_threads=a.threads,
+                    flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus, flow_fast=a.flow_fast,
+                    flow_steps=a.flow_steps, log=_log)
 
 
 def write_wav(path: Path, audio, sr: int) -> None:
@@ -134,7 +134,7 @@ def write_wav(path: Path, audio, sr: int) -> None:
 
     import soundfile as sf
 
-    from .fsutil import atomic_write_bytes
+    from pipeline.shared.fsutil import atomic_write_bytes
 
     buf = io.BytesIO()
     sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
@@ -144,9 +144,9 @@ def write_wav(path: Path, audio, sr: int) -> None:
 def _check_prompt(wav: Path, transcript: str | None, language: str) -> None:
     """The prompt checks that need no model: file, format, length, silence, transcript (when there is one),
     language."""
-    from .audio import prepare_prompt
-    from .text import check_language
-    from .tts import check_transcript
+    from pipeline.engines.base import check_transcript
+    from pipeline.shared.audio import prepare_prompt
+    from pipeline.shared.text import check_language
 
     check_language(language)
     if transcript is not None:
@@ -156,8 +156,8 @@ def _check_prompt(wav: Path, transcript: str | None, language: str) -> None:
 
 def _transcribe(a: argparse.Namespace) -> str:
     """--prompt-wav's words by the speech recognition model (docs/asr.md), said on stderr."""
-    from .asr import AsrMissing, transcribe_file
-    from .tts import check_transcript
+    from pipeline.engines.base import check_transcript
+    from pipeline.shared.asr import AsrMissing, transcribe_file
 
     try:
         r = transcribe_file(a.prompt_wav, a.language, a.asr_dir)
@@ -171,7 +171,7 @@ def _transcribe(a: argparse.Namespace) -> str:
 
 def _voice_language(a: argparse.Namespace) -> str:
     """--language, or with auto the language the ASR detected when the text frontend has it."""
-    from .text import LANGUAGES
+    from pipeline.shared.text import LANGUAGES
 
     found = getattr(a, "detected_language", None)
     if a.language != "auto" or not found:
@@ -205,11 +205,11 @@ def _raw_stdout() -> BinaryIO:
 def cmd_say(a: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine import check_temperature
-    from .errors import InputError
-    from .modes import check_request
-    from .tags import check_tags
-    from .text import normalize
+    from pipeline.engines.cosyvoice3.engine import check_temperature
+    from pipeline.engines.cosyvoice3.modes import check_request
+    from pipeline.engines.cosyvoice3.tags import check_tags
+    from pipeline.shared.errors import InputError
+    from pipeline.shared.text import normalize
 
     # what can be checked without the models is checked before they load
     to_stdout = str(a.output) == "-"
@@ -294,7 +294,7 @@ def _cli_words(msg: str) -> str:
 
 
 def cmd_normalize(a: argparse.Namespace) -> int:
-    from .text.preview import preview_tokenizer
+    from pipeline.shared.text.preview import preview_tokenizer
 
     frontend, source = preview_tokenizer(a.bundle)
     _log(f"segments counted with {source}")
@@ -304,8 +304,8 @@ def cmd_normalize(a: argparse.Namespace) -> int:
 
 
 def cmd_speakers(a: argparse.Namespace) -> int:
-    from .errors import PresetError
-    from .presets import SpeakerStore
+    from pipeline.shared.errors import PresetError
+    from pipeline.shared.presets import SpeakerStore
 
     store = SpeakerStore(a.speakers_dir)
     if a.action == "list":
@@ -362,7 +362,7 @@ def cmd_speakers(a: argparse.Namespace) -> int:
 
 
 def cmd_make_random_bundle(a: argparse.Namespace) -> int:
-    from .convert.random_bundle import make_random_bundle
+    from pipeline.engines.cosyvoice3.convert.random_bundle import make_random_bundle
 
     make_random_bundle(a.out, size=a.size, seed=a.seed, quants=a.quant, overwrite=a.overwrite,
                        flow_int8=not a.no_flow_int8, log=_log)
@@ -370,7 +370,7 @@ def cmd_make_random_bundle(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from .bench import BenchOptions, format_report, report_json, run_bench
+    from pipeline.engines.cosyvoice3.bench import BenchOptions, format_report, report_json, run_bench
 
     opts = BenchOptions(
         bundle=a.bundle, quant=a.quant, threads=a.threads, llm_threads=a.llm_threads, flow_threads=a.flow_threads,
@@ -386,7 +386,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_quality(a: argparse.Namespace) -> int:
-    from .quality_cli import run_quality_cli
+    from pipeline.engines.cosyvoice3.quality_cli import run_quality_cli
 
     return run_quality_cli(a, log=_log)
 
@@ -620,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="type of the streaming flow's attention K/V cache (fp16 halves its memory)")
     b.set_defaults(func=cmd_bench)
 
-    from .quality_cli import add_quality_parser
+    from pipeline.engines.cosyvoice3.quality_cli import add_quality_parser
 
     add_quality_parser(sub, default_bundle=_default_bundle(), default_speakers=_default_speakers(),
                        func=cmd_quality)

@@ -8,7 +8,7 @@ Stages (each reported with its progress; :meth:`FirstRun.snapshot` is what the p
 - ``install``: the converter's extras into this interpreter's environment (``pip``, as ``./cv convert`` does:
   the pinned torch first, then ``-e .[convert]``), byte progress from pip's ``--progress-bar raw``. Skipped when
   they import already.
-- ``download`` (from the hub only): ``pipeline.download.download`` in a child process; progress is the bytes on
+- ``download`` (from the hub only): CosyVoice3's ``download.download`` in a child process; progress is the bytes on
   disk in the checkpoint folder (finished files plus huggingface_hub's ``.incomplete`` files) against the sizes
   the hub lists. Finished files are not fetched again by a second run (a file cut off midway starts over:
   huggingface_hub 1.x/2.x does not resume a partial file across processes).
@@ -35,8 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import CosyVoiceRKError
-from .setup_checks import (
+from pipeline.setup_checks import (
     BUNDLE_FACTOR,
     EXTRAS_MODULES,
     Problem,
@@ -47,7 +46,7 @@ from .setup_checks import (
     extras_present,
     probe_resources,
 )
-from .setup_steps import (
+from pipeline.setup_steps import (
     ROOT,
     check_folder,
     file_size,
@@ -60,9 +59,10 @@ from .setup_steps import (
     torch_pin,
     tree_rss,
 )
+from pipeline.shared.errors import CosyVoiceRKError
 
 STAGES = ("check", "install", "download", "convert", "place", "load")
-# the converter's log lines (pipeline/convert/bundle_writer.py) that start a step, in order
+# the converter's log lines (pipeline/engines/cosyvoice3/convert/bundle_writer.py) that start a step, in order
 CONVERT_STEPS = (("LLM ", "llm"), ("flow → frontend", "flow"), ("flow estimator → RKNN", "rknn"),
                  ("flow → INT8", "flow_fast"), ("flow → streaming", "flow_stream"),
                  ("streaming flow chunk step → RKNN", "rknn_stream"), ("HiFT → ", "hift"),
@@ -83,7 +83,7 @@ class FirstRun:
                  revision: str | None = None, probe: Callable[[], Resources] = probe_resources,
                  python: str = sys.executable, on_bundle: Callable[[], tuple[bool, str]] | None = None,
                  rknn: str = "auto") -> None:
-        from .download import PINNED_REVISION, REPO_ID
+        from pipeline.engines.cosyvoice3.download import PINNED_REVISION, REPO_ID
 
         self.bundle = Path(bundle).absolute()
         self.checkpoint = Path(checkpoint).absolute() if checkpoint else self.bundle.parent / "cosyvoice3"
@@ -208,7 +208,7 @@ class FirstRun:
             self._cleanup()
 
     def _check(self, source: str, folder: Path | None) -> dict[str, Any] | None:
-        from .download import NEEDED_FILES
+        from pipeline.engines.cosyvoice3.download import NEEDED_FILES
 
         problems: list[Problem] = []
         res = self.probe()
@@ -271,7 +271,7 @@ class FirstRun:
         """Size of each file ``download`` will fetch (its own choice from the listing), from the hub."""
         from huggingface_hub import HfApi
 
-        from .download import select_files
+        from pipeline.engines.cosyvoice3.download import select_files
 
         try:
             info = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None).model_info(
@@ -320,7 +320,7 @@ class FirstRun:
         return tmp
 
     def _place(self, tmp: Path) -> None:
-        from .bundle import MANIFEST
+        from pipeline.shared.bundle import MANIFEST
 
         if not (tmp / MANIFEST).is_file():
             raise SetupError(f"the conversion ended without a bundle in {tmp}")

@@ -9,7 +9,7 @@ import re
 import sys
 from pathlib import Path
 
-from .setup_checks import Problem
+from pipeline.setup_checks import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,14 +36,14 @@ def pip_progress_flags(python: str) -> list[str]:
 
 def npu_present() -> bool:
     """An RK3588 NPU by its device node or the device tree (cheap: no runtime import)."""
-    from .cpu import rockchip_soc
-    from .flow_rknn import NPU_DEVICE
+    from pipeline.engines.cosyvoice3.flow_rknn import NPU_DEVICE
+    from pipeline.shared.cpu import rockchip_soc
 
     return NPU_DEVICE.exists() or rockchip_soc() == "rk3588"
 
 
 def rknn_toolkit() -> Path | None:
-    from .convert.rknn_export import find_rknn_python
+    from pipeline.engines.cosyvoice3.convert.rknn_export import find_rknn_python
 
     return find_rknn_python()
 
@@ -72,7 +72,7 @@ def incomplete_files(checkpoint: Path) -> list[Path]:
 
 
 def same_disk(a: Path, b: Path) -> bool:
-    from .setup_checks import existing_parent
+    from pipeline.setup_checks import existing_parent
 
     try:
         return existing_parent(a).stat().st_dev == existing_parent(b).stat().st_dev
@@ -81,7 +81,7 @@ def same_disk(a: Path, b: Path) -> bool:
 
 
 def check_folder(folder: Path | None) -> Problem | None:
-    from .convert.upstream import FILE_NAMES_REQUIRED
+    from pipeline.engines.cosyvoice3.convert.upstream import FILE_NAMES_REQUIRED
 
     if folder is None:
         return Problem("setup_folder_empty", "type the path of an upstream checkpoint folder on this machine")
@@ -106,8 +106,8 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m pipeline.setup_steps download DEST --repo-id R [--revision V]``: the download child."""
     import argparse
 
-    from .download import download
-    from .errors import SourceError
+    from pipeline.engines.cosyvoice3.download import download
+    from pipeline.shared.errors import SourceError
 
     ap = argparse.ArgumentParser(prog="python -m pipeline.setup_steps")
     sub = ap.add_subparsers(dest="cmd", required=True)

@@ -36,7 +36,7 @@ Job kinds and their payloads (all plain Python data; audio travels as bytes):
 - ``add_voice``: ``name``, ``audio`` (bytes), ``ext``, ``transcript``, ``language``, ``overwrite``.
 - ``import_voice``: ``data`` (bytes of a ``.cvvoice`` file), ``name``, ``overwrite``.
 - ``transcribe``: ``audio`` (bytes), ``language`` (``ru``, ``en``, … or ``auto``: detected); ``done`` has ``text``,
-  ``language``, ``model``, ``detected`` (:mod:`pipeline.asr`; the ASR models load on the first such job).
+  ``language``, ``model``, ``detected`` (:mod:`pipeline.shared.asr`; the ASR models load on the first such job).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing.connection import wait as _mp_wait
 from typing import Any
 
-from .errors import CosyVoiceRKError
+from pipeline.shared.errors import CosyVoiceRKError
 
 JOB_KINDS = ("speak", "add_voice", "import_voice", "transcribe")
 TERMINAL = frozenset({"done", "error", "cancelled"})
@@ -81,7 +81,7 @@ class WorkerConfig:
     cpus: str | None = None
     flow_fast: bool = False
     flow_steps: int | None = None
-    asr_dir: str | None = None  # speech recognition models (None: pipeline.asr's default location)
+    asr_dir: str | None = None  # speech recognition models (None: pipeline.shared.asr's default location)
 
 
 class Job:
@@ -542,12 +542,12 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C goes to the server, which shuts the worker down
     try:
-        from .tts import CosyVoiceRK
+        from pipeline.engines import open_tts
 
-        tts = CosyVoiceRK(config.bundle, speakers_dir=config.speakers_dir, quant=config.quant,
-                          n_threads=config.n_threads, flow_backend=config.flow_backend,
-                          npu_cores=config.npu_cores, cpus=config.cpus, flow_fast=config.flow_fast,
-                          flow_steps=config.flow_steps)
+        tts = open_tts(config.bundle, speakers_dir=config.speakers_dir, quant=config.quant,
+                       n_threads=config.n_threads, flow_backend=config.flow_backend,
+                       npu_cores=config.npu_cores, cpus=config.cpus, flow_fast=config.flow_fast,
+                       flow_steps=config.flow_steps)
     except CosyVoiceRKError as e:
         conn.send({"type": "fatal", "message": str(e), "kind": type(e).__name__})
         return
@@ -556,13 +556,14 @@ def _child_main(conn: Any, config: WorkerConfig, cancel_id: Any) -> None:
         conn.send({"type": "fatal", "message": f"could not load the models ({type(e).__name__}: {e})",
                    "kind": type(e).__name__})
         return
-    b = tts.bundle
-    llm = b.manifest["llm"]
+    b, caps = tts.bundle, tts.capabilities
     conn.send({
-        "type": "ready", "pid": os.getpid(), "backends": tts.engine.backends, "config": asdict(config),
+        "type": "ready", "pid": os.getpid(), "backends": tts.backends, "config": asdict(config),
         "placement": dict(tts.placement),
+        "engine": {"name": caps.engine, "title": caps.title, "modes": list(caps.modes),
+                   "languages": list(caps.languages), "speed": caps.speed, "streaming": caps.streaming},
         "bundle": {"location": str(b.root), "fingerprint": b.fingerprint, "random_weights": b.is_random,
-                   "quant": config.quant or llm.get("default_quant"), "sample_rate": tts.sample_rate,
+                   "quant": tts.quant, "sample_rate": tts.sample_rate,
                    "sampling": dict(b.constants.get("sampling", {}))},
     })
     runner = _Runner(tts, conn, cancel_id, asr_dir=config.asr_dir)
@@ -590,7 +591,7 @@ class _Runner:
         self._voices: collections.OrderedDict[str, Any] = collections.OrderedDict()  # one-off prompt cache
 
     def run(self, job_id: int, kind: str, payload: dict[str, Any]) -> None:
-        from .sampling import Cancelled
+        from pipeline.shared.errors import Cancelled
 
         def send(ev: dict[str, Any]) -> None:
             with self._send_lock:  # progress comes from the streaming engine's LLM thread too
@@ -633,7 +634,7 @@ class _Runner:
         """Solve a newly saved voice's flow prompt cache while the person types, until the next job arrives
         (a stopped build keeps nothing: the voice's first streamed request solves it). Its job is done already:
         nothing here may report on it."""
-        from .sampling import Cancelled
+        from pipeline.shared.errors import Cancelled
 
         try:
             took = self.tts.prepare_stream(name, should_stop=self.conn.poll)
@@ -647,7 +648,7 @@ class _Runner:
             print(f"worker: voice {name!r} prepared for streaming in {took:.1f} s", file=sys.stderr)
 
     def _transcribe(self, p: dict[str, Any]) -> dict[str, Any]:
-        from .asr import load_transcriber, transcribe_bytes
+        from pipeline.shared.asr import load_transcriber, transcribe_bytes
 
         if self._asr is None:
             self._asr = load_transcriber(self.asr_dir)

@@ -31,9 +31,9 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from pipeline.bundle import FORMAT, FORMAT_VERSION, Bundle, file_entry  # noqa: E402
-from pipeline.engine import PromptFeatures  # noqa: E402
-from pipeline.errors import CosyVoiceRKError  # noqa: E402
+from pipeline.engines.cosyvoice3.engine import PromptFeatures  # noqa: E402
+from pipeline.shared.bundle import FORMAT, FORMAT_VERSION, Bundle, file_entry  # noqa: E402
+from pipeline.shared.errors import CosyVoiceRKError  # noqa: E402
 from webui.views import _msg  # noqa: E402
 
 PROMPTS = ROOT / "tests" / "fixtures" / "prompts"
@@ -113,7 +113,7 @@ def _speech(seconds: float, sr: int = 16000) -> np.ndarray:
     reps = int(np.ceil(seconds * rate / len(x)))
     x = np.tile(x, reps)[: int(seconds * rate)]
     if sr != rate:
-        from pipeline.audio import resample
+        from pipeline.shared.audio import resample
 
         x = resample(x, rate, sr)
     return x
@@ -314,7 +314,7 @@ def _bomb(e: Env) -> Path:
 
 
 def _half_asr(e: Env) -> None:
-    from pipeline.asr import load_transcriber
+    from pipeline.shared.asr import load_transcriber
 
     part = e.root / "asr-part" / "whisper-base"
     part.mkdir(parents=True, exist_ok=True)

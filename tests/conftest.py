@@ -31,7 +31,7 @@ def goldens() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """The tiny fixture converted once by the project's converter (F32 + Q8_0 GGUF)."""
-    from pipeline.convert import convert_checkpoint
+    from pipeline.engines.cosyvoice3.convert import convert_checkpoint
 
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     return convert_checkpoint(TINY, out, quants=["f32", "q8_0"], hift_noise_seconds=4.0, log=lambda m: None)
@@ -44,7 +44,7 @@ ZH_PROMPT_TEXT = "希望你以后能够做的比我还好呦。"  # transcript o
 @pytest.fixture(scope="session")
 def random_bundle(tmp_path_factory):
     """A tiny random-weight bundle made by the product's own `make-random-bundle` path."""
-    from pipeline.convert.random_bundle import make_random_bundle
+    from pipeline.engines.cosyvoice3.convert.random_bundle import make_random_bundle
 
     out = tmp_path_factory.mktemp("rnd") / "tiny"
     return make_random_bundle(out, size="tiny", seed=0, hift_noise_seconds=30.0, log=lambda m: None)
@@ -53,7 +53,7 @@ def random_bundle(tmp_path_factory):
 @pytest.fixture(scope="session")
 def stream_bundle(tmp_path_factory):
     """The tiny fixture converted with a HiFT noise table long enough for the streaming goldens (11.6 s)."""
-    from pipeline.convert import convert_checkpoint
+    from pipeline.engines.cosyvoice3.convert import convert_checkpoint
 
     out = tmp_path_factory.mktemp("stream-bundle") / "tiny"
     return convert_checkpoint(TINY, out, quants=["f32"], hift_noise_seconds=12.0, flow_int8=False,
@@ -62,7 +62,7 @@ def stream_bundle(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def test_asr(tmp_path_factory) -> Path:
-    """The tiny random speech recognition models (pipeline/asr_testmodels.py) in download --asr's layout."""
-    from pipeline.asr_testmodels import make_test_asr
+    """The tiny random speech recognition models (pipeline/shared/asr_testmodels.py) in download --asr's layout."""
+    from pipeline.shared.asr_testmodels import make_test_asr
 
     return make_test_asr(tmp_path_factory.mktemp("asr") / "asr")

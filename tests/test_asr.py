@@ -1,4 +1,5 @@
-"""Automatic prompt transcription (pipeline/asr.py) with the tiny random models of pipeline/asr_testmodels.py, which
+"""Automatic prompt transcription (pipeline/shared/asr.py) with the tiny random models of
+pipeline/shared/asr_testmodels.py, which
 have the real models' files and signatures: onnx-asr's loading, preprocessing and decoding run as with the real
 ones. The texts are random; what is checked is the routing by language, the wiring, and our own parts (Whisper's
 language detection, resampling) against independent references."""
@@ -14,7 +15,7 @@ import pytest
 import soundfile as sf
 from conftest import PROMPTS
 
-from pipeline.asr import (
+from pipeline.shared.asr import (
     ASR_RATE,
     MANIFEST,
     AsrError,
@@ -24,8 +25,8 @@ from pipeline.asr import (
     to_asr_audio,
     transcribe_bytes,
 )
-from pipeline.asr_testmodels import make_test_asr, read_vocab_text
-from pipeline.errors import CosyVoiceRKError
+from pipeline.shared.asr_testmodels import make_test_asr, read_vocab_text
+from pipeline.shared.errors import CosyVoiceRKError
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 

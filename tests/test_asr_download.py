@@ -1,5 +1,6 @@
 """`download --asr` with huggingface_hub's calls replaced (no network): only the files onnx-asr loads are fetched,
-into the layout pipeline/asr.py loads, asr.json last; a failure keeps what was fetched and the next run resumes."""
+into the layout pipeline/shared/asr.py loads,
+asr.json last; a failure keeps what was fetched and the next run resumes."""
 
 import os
 import shutil
@@ -11,10 +12,10 @@ import huggingface_hub
 import numpy as np
 import pytest
 
-from pipeline.asr import MANIFEST, AsrMissing, load_transcriber
-from pipeline.asr_download import MODELS, download_asr, select_asr_files
-from pipeline.asr_testmodels import make_test_asr
-from pipeline.errors import SourceError
+from pipeline.shared.asr import MANIFEST, AsrMissing, load_transcriber
+from pipeline.shared.asr_download import MODELS, download_asr, select_asr_files
+from pipeline.shared.asr_testmodels import make_test_asr
+from pipeline.shared.errors import SourceError
 
 # what the repositories list (besides what is needed: other exports, quantizations, READMEs)
 EXTRA = {

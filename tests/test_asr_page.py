@@ -7,7 +7,7 @@ import soundfile as sf
 from conftest import PROMPTS
 from test_webui import CHROMIUM_ARGS, T, _chromium, _free_port, field, open_tab
 
-from pipeline.asr import load_transcriber
+from pipeline.shared.asr import load_transcriber
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 # whether the "transcribing…" state was ever on the page (it may last only a moment with the tiny models)

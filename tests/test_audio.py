@@ -1,4 +1,4 @@
-"""pipeline.audio: loading, torchaudio-exact resampling, trimming and the prompt refusals."""
+"""pipeline.shared.audio: loading, torchaudio-exact resampling, trimming and the prompt refusals."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.audio import (
+from pipeline.shared.audio import (
     MAX_PROMPT_BYTES,
     load_audio,
     prepare_prompt,
@@ -17,7 +17,7 @@ from pipeline.audio import (
     sinc_resample_kernel,
     trim_silence,
 )
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 PROMPTS = Path(__file__).parent / "fixtures" / "prompts"
 ZERO_SHOT = PROMPTS / "zero_shot_prompt.wav"  # 24 kHz float32, 3.48 s

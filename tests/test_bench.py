@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.bench import (
+from pipeline.engines.cosyvoice3.bench import (
     CONFIG_FIELDS,
     FAST_FIELDS,
     FAST_METRICS,
@@ -25,7 +25,7 @@ from pipeline.bench import (
     format_report,
     run_bench,
 )
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 SMALL = ["--repeat", "1", "--prompt-tokens", "6", "--prompt-text-tokens", "10", "--text-tokens", "5",
          "--tokens", "12", "--threads", "1"]
@@ -45,7 +45,7 @@ def cache(tmp_path_factory):
 @pytest.fixture(scope="module")
 def no_int8_bundle(tmp_path_factory):
     """A random bundle converted with ``flow_int8=False``: the fast mode builds its INT8 graph on first use."""
-    from pipeline.convert.random_bundle import make_random_bundle
+    from pipeline.engines.cosyvoice3.convert.random_bundle import make_random_bundle
 
     out = tmp_path_factory.mktemp("noint8") / "tiny"
     return make_random_bundle(out, size="tiny", seed=0, hift_noise_seconds=30.0, flow_int8=False,
@@ -140,10 +140,15 @@ def test_bench_rejects_bad_sizes(random_bundle):
 def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
     import shutil
 
-    from pipeline.bundle import Bundle
-    from pipeline.convert.flow_fast import upgrade_bundle
-    from pipeline.convert.flow_stream_export import CHUNK_FORMAT, CHUNK_NAMES, TIME_NAME, TIME_TABLE_NAME
-    from pipeline.flow import Flow, OrtEstimator
+    from pipeline.engines.cosyvoice3.convert.flow_fast import upgrade_bundle
+    from pipeline.engines.cosyvoice3.convert.flow_stream_export import (
+        CHUNK_FORMAT,
+        CHUNK_NAMES,
+        TIME_NAME,
+        TIME_TABLE_NAME,
+    )
+    from pipeline.engines.cosyvoice3.flow import Flow, OrtEstimator
+    from pipeline.shared.bundle import Bundle
 
     root = tmp_path / "b"
     shutil.copytree(no_int8_bundle.root, root)
@@ -181,7 +186,7 @@ def test_flow_fast_upgrade_keeps_full_fidelity(no_int8_bundle, tmp_path):
 
 
 def test_mel_check_compares_the_benchmarked_flow_with_the_plain_graph(random_bundle, cache):
-    from pipeline.bench import MEL_CHECK_FIELDS
+    from pipeline.engines.cosyvoice3.bench import MEL_CHECK_FIELDS
 
     rep = _bench(random_bundle, cache, "--mel-check")
     c = rep["mel_check"]
@@ -193,8 +198,8 @@ def test_mel_check_compares_the_benchmarked_flow_with_the_plain_graph(random_bun
 
 def test_mel_check_sees_a_different_estimator(random_bundle, monkeypatch):
     """Benchmarked on the INT8 graph (as the NPU's fp16 would be): the check measures a real difference."""
-    import pipeline.flow_rknn as flow_rknn
-    from pipeline.flow import OrtEstimator
+    import pipeline.engines.cosyvoice3.flow_rknn as flow_rknn
+    from pipeline.engines.cosyvoice3.flow import OrtEstimator
 
     int8 = random_bundle.path(random_bundle.manifest["flow"]["estimator"]["onnx_int8"])
     monkeypatch.setattr(flow_rknn, "ort_estimator", lambda bundle, n: OrtEstimator(int8, n_threads=n))

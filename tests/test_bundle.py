@@ -3,9 +3,9 @@ import shutil
 
 import pytest
 
-from pipeline.bundle import FORMAT, FORMAT_VERSION, Bundle, file_entry
-from pipeline.convert.bundle_writer import check_source, parse_quants
-from pipeline.errors import BundleError, SourceError
+from pipeline.engines.cosyvoice3.convert.bundle_writer import check_source, parse_quants
+from pipeline.shared.bundle import FORMAT, FORMAT_VERSION, Bundle, file_entry
+from pipeline.shared.errors import BundleError, SourceError
 
 
 def _mini_bundle(root):
@@ -111,7 +111,7 @@ def test_check_command_hashes_everything_regardless_of_the_cache(tmp_path):
     # rot the cache cannot see: rewrite the cache so that it matches the damaged file's stat
     (root / "a.bin").write_bytes(b"x" + (root / "a.bin").read_bytes()[1:])
     st = (root / "a.bin").stat()
-    from pipeline.bundle import _stamp
+    from pipeline.shared.bundle import _stamp
 
     (root / ".verified.json").write_text(json.dumps({"a.bin": _stamp(st, b.manifest["files"]["a.bin"]["sha256"])}))
     Bundle.load(root)  # the cached policy trusts the stamp ...

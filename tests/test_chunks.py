@@ -12,8 +12,8 @@ import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
 from pipeline.cli import pcm16
-from pipeline.sampling import Cancelled
-from pipeline.tts import CosyVoiceRK
+from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
+from pipeline.shared.errors import Cancelled
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 MEDIUM = "Раз, два, три. Четыре, пять! " * 20  # 4 segments
@@ -33,7 +33,7 @@ def voice(tts):
 @pytest.fixture(scope="module")
 def seed(tts, voice):
     """A seed that gives speech in every segment of MEDIUM (random weights stop at once for some seeds)."""
-    from pipeline.errors import InputError
+    from pipeline.shared.errors import InputError
 
     for s in [2, *range(100, 130)]:
         try:
@@ -180,7 +180,7 @@ def test_say_refuses_raw_pcm_to_a_terminal(tmp_path):
 
 def test_prepare_stream_solves_a_saved_voices_prompt_cache_ahead(tts, seed):
     tts.add_voice("warm", PROMPT.read_bytes(), ZH_PROMPT_TEXT, language="zh")
-    from pipeline.engine import PromptCacheLRU
+    from pipeline.engines.cosyvoice3.engine import PromptCacheLRU
 
     tts.engine.prompt_caches = PromptCacheLRU(1200)  # nothing solved yet
     assert tts.prepare_stream("warm") > 0

@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from pipeline.download import NEEDED_FILES, RL_LLM, select_files
-from pipeline.errors import SourceError
+from pipeline.engines.cosyvoice3.download import NEEDED_FILES, RL_LLM, select_files
+from pipeline.shared.errors import SourceError
 
 # The 20 files of HF revision 29e01c4e (docs/release.md)
 LISTING = [
@@ -57,9 +57,9 @@ import hashlib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from pipeline import download as dl  # noqa: E402
-from pipeline import release  # noqa: E402
-from pipeline.release import PINNED_REVISION, RELEASE_FILES, Expected  # noqa: E402
+from pipeline.engines.cosyvoice3 import download as dl  # noqa: E402
+from pipeline.engines.cosyvoice3 import release  # noqa: E402
+from pipeline.engines.cosyvoice3.release import PINNED_REVISION, RELEASE_FILES, Expected  # noqa: E402
 
 
 def test_table_is_the_20_file_release_and_its_totals():

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline.engine import Engine, PromptFeatures
-from pipeline.errors import InputError
-from pipeline.sampling import Cancelled
+from pipeline.engines.cosyvoice3.engine import Engine, PromptFeatures
+from pipeline.shared.errors import Cancelled, InputError
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def _split_text(g):
 
 
 def test_greedy_synthesis_reproduces_upstream_chain(engine, goldens):
-    from pipeline.sampling import greedy
+    from pipeline.engines.cosyvoice3.sampling import greedy
 
     text, prompt_text = _split_text(goldens)
     res = engine.synthesize(text, prompt_text, _prompt(goldens), sampler=greedy)
@@ -74,7 +73,7 @@ def test_bad_inputs(engine, goldens):
 
 
 def test_cached_prompt_prefix_gives_the_same_tokens(engine, goldens):
-    from pipeline.sampling import greedy
+    from pipeline.engines.cosyvoice3.sampling import greedy
 
     text, prompt_text = _split_text(goldens)
     state = engine.prompt_prefix_state(prompt_text)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.features import align_prompt, flow_prompt_mel
+from pipeline.engines.cosyvoice3.features import align_prompt, flow_prompt_mel
+from pipeline.shared.errors import InputError
 
 MEL_TOL = 1e-4
 

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.bundle import Bundle, file_entry
-from pipeline.convert.config import load_source_config
-from pipeline.convert.flow_export import ESTIMATOR_SRC, FLOW_PT, FRONTEND_KEYS, convert_flow
-from pipeline.errors import InputError, SourceError
-from pipeline.flow import Flow, OrtEstimator, t_span
-from pipeline.sampling import Cancelled
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.flow_export import ESTIMATOR_SRC, FLOW_PT, FRONTEND_KEYS, convert_flow
+from pipeline.engines.cosyvoice3.flow import Flow, OrtEstimator, t_span
+from pipeline.shared.bundle import Bundle, file_entry
+from pipeline.shared.errors import Cancelled, InputError, SourceError
 
 NOISE_TABLE = Path(__file__).parent / "fixtures" / "cosyvoice3-noise" / "flow_rand_noise.npy"
 MEL_TOL = 1e-3  # fixture README: mel 1e-3 abs
@@ -309,7 +308,7 @@ def test_wrong_estimator_onnx(tiny_src: Path, tmp_path: Path):
 
 
 def test_estimator_checks_without_weight_match(tmp_path: Path):
-    from pipeline.convert.flow_export import check_estimator_onnx
+    from pipeline.engines.cosyvoice3.convert.flow_export import check_estimator_onnx
 
     p = tmp_path / "est.onnx"
     p.write_bytes(_onnx_identity(["a", "b"]))

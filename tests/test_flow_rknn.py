@@ -1,4 +1,4 @@
-"""RKNN flow backend (pipeline.flow_rknn) and CPU placement (pipeline.cpu), without a board.
+"""RKNN flow backend (pipeline.engines.cosyvoice3.flow_rknn) and CPU placement (pipeline.shared.cpu), without a board.
 
 rknn-toolkit-lite2 exists for aarch64 only, so ``rknnlite.api.RKNNLite`` is replaced in-process by a stand-in that
 keeps its API and return conventions (0/-1 status codes, ``None`` from a failed inference) and executes the
@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cpu
-from pipeline.bundle import Bundle, file_entry
-from pipeline.convert.config import load_source_config
-from pipeline.convert.flow_export import FLOW_PT, convert_flow
-from pipeline.convert.rknn_export import export_fixed_onnx, manifest_section, onnx_file_name, rknn_file_name
-from pipeline.errors import BackendError, BundleError, InputError
-from pipeline.flow import ESTIMATOR_INPUTS, Flow, OrtEstimator
-from pipeline.flow_rknn import (
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.flow_export import FLOW_PT, convert_flow
+from pipeline.engines.cosyvoice3.convert.rknn_export import (
+    export_fixed_onnx,
+    manifest_section,
+    onnx_file_name,
+    rknn_file_name,
+)
+from pipeline.engines.cosyvoice3.flow import ESTIMATOR_INPUTS, Flow, OrtEstimator
+from pipeline.engines.cosyvoice3.flow_rknn import (
     RknnEstimator,
     choose_bucket,
     detect_npu,
@@ -35,6 +37,9 @@ from pipeline.flow_rknn import (
     rknn_estimator_from_bundle,
     time_freq,
 )
+from pipeline.shared import cpu
+from pipeline.shared.bundle import Bundle, file_entry
+from pipeline.shared.errors import BackendError, BundleError, InputError
 
 BUCKETS = (100, 200, 256)
 T_EMB = {"dim": 256, "scale": 1000.0, "max_period": 10000.0}
@@ -129,7 +134,7 @@ def no_rknnlite(monkeypatch):
 def converted(tiny_src: Path, tmp_path_factory) -> tuple[Path, dict]:
     import torch
 
-    from pipeline.convert.dit_torch import load_dit
+    from pipeline.engines.cosyvoice3.convert.dit_torch import load_dit
 
     out = tmp_path_factory.mktemp("rknnflow")
     sec = convert_flow(tiny_src, out, load_source_config(tiny_src))
@@ -187,7 +192,7 @@ def test_choose_bucket():
 def test_time_freq_is_the_dit_embedding():
     import torch
 
-    from pipeline.convert.dit_torch import TimestepEmbedding
+    from pipeline.engines.cosyvoice3.convert.dit_torch import TimestepEmbedding
 
     t = np.array([0.0, 0.0123116374, 0.5, 0.843565524, 0.9, 1.0], np.float32)
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""The streaming flow's RKNN chunk estimator (pipeline.flow_rknn_stream), without a board.
+"""The streaming flow's RKNN chunk estimator (pipeline.engines.cosyvoice3.flow_rknn_stream), without a board.
 
 ``rknnlite.api.RKNNLite`` is the in-process stand-in of tests/test_flow_rknn.py: it keeps the runtime's API and
 refusals (fixed input shapes, float32 inputs, ``None`` from a failed inference) and runs the fixed-shape ONNX
@@ -24,15 +24,20 @@ import pytest
 from conftest import TINY
 from test_flow_rknn import StandInRKNNLite
 
-from pipeline.bundle import Bundle, file_entry
-from pipeline.convert.dit_chunk_npu import export_npu_chunk_onnx
-from pipeline.convert.rknn_stream_export import chunk_file_name, chunk_geometry, manifest_section
-from pipeline.engine import PromptFeatures
-from pipeline.errors import BackendError, InputError
-from pipeline.flow import Flow
-from pipeline.flow_rknn import CORE_MASKS
-from pipeline.flow_rknn_stream import NPU_CFG_ENV, NPU_KV_ENV, RknnChunkEstimator, make_chunk_estimator
-from pipeline.flow_stream import ChunkedFlow, ChunkEstimator, chunk_graph_paths
+from pipeline.engines.cosyvoice3.convert.dit_chunk_npu import export_npu_chunk_onnx
+from pipeline.engines.cosyvoice3.convert.rknn_stream_export import chunk_file_name, chunk_geometry, manifest_section
+from pipeline.engines.cosyvoice3.engine import PromptFeatures
+from pipeline.engines.cosyvoice3.flow import Flow
+from pipeline.engines.cosyvoice3.flow_rknn import CORE_MASKS
+from pipeline.engines.cosyvoice3.flow_rknn_stream import (
+    NPU_CFG_ENV,
+    NPU_KV_ENV,
+    RknnChunkEstimator,
+    make_chunk_estimator,
+)
+from pipeline.engines.cosyvoice3.flow_stream import ChunkedFlow, ChunkEstimator, chunk_graph_paths
+from pipeline.shared.bundle import Bundle, file_entry
+from pipeline.shared.errors import BackendError, InputError
 
 PAST = (100, 700)  # the streaming goldens' request reaches 650 past frames
 EXACT_TOL = 1e-4
@@ -55,7 +60,7 @@ def npu_dir(stream_bundle, tmp_path_factory) -> tuple[Path, dict]:
     """The stream bundle's files plus static chunk graphs (ONNX bytes as ".rknn", for the stand-in)."""
     import torch
 
-    from pipeline.convert.dit_torch import load_dit
+    from pipeline.engines.cosyvoice3.convert.dit_torch import load_dit
 
     out = tmp_path_factory.mktemp("npu-stream")
     for name in stream_bundle.manifest["files"]:
@@ -338,9 +343,9 @@ def test_runtime_failures_are_errors(standin, stream_bundle, npu_dir, monkeypatc
 def test_engine_streams_on_the_npu_backend(standin, stream_bundle, npu_dir, flow, sg, monkeypatch):
     """Engine.chunked_flow takes the engine's --flow-backend: with the NPU "present", the whole streamed audio
     of upstream's request comes out of the RKNN chunk estimator (fp32 cache: the fixture's 1e-3 on audio)."""
-    from pipeline import flow_rknn
-    from pipeline.engine import Engine
-    from pipeline.vocoder import HiFT
+    from pipeline.engines.cosyvoice3 import flow_rknn
+    from pipeline.engines.cosyvoice3.engine import Engine
+    from pipeline.engines.cosyvoice3.vocoder import HiFT
 
     monkeypatch.setattr(flow_rknn, "detect_npu", _present)
     logs: list[str] = []
@@ -357,7 +362,7 @@ def test_engine_streams_on_the_npu_backend(standin, stream_bundle, npu_dir, flow
 def test_studio_streams_on_the_npu_only_with_streaming_graphs(stream_bundle, npu_dir):
     """CosyVoiceRK's stream choice: a flow on the NPU streams when the bundle has the RKNN chunk graphs (the
     engine's chunked flow then takes them), and says why not otherwise."""
-    from pipeline.tts import CosyVoiceRK
+    from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
 
     tts = CosyVoiceRK.__new__(CosyVoiceRK)  # the choice reads only the bundle and the engine
     tts.engine = types.SimpleNamespace(flow_cache_type="fp16", flow=types.SimpleNamespace(

@@ -3,10 +3,12 @@
 import subprocess
 import sys
 
-RUNTIME = ["pipeline", "pipeline.engine", "pipeline.llm", "pipeline.sampling", "pipeline.flow", "pipeline.vocoder",
-           "pipeline.features", "pipeline.audio", "pipeline.speaker", "pipeline.text", "pipeline.tokenizer",
-           "pipeline.presets", "pipeline.tts", "pipeline.verify", "pipeline.cli", "pipeline.download",
-           "pipeline.flow_rknn", "pipeline.cpu", "pipeline.asr", "pipeline.asr_download", "onnx_asr"]
+CV3 = "pipeline.engines.cosyvoice3"
+RUNTIME = ["pipeline", "pipeline.cli", "pipeline.engines",
+           *(f"{CV3}.{m}" for m in ("engine", "llm", "sampling", "flow", "vocoder", "features", "speaker", "tokenizer",
+                                   "tts", "verify", "download", "flow_rknn")),
+           *(f"pipeline.shared.{m}" for m in ("audio", "text", "presets", "cpu", "asr", "asr_download", "llama")),
+           "onnx_asr"]
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -27,6 +29,7 @@ def test_importtime_of_pipeline_shows_no_torch():
 
 
 def test_light_modules_do_not_load_model_runtimes():
-    mods = _loaded_after("import pipeline.presets, pipeline.bundle, pipeline.errors, pipeline.text, pipeline.audio, "
+    mods = _loaded_after("import pipeline.shared.presets, pipeline.shared.bundle, pipeline.shared.errors, "
+                         "pipeline.shared.text, pipeline.shared.audio, "
                          "pipeline.setup_run")  # the first-run setup runs in the web process
     assert not mods & {"onnxruntime", "llama_cpp", "torch", "rknnlite"}

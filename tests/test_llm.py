@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle import Bundle
-from pipeline.convert import upstream
-from pipeline.convert.config import load_source_config
-from pipeline.convert.llm_gguf import build_text_tokenizer, convert_llm
-from pipeline.errors import BackendError, BundleError, InputError, SourceError
-from pipeline.llm import (
+from pipeline.engines.cosyvoice3.convert import upstream
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.llm_gguf import build_text_tokenizer, convert_llm
+from pipeline.engines.cosyvoice3.llm import (
     SpeechLM,
     TextEmbedding,
     build_prefill,
     prefill_zero_shot,
     zero_shot_rows,
 )
-from pipeline.sampling import generate_tokens, greedy
-from pipeline.tokenizer import COSYVOICE3_SPECIAL_TOKENS
+from pipeline.engines.cosyvoice3.sampling import generate_tokens, greedy
+from pipeline.engines.cosyvoice3.tokenizer import COSYVOICE3_SPECIAL_TOKENS
+from pipeline.shared.bundle import Bundle
+from pipeline.shared.errors import BackendError, BundleError, InputError, SourceError
 
 QUANTS = ["f32", "q8_0", "q4_k_m", "q4_0"]
 

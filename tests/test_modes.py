@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from pipeline.engine import Engine, PromptFeatures
-from pipeline.errors import InputError
-from pipeline.modes import check_speed, llm_inputs, mode_name, speed_mel
-from pipeline.verify_modes import run_verify_modes
+from pipeline.engines.cosyvoice3.engine import Engine, PromptFeatures
+from pipeline.engines.cosyvoice3.modes import check_speed, llm_inputs, mode_name, speed_mel
+from pipeline.engines.cosyvoice3.verify_modes import run_verify_modes
+from pipeline.shared.errors import InputError
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,11 @@ import pytest
 import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
-from pipeline.errors import InputError
-from pipeline.modes import check_request, instruct_text
-from pipeline.tags import check_tags
-from pipeline.text import SYSTEM_PREFIX, normalize
-from pipeline.tts import CosyVoiceRK
+from pipeline.engines.cosyvoice3.modes import check_request, instruct_text
+from pipeline.engines.cosyvoice3.tags import check_tags
+from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
+from pipeline.shared.errors import InputError
+from pipeline.shared.text import SYSTEM_PREFIX, normalize
 from pipeline.worker import Worker, WorkerConfig
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"

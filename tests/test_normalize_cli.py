@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.cli import main
-from pipeline.text import TextFrontend
-from pipeline.text.preview import REPO_TOKENIZER, preview, preview_tokenizer
-from pipeline.tokenizer import TextTokenizer, build_tokenizer
+from pipeline.engines.cosyvoice3.tokenizer import TextTokenizer, build_tokenizer
+from pipeline.shared.text import TextFrontend
+from pipeline.shared.text.preview import REPO_TOKENIZER, preview, preview_tokenizer
 
 RU = ("Встретимся 1 мая в 12:30 на ул. Ленина, д. 5. [breath] Возьми 2 кг яблок и 500 руб. "
       "Москва — столица России, крупнейший по численности населения город России и её субъект, самый населённый "
@@ -38,7 +38,7 @@ def test_normalize_reports_bad_text_like_say(capsys, tmp_path):
 
 def _bundle_with_tokenizer(root: Path) -> Path:
     """A bundle folder with just a manifest and the tokenizer: what the preview reads (no model files)."""
-    from pipeline.bundle import FORMAT, FORMAT_VERSION
+    from pipeline.shared.bundle import FORMAT, FORMAT_VERSION
 
     root.mkdir()
     build_tokenizer(REPO_TOKENIZER / "vocab.json", REPO_TOKENIZER / "merges.txt").save(str(root / "tokenizer.json"))

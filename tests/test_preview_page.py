@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from pipeline.text.preview import preview
+from pipeline.shared.text.preview import preview
 from webui.preview import preview_md
 
 

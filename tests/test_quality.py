@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import BundleError, InputError
-from pipeline.quality import AsrStatus, QualityOptions, load_asr, load_sentences, run_quality
-from pipeline.quality_metrics import (
+from pipeline.engines.cosyvoice3.quality import AsrStatus, QualityOptions, load_asr, load_sentences, run_quality
+from pipeline.engines.cosyvoice3.quality_metrics import (
     cer,
     cosine,
     levenshtein,
@@ -26,7 +25,7 @@ from pipeline.quality_metrics import (
     normalize_for_cer,
     token_agreement,
 )
-from pipeline.quality_report import (
+from pipeline.engines.cosyvoice3.quality_report import (
     ASR_FIELDS,
     BUNDLE_FIELDS,
     JSON_FIELDS,
@@ -39,6 +38,7 @@ from pipeline.quality_report import (
     VOICE_FIELDS,
     format_table,
 )
+from pipeline.shared.errors import BundleError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = ROOT / "tests" / "fixtures" / "prompts" / "zero_shot_prompt.wav"
@@ -109,7 +109,7 @@ def _break_gguf(bundle_root: Path) -> None:
     the weight itself, registered in the manifest (so the bundle still loads and passes its hash check)."""
     import gguf
 
-    from pipeline.bundle import file_entry
+    from pipeline.shared.bundle import file_entry
 
     src, dst = bundle_root / "llm-f32.gguf", bundle_root / "llm-broken.gguf"
     shutil.copyfile(src, dst)
@@ -132,7 +132,7 @@ def _break_gguf(bundle_root: Path) -> None:
 @pytest.fixture(scope="module")
 def qbundle(tmp_path_factory):
     """A tiny random bundle with F32, Q8_0 and a deliberately broken GGUF."""
-    from pipeline.convert.random_bundle import make_random_bundle
+    from pipeline.engines.cosyvoice3.convert.random_bundle import make_random_bundle
 
     out = tmp_path_factory.mktemp("quality") / "tiny"
     b = make_random_bundle(out, size="tiny", seed=0, quants=["f32", "q8_0"], hift_noise_seconds=30.0,
@@ -142,7 +142,7 @@ def qbundle(tmp_path_factory):
 
 
 class FakeTranscriber:
-    """Stands in for pipeline.asr's Transcriber: says ``text`` whatever it hears, and records what it got."""
+    """Stands in for pipeline.shared.asr's Transcriber: says ``text`` whatever it hears, and records what it got."""
 
     def __init__(self, text: str) -> None:
         self.text, self.calls = text, []
@@ -212,7 +212,7 @@ def test_without_asr_the_cer_is_absent_with_the_reason(tmp_path):
 
 
 def test_a_saved_voice_is_scored(qbundle, tmp_path):
-    from pipeline.tts import CosyVoiceRK
+    from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
 
     with CosyVoiceRK(qbundle, speakers_dir=tmp_path, n_threads=1, log=lambda m: None) as tts:
         tts.add_voice("Anna", PROMPT, PROMPT_TEXT, language="zh")
@@ -305,10 +305,10 @@ def test_cli_json_has_every_field_and_docs_explain_them(qbundle, tmp_path):
 def test_output_similarity_is_computed_as_the_prompts(qbundle):
     """The prompt's own audio, scored as an output, has the prompt's embedding (cosine ~1); another recording
     scores lower; silence has none."""
-    from pipeline.audio import load_audio, prepare_prompt, resample
-    from pipeline.bundle import Bundle
-    from pipeline.quality import output_embedding
-    from pipeline.speaker import PromptModels, extract_prompt_features
+    from pipeline.engines.cosyvoice3.quality import output_embedding
+    from pipeline.engines.cosyvoice3.speaker import PromptModels, extract_prompt_features
+    from pipeline.shared.audio import load_audio, prepare_prompt, resample
+    from pipeline.shared.bundle import Bundle
 
     b = Bundle.load(qbundle)
     models = PromptModels.from_bundle(b, n_threads=1)

@@ -1,4 +1,5 @@
-"""Random-weight checkpoints in upstream format (pipeline/convert/random_checkpoint.py), tiny size only."""
+"""Random-weight checkpoints in upstream format
+(pipeline/engines/cosyvoice3/convert/random_checkpoint.py), tiny size only."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ safetensors_torch = pytest.importorskip("safetensors.torch")
 
 import torch.nn.functional as F  # noqa: E402
 
-from pipeline.convert.config import load_source_config, load_yaml_config  # noqa: E402
-from pipeline.convert.dit_torch import INPUT_NAMES, load_dit  # noqa: E402
-from pipeline.convert.random_checkpoint import (  # noqa: E402
+from pipeline.engines.cosyvoice3.convert.config import load_source_config, load_yaml_config  # noqa: E402
+from pipeline.engines.cosyvoice3.convert.dit_torch import INPUT_NAMES, load_dit  # noqa: E402
+from pipeline.engines.cosyvoice3.convert.random_checkpoint import (  # noqa: E402
     DIMS,
     TEXT_VOCAB,
     TOKENIZER_ASSETS,
@@ -28,7 +29,7 @@ from pipeline.convert.random_checkpoint import (  # noqa: E402
     make_random_checkpoint,
     render_yaml,
 )
-from pipeline.errors import SourceError  # noqa: E402
+from pipeline.shared.errors import SourceError  # noqa: E402
 
 PARTS = ("llm", "flow", "hift")
 # The only tensors whose shapes differ from the fixture: the fixture's text vocab is 1000 rows, ours is real.
@@ -227,7 +228,7 @@ def test_missing_tokenizer_is_logged_and_skipped(tmp_path):
 
 
 def test_converter_accepts_it(tiny_ckpt, tmp_path):
-    from pipeline.convert import convert_checkpoint
+    from pipeline.engines.cosyvoice3.convert import convert_checkpoint
 
     bundle = convert_checkpoint(tiny_ckpt, tmp_path / "bundle", quants=["f32"], hift_noise_seconds=2.0,
                                 random_weights=True, log=lambda m: None)

@@ -16,12 +16,12 @@ import pytest
 import torch
 from test_features import _matcha_mel_torch
 
-from pipeline.bundle_info import describe_source
-from pipeline.convert import convert_checkpoint
-from pipeline.convert.config import load_source_config, tokenizer_version
-from pipeline.convert.llm_gguf import build_text_tokenizer, convert_llm
-from pipeline.errors import InputError, SourceError
-from pipeline.verify import run_verify
+from pipeline.engines.cosyvoice3.bundle_info import describe_source
+from pipeline.engines.cosyvoice3.convert import convert_checkpoint
+from pipeline.engines.cosyvoice3.convert.config import load_source_config, tokenizer_version
+from pipeline.engines.cosyvoice3.convert.llm_gguf import build_text_tokenizer, convert_llm
+from pipeline.engines.cosyvoice3.verify import run_verify
+from pipeline.shared.errors import InputError, SourceError
 
 QWEN2 = Path(__file__).parent.parent / "assets" / "qwen2-tokenizer"
 QUIET = {"log": lambda m: None}
@@ -98,7 +98,7 @@ def test_check_and_status_show_the_llm(tiny_bundle):
     assert _source_rows(src, "ru", item) == ["s_llm_ckpt=`llm.pt`: базовая LLM upstream"]
     assert _source_rows({}, "en", item)[0].startswith("s_llm_ckpt=not recorded")
     # the whole Status tab, from what Studio.status() puts there
-    from pipeline.bundle_info import source_info
+    from pipeline.engines.cosyvoice3.bundle_info import source_info
     from webui.views import status_md
 
     st = {"bundle": {"location": "/b", "found": True, "fingerprint": "f", "quants": ["f32"],
@@ -160,8 +160,8 @@ def blank_src(tiny_src, tmp_path_factory) -> Path:
 
 
 def test_without_version_the_converter_builds_cosyvoice2_tokenizer(blank_src, tiny_src, tmp_path):
-    from pipeline.text import TextFrontend
-    from pipeline.tokenizer import TextTokenizer
+    from pipeline.engines.cosyvoice3.tokenizer import TextTokenizer
+    from pipeline.shared.text import TextFrontend
 
     s = convert_llm(blank_src, tmp_path / "o2", _cfg_without_version(tiny_src), ["f32"])
     assert s["tokenizer_version"]["upstream_class"] == "CosyVoice2Tokenizer"
@@ -212,8 +212,8 @@ def test_manifest_records_the_tokenizer(blank_src, tmp_path):
 
 
 def test_convert_refuses_a_checkpoint_file_changed_since_download(tiny_src, tmp_path):
-    from pipeline.fsutil import sha256_file
-    from pipeline.release import DOWNLOAD_MANIFEST, file_record
+    from pipeline.engines.cosyvoice3.release import DOWNLOAD_MANIFEST, file_record
+    from pipeline.shared.fsutil import sha256_file
 
     src = _copy_ckpt(tiny_src, tmp_path / "ckpt")
     names = ["cosyvoice3.yaml", "llm.pt", "flow.pt", "hift.pt"]

@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
-from pipeline.engine import PromptFeatures
-from pipeline.errors import BackendError, PresetError
-from pipeline.presets import SpeakerStore
-from pipeline.tts import CosyVoiceRK
+from pipeline.engines.cosyvoice3.engine import PromptFeatures
+from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
+from pipeline.shared.errors import BackendError, PresetError
+from pipeline.shared.presets import SpeakerStore
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 
@@ -205,8 +205,8 @@ def test_cli_seed_and_list_json(tmp_path):
 
 
 def test_prompt_messages_name_the_file_not_its_folder_and_call_an_empty_file_empty(tmp_path):
-    from pipeline.audio import prepare_prompt
-    from pipeline.errors import InputError
+    from pipeline.shared.audio import prepare_prompt
+    from pipeline.shared.errors import InputError
 
     up = tmp_path / "gradio" / "3f9a0c" / "my voice.wav"
     up.parent.mkdir(parents=True)

@@ -1,4 +1,5 @@
-"""RKNN conversion (pipeline.convert.rknn_export + rknn_worker) and the rknn-toolkit2 PC simulator check.
+"""RKNN conversion (pipeline.engines.cosyvoice3.convert.rknn_export + rknn_worker)
+and the rknn-toolkit2 PC simulator check.
 
 The simulator tests need the toolkit's own environment (``scripts/setup-rknn-env.sh`` → ``.venv-rknn``) and are
 skipped without it; ``docs/rknn-simulator.md`` keeps the output of a run. The rest runs everywhere.
@@ -15,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.convert.config import load_source_config
-from pipeline.convert.flow_export import convert_flow
-from pipeline.convert.rknn_export import (
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.flow_export import convert_flow
+from pipeline.engines.cosyvoice3.convert.rknn_export import (
     DEFAULT_MAX_REL_ERR,
     SDPA_FUSION_RULE,
     check_sim_error,
@@ -28,8 +29,8 @@ from pipeline.convert.rknn_export import (
     run_worker,
     sim_inputs,
 )
-from pipeline.errors import BackendError, SourceError
-from pipeline.flow_rknn import RKNN_INPUTS
+from pipeline.engines.cosyvoice3.flow_rknn import RKNN_INPUTS
+from pipeline.shared.errors import BackendError, SourceError
 
 RKNN_PY = find_rknn_python()
 needs_toolkit = pytest.mark.skipif(

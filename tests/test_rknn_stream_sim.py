@@ -25,23 +25,23 @@ import pytest
 from conftest import TINY
 from test_flow_rknn_stream import _present, _prompt, _stream, make_bundle
 
-from pipeline.convert.config import load_source_config
-from pipeline.convert.dit_chunk_npu import export_npu_chunk_onnx
-from pipeline.convert.flow_export import convert_flow
-from pipeline.convert.flow_fast import convert_flow_fast
-from pipeline.convert.flow_stream_export import convert_flow_chunks
-from pipeline.convert.rknn_export import DEFAULT_MAX_REL_ERR, find_rknn_python
-from pipeline.convert.rknn_stream_export import (
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.dit_chunk_npu import export_npu_chunk_onnx
+from pipeline.engines.cosyvoice3.convert.flow_export import convert_flow
+from pipeline.engines.cosyvoice3.convert.flow_fast import convert_flow_fast
+from pipeline.engines.cosyvoice3.convert.flow_stream_export import convert_flow_chunks
+from pipeline.engines.cosyvoice3.convert.rknn_export import DEFAULT_MAX_REL_ERR, find_rknn_python
+from pipeline.engines.cosyvoice3.convert.rknn_stream_export import (
     OUTPUTS,
     check_options,
     chunk_file_name,
     chunk_geometry,
     convert_rknn_stream,
 )
-from pipeline.errors import SourceError
-from pipeline.flow import Flow
-from pipeline.flow_rknn_stream import RknnChunkEstimator
-from pipeline.flow_stream import ChunkedFlow
+from pipeline.engines.cosyvoice3.flow import Flow
+from pipeline.engines.cosyvoice3.flow_rknn_stream import RknnChunkEstimator
+from pipeline.engines.cosyvoice3.flow_stream import ChunkedFlow
+from pipeline.shared.errors import SourceError
 
 RKNN_PY = find_rknn_python()
 needs_toolkit = pytest.mark.skipif(
@@ -200,7 +200,7 @@ def sim_rknnlite(server, monkeypatch):
 def test_streaming_request_in_the_simulator(sim_rknnlite, server, stream_bundle, tmp_path, capsys):
     import torch
 
-    from pipeline.convert.dit_torch import load_dit
+    from pipeline.engines.cosyvoice3.convert.dit_torch import load_dit
 
     for name in stream_bundle.manifest["files"]:
         (tmp_path / name).symlink_to(stream_bundle.path(name))

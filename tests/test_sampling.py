@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.convert import upstream
-from pipeline.sampling import (
+from pipeline.engines.cosyvoice3.convert import upstream
+from pipeline.engines.cosyvoice3.sampling import (
     Cancelled,
     filter_silent,
     generate_tokens,

@@ -5,7 +5,8 @@ by huggingface_hub's own code) or from a checkpoint folder, and the page speaks 
 The checkpoint served is the tiny one in upstream's release layout: ``make_random_checkpoint(size="tiny")`` (the
 tiny fixture's dims, but the real Qwen2 text vocabulary and tokenizer files: tests/fixtures/tiny-cosyvoice3 has a
 1000-id vocabulary and no tokenizer, so a bundle made from it cannot read text) plus the stand-in CAMPPlus and
-speech tokenizer of pipeline/testmodels.py (the release's campplus.onnx / speech_tokenizer_v3.onnx) and Qwen2's
+speech tokenizer of pipeline/engines/cosyvoice3/testmodels.py
+(the release's campplus.onnx / speech_tokenizer_v3.onnx) and Qwen2's
 tokenizer_config.json, so that every file ``download`` asks for is there. No network; the converter's extras are
 present in the test environment, so the install stage is checked and skipped, never run.
 """
@@ -23,11 +24,11 @@ from conftest import PROMPTS, ZH_PROMPT_TEXT
 from fake_hub import FakeHub
 from test_webui import T, _free_port, browser, field, open_tab  # noqa: F401 - browser is a fixture
 
-from pipeline.bundle import Bundle
-from pipeline.download import NEEDED_FILES, REPO_ID
+from pipeline.engines.cosyvoice3.download import NEEDED_FILES, REPO_ID
 from pipeline.setup_checks import GB, Resources, extras_present, memory_need
 from pipeline.setup_run import FirstRun
 from pipeline.setup_steps import torch_pin
+from pipeline.shared.bundle import Bundle
 from webui.setup_view import progress_html
 
 HUB_REVISION = "main"  # the fake hub serves tiny files: not the pinned release, whose sizes are checked
@@ -38,8 +39,8 @@ QWEN2_ADDED = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_en
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    from pipeline.convert.random_checkpoint import make_random_checkpoint
-    from pipeline.testmodels import make_test_campplus, make_test_speech_tokenizer
+    from pipeline.engines.cosyvoice3.convert.random_checkpoint import make_random_checkpoint
+    from pipeline.engines.cosyvoice3.testmodels import make_test_campplus, make_test_speech_tokenizer
 
     root = tmp_path_factory.mktemp("hub") / "repo"
     make_random_checkpoint(root, size="tiny", seed=0, log=lambda m: None)

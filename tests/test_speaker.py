@@ -1,5 +1,6 @@
-"""pipeline.speaker: whisper log-mel and Kaldi fbank against torch references, the ONNX runners on the
-test stand-in models (pipeline.testmodels), and prompt feature extraction from real prompts."""
+"""pipeline.engines.cosyvoice3.speaker: whisper log-mel and Kaldi fbank against torch references,
+the ONNX runners on the
+test stand-in models (pipeline.engines.cosyvoice3.testmodels), and prompt feature extraction from real prompts."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.audio import prepare_prompt
-from pipeline.bundle import Bundle
-from pipeline.errors import BundleError, InputError
-from pipeline.features import flow_prompt_mel
-from pipeline.speaker import (
+from pipeline.engines.cosyvoice3.features import flow_prompt_mel
+from pipeline.engines.cosyvoice3.speaker import (
     MIN_PROMPT_TOKENS,
     PromptModels,
     SpeakerEncoder,
@@ -23,7 +21,10 @@ from pipeline.speaker import (
     kaldi_fbank,
     whisper_log_mel,
 )
-from pipeline.testmodels import TEST_MODEL_DOC, make_test_campplus, make_test_speech_tokenizer
+from pipeline.engines.cosyvoice3.testmodels import TEST_MODEL_DOC, make_test_campplus, make_test_speech_tokenizer
+from pipeline.shared.audio import prepare_prompt
+from pipeline.shared.bundle import Bundle
+from pipeline.shared.errors import BundleError, InputError
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional

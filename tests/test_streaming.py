@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from pipeline.engine import Engine, PromptCacheLRU, PromptFeatures
-from pipeline.errors import InputError
-from pipeline.flow import Flow
-from pipeline.flow_stream import ChunkedFlow
-from pipeline.sampling import Cancelled
-from pipeline.streaming import SilentFilter, emission_points
-from pipeline.verify_stream import run_verify_streaming
-from pipeline.vocoder import HiFT
-from pipeline.vocoder_stream import HiFTStream, decoder_context
+from pipeline.engines.cosyvoice3.engine import Engine, PromptCacheLRU, PromptFeatures
+from pipeline.engines.cosyvoice3.flow import Flow
+from pipeline.engines.cosyvoice3.flow_stream import ChunkedFlow
+from pipeline.engines.cosyvoice3.streaming import SilentFilter, emission_points
+from pipeline.engines.cosyvoice3.verify_stream import run_verify_streaming
+from pipeline.engines.cosyvoice3.vocoder import HiFT
+from pipeline.engines.cosyvoice3.vocoder_stream import HiFTStream, decoder_context
+from pipeline.shared.errors import Cancelled, InputError
 
 TOL = 1e-3
 
@@ -96,7 +95,7 @@ def test_several_chunks_per_call_are_the_same_chunks(stream_bundle, parts, sg):
 def test_time_table_spares_the_time_graph(stream_bundle, parts, sg, tmp_path):
     """The bundle's table holds the time graph's output for its schedule: the graph is not loaded (a missing
     file here), and the mel is the same as with the modulation computed by the graph."""
-    from pipeline.flow_stream import ChunkEstimator, chunk_graph_paths
+    from pipeline.engines.cosyvoice3.flow_stream import ChunkEstimator, chunk_graph_paths
 
     chunk, time_graph, table = chunk_graph_paths(stream_bundle, "fp32")
     assert table is not None
@@ -110,8 +109,8 @@ def test_time_table_spares_the_time_graph(stream_bundle, parts, sg, tmp_path):
 
 
 def test_old_chunk_graph_layout_is_refused(stream_bundle, tmp_path):
-    from pipeline.errors import BundleError
-    from pipeline.flow_stream import chunk_graph_paths
+    from pipeline.engines.cosyvoice3.flow_stream import chunk_graph_paths
+    from pipeline.shared.errors import BundleError
 
     b = copy.copy(stream_bundle)
     b.manifest = json.loads(json.dumps(stream_bundle.manifest))
@@ -187,7 +186,7 @@ def test_emission_points_follow_upstream(sg):
 
 
 def test_silent_filter_is_upstreams():
-    from pipeline.sampling import filter_silent
+    from pipeline.engines.cosyvoice3.sampling import filter_silent
 
     toks = [1, 1, 1, 1, 1, 1, 1, 7, 1, 1, 2, 2, 2, 2, 2, 2, 9]
     f = SilentFilter([1, 2], 5)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.text import (
+from pipeline.engines.cosyvoice3.tokenizer import ENDOFPROMPT_ID, TextTokenizer, build_tokenizer
+from pipeline.shared.errors import InputError
+from pipeline.shared.text import (
     HARD_MAX_TOKENS,
     LANGUAGES,
     SYSTEM_PREFIX,
@@ -18,7 +19,6 @@ from pipeline.text import (
     prepare_prompt_text,
     split_text,
 )
-from pipeline.tokenizer import ENDOFPROMPT_ID, TextTokenizer, build_tokenizer
 
 QWEN2 = Path(__file__).parent.parent / "assets" / "qwen2-tokenizer"
 DIGIT_OR_ENGLISH_NUMBER = re.compile(r"\d|\b(?:one|two|three|four|five|hundred|thousand|percent)\b", re.I)
@@ -227,7 +227,7 @@ def test_split_markup_is_one_segment_or_an_error(tok):
 
 
 def test_prepare_prompt_text():
-    from pipeline.convert import upstream
+    from pipeline.engines.cosyvoice3.convert import upstream
 
     assert SYSTEM_PREFIX == upstream.SYSTEM_PREFIX == "You are a helpful assistant.<|endofprompt|>"
     assert prepare_prompt_text(" Привет, мир. ") == "You are a helpful assistant.<|endofprompt|>Привет, мир."

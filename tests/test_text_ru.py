@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from pipeline.text import normalize
+from pipeline.shared.text import normalize
 
 SENTENCE = ("Встретимся 1 мая в 12:30 на ул. Ленина, д. 5, кв. 12: возьми 2 кг яблок на 500 руб., т.е. по 250 руб. "
             "за 1 кг, и 1,5 л воды; ехать 21 км со скоростью 60 км/ч.")
@@ -99,7 +99,7 @@ def test_abbreviations(text, expected):
 
 
 def test_morphology_loads_lazily_and_only_for_russian_counts():
-    code = ("import sys\nfrom pipeline.text import normalize\n"
+    code = ("import sys\nfrom pipeline.shared.text import normalize\n"
             "normalize('В 2024 году 15%. Hello 5 cats.', 'auto'); print('pymorphy3' in sys.modules)\n"
             "normalize('с 2 друзьями', 'ru'); print('pymorphy3' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.text import KNOWN_TAGS, SPAN_TAGS, check_tags, normalize, protect_tags
-from pipeline.tokenizer import COSYVOICE3_SPECIAL_TOKENS
+from pipeline.engines.cosyvoice3.tokenizer import COSYVOICE3_SPECIAL_TOKENS
+from pipeline.shared.errors import InputError
+from pipeline.shared.text import KNOWN_TAGS, SPAN_TAGS, check_tags, normalize, protect_tags
 
 
 def test_known_tags_are_the_tokenizer_special_tokens_without_prompt_markup():
@@ -86,7 +86,7 @@ def test_markup_text_is_passed_as_given_without_tag_checks():
 
 
 def test_prompt_ids_keep_a_saved_transcript_with_brackets():
-    from pipeline.text.preview import preview_tokenizer
+    from pipeline.shared.text.preview import preview_tokenizer
 
     frontend, _ = preview_tokenizer(None)
     ids = frontend.prompt_ids("Ха [смех] и [breath] 2 раза")

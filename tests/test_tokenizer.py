@@ -14,8 +14,7 @@ from types import SimpleNamespace
 import pytest
 from tokenizers import Tokenizer, models
 
-from pipeline.errors import BundleError, SourceError
-from pipeline.tokenizer import (
+from pipeline.engines.cosyvoice3.tokenizer import (
     COSYVOICE3_SPECIAL_TOKENS,
     ENDOFPROMPT_ID,
     QWEN2_ADDED_TOKENS,
@@ -23,14 +22,15 @@ from pipeline.tokenizer import (
     _special,
     build_tokenizer,
 )
+from pipeline.shared.errors import BundleError, SourceError
 
 QWEN2 = Path(__file__).parent.parent / "assets" / "qwen2-tokenizer"
 
 
 @pytest.fixture(scope="module")
 def tokenizer_json(tmp_path_factory, tiny_src) -> Path:
-    from pipeline.convert.config import load_source_config, tokenizer_version
-    from pipeline.convert.llm_gguf import build_text_tokenizer
+    from pipeline.engines.cosyvoice3.convert.config import load_source_config, tokenizer_version
+    from pipeline.engines.cosyvoice3.convert.llm_gguf import build_text_tokenizer
 
     tmp = tmp_path_factory.mktemp("tok")
     blank = tmp / "CosyVoice-BlankEN"
@@ -119,7 +119,7 @@ def test_decode_can_skip_specials(tok):
 
 
 def test_endofprompt_id_matches_converter_constant():
-    from pipeline.convert import upstream
+    from pipeline.engines.cosyvoice3.convert import upstream
 
     assert upstream.ENDOFPROMPT_ID == ENDOFPROMPT_ID
 

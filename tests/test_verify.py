@@ -5,8 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.verify import TOLERANCES, load_goldens, run_verify
+from pipeline.engines.cosyvoice3.verify import TOLERANCES, load_goldens, run_verify
+from pipeline.shared.errors import InputError
 
 
 def test_verify_passes_on_converted_fixture(tiny_bundle, goldens):

@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.bundle import Bundle
-from pipeline.convert import upstream
-from pipeline.convert.config import load_source_config
-from pipeline.convert.hift_export import (
+from pipeline.engines.cosyvoice3.convert import upstream
+from pipeline.engines.cosyvoice3.convert.config import load_source_config
+from pipeline.engines.cosyvoice3.convert.hift_export import (
     HIFT_PT,
     UPSTREAM_NOISE_RATE,
     convert_hift,
     fold_weight_norm,
     replay_noise_tables,
 )
-from pipeline.errors import InputError, SourceError
-from pipeline.vocoder import HiFT, hann_window, istft, stft
+from pipeline.engines.cosyvoice3.vocoder import HiFT, hann_window, istft, stft
+from pipeline.shared.bundle import Bundle
+from pipeline.shared.errors import InputError, SourceError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY = FIXTURES / "tiny-cosyvoice3"

@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
-from pipeline.errors import InputError, PresetError
-from pipeline.presets import SpeakerStore, slugify
-from pipeline.tts import CosyVoiceRK
+from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
+from pipeline.shared.errors import InputError, PresetError
+from pipeline.shared.presets import SpeakerStore, slugify
 
 RU_TEXT = "Привет! В 2024 году мы записали 15 песен."
 PROMPT = PROMPTS / "zero_shot_prompt.wav"

@@ -401,7 +401,7 @@ def test_page_language_helpers():
     assert localize("no voice named 'Bob'; saved voices: Anna", "ru") == "нет голоса «Bob»; сохранённые голоса: Anna"
     assert localize("prompt is 13.7 s; cut it to 3–10 s", "en") == "prompt is 13.7 s; cut it to 3–10 s"
     assert localize("something new", "ru") == "something new"
-    from pipeline.bundle import HOW_TO_GET
+    from pipeline.shared.bundle import HOW_TO_GET
 
     assert localize(f"model bundle /m/b does not exist; {HOW_TO_GET}", "ru").startswith("пакета модели /m/b нет; ")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
-from pipeline.presets import SpeakerStore
+from pipeline.shared.presets import SpeakerStore
 from pipeline.worker import Worker, WorkerConfig, WorkerError, describe_exit
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"

@@ -5,8 +5,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import PROMPTS, ZH_PROMPT_TEXT
 
-from pipeline.engine import PromptCacheLRU
-from pipeline.tts import CosyVoiceRK
+from pipeline.engines.cosyvoice3.engine import PromptCacheLRU
+from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
 from pipeline.worker import _Runner
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"

@@ -7,7 +7,7 @@ import traceback
 
 import gradio as gr
 
-from pipeline.errors import CosyVoiceRKError
+from pipeline.shared.errors import CosyVoiceRKError
 from pipeline.worker import WorkerError
 
 from .client import FieldError, Studio

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.errors import CosyVoiceRKError
+from pipeline.shared.errors import CosyVoiceRKError
 
 from . import live, openai_api
 from .api import _api

@@ -1,8 +1,8 @@
 """The web side of the studio, without Gradio: voices on disk, jobs for the worker, results and their history.
 
 Nothing here imports a model runtime (onnxruntime, llama_cpp, rknn): the models live in the worker process
-(:mod:`pipeline.worker`). Saved voices are plain files handled by :class:`pipeline.presets.SpeakerStore`;
-prompt checks use :mod:`pipeline.audio` (soundfile + numpy).
+(:mod:`pipeline.worker`). Saved voices are plain files handled by :class:`pipeline.shared.presets.SpeakerStore`;
+prompt checks use :mod:`pipeline.shared.audio` (soundfile + numpy).
 """
 
 from __future__ import annotations
@@ -22,15 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.audio import prepare_prompt
-from pipeline.bundle import HOW_TO_GET, Bundle
-from pipeline.bundle_info import source_info
-from pipeline.errors import BundleError, CosyVoiceRKError, InputError, PresetError
-from pipeline.fsutil import atomic_write_bytes, atomic_write_json
-from pipeline.modes import check_request
-from pipeline.presets import SpeakerStore
-from pipeline.tags import check_tags
-from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
+from pipeline.engines import engine_name, engine_title
+from pipeline.engines.cosyvoice3.bundle_info import source_info
+from pipeline.engines.cosyvoice3.modes import check_request
+from pipeline.engines.cosyvoice3.tags import check_tags
+from pipeline.shared.audio import prepare_prompt
+from pipeline.shared.bundle import HOW_TO_GET, Bundle
+from pipeline.shared.errors import BundleError, CosyVoiceRKError, InputError, PresetError
+from pipeline.shared.fsutil import atomic_write_bytes, atomic_write_json
+from pipeline.shared.presets import SpeakerStore
+from pipeline.shared.text import LANGUAGES, MAX_TEXT_CHARS
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
 from .live import LiveAudio, encode_chunk
@@ -222,7 +223,8 @@ class Studio:
         bundle = {"location": str(self.bundle_path.resolve()), "found": not self.bundle_error,
                   "error": self.bundle_error, "how_to_get": HOW_TO_GET}
         if m:
-            bundle.update(fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
+            bundle.update(engine=engine_name(m), engine_title=engine_title(engine_name(m)),
+                          fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
                           created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})),
                           source=source_info(m))
         worker = self.worker.status() if self.worker is not None else {"state": "stopped"}
@@ -322,8 +324,8 @@ class Studio:
 
     def transcribe(self, audio: str | Path, language: str = "auto") -> Job:
         """Queue the transcription of a prompt recording (``webui/transcribe.py``); no model here: a missing ASR
-        model is reported at once from its folder (:class:`pipeline.asr.AsrMissing`)."""
-        from pipeline.asr import read_manifest
+        model is reported at once from its folder (:class:`pipeline.shared.asr.AsrMissing`)."""
+        from pipeline.shared.asr import read_manifest
 
         read_manifest(self.asr_dir)
         data = Path(audio).read_bytes()
@@ -369,7 +371,7 @@ class Studio:
               top_p: float | None = None, stream: bool = True, session: str | None = None,
               mode: str = "zero_shot", instruct: str | None = None, speed: float = 1.0) -> Job:
         """Queue a speech job. ``mode`` zero_shot / cross_lingual / instruct (``instruct``: the instruction),
-        ``speed`` 0.5-2.0 (see :meth:`pipeline.tts.CosyVoiceRK.create_chunks`). Bad values raise
+        ``speed`` 0.5-2.0 (see :meth:`pipeline.engines.cosyvoice3.tts.CosyVoiceRK.create_chunks`). Bad values raise
         :class:`FieldError` naming the input, before anything is queued."""
         text = text or ""
         if not isinstance(text, str) or not text.strip():

@@ -182,8 +182,8 @@ _S: dict[str, tuple[str, str]] = {
     "prompt_ok": ("{secs:.1f} s of speech ({trimmed:.1f} s of silence trimmed), {rate} Hz.",
                   "{secs:.1f} с речи (обрезано тишины: {trimmed:.1f} с), {rate} Гц."),
     "voice_list": ("Voice", "Голос"),
-    "voice_details": ("**{name}** · {language} · {secs} · saved {created}\n\n> {transcript}",
-                      "**{name}** · {language} · {secs} · сохранён {created}\n\n> {transcript}"),
+    "voice_details": ("**{name}** · {engine} · {language} · {secs} · saved {created}\n\n> {transcript}",
+                      "**{name}** · {engine} · {language} · {secs} · сохранён {created}\n\n> {transcript}"),
     "voice_unreadable": ("This voice cannot be read: {error}", "Этот голос не читается: {error}"),
     "voice_player": ("Its recording", "Его запись"),
     "rename_to": ("New name", "Новое имя"),
@@ -228,6 +228,7 @@ _S: dict[str, tuple[str, str]] = {
     "restarting": ("Restarting the worker…", "Перезапуск обработчика…"),
     "s_bundle": ("Model bundle", "Пакет модели"),
     "s_path": ("Path", "Путь"),
+    "s_engine": ("Engine", "Движок"),
     "s_fingerprint": ("Fingerprint", "Отпечаток"),
     "s_weights": ("Weights", "Веса"),
     "s_random": ("random (test bundle)", "случайные (тестовый пакет)"),
@@ -436,7 +437,7 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
                                                          "попробуйте другую температуру или зерно"),
     (r"^text has nothing to say", "в тексте нечего произносить: только знаки препинания или символы"),
     (r"^no model bundle: (.+)$", "нет пакета модели: {0}"),
-    # the control-tag messages (pipeline/text/tags.py) are in webui/i18n_modes.py
+    # the control-tag messages (pipeline/shared/text/tags.py) are in webui/i18n_modes.py
 )]
 
 _RU_MESSAGES += [(re.compile(p), r) for p, r in _modes.RU_MESSAGES + _asr.RU_MESSAGES + _setup.RU_MESSAGES]

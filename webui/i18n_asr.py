@@ -1,5 +1,5 @@
 """Page text for automatic prompt transcription (merged into :mod:`webui.i18n`) and the Russian of
-:mod:`pipeline.asr`'s messages."""
+:mod:`pipeline.shared.asr`'s messages."""
 
 from __future__ import annotations
 

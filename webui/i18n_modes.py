@@ -1,5 +1,5 @@
 """Page text for the speech modes, speed and control tags (merged into :mod:`webui.i18n`), and the Russian of the
-pipeline's messages about them (``pipeline/modes.py``, ``pipeline/tags.py``)."""
+pipeline's messages about them (``pipeline/engines/cosyvoice3/modes.py``, ``pipeline/engines/cosyvoice3/tags.py``)."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from pipeline.errors import PresetError
+from pipeline.shared.errors import PresetError
 from pipeline.worker import Job, WorkerError
 
 from .live import _logged_in

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.text import LANGUAGES, MAX_TEXT_CHARS
+from pipeline.shared.text import LANGUAGES, MAX_TEXT_CHARS
 
 from .client import MAX_SEED, TEMPERATURE_RANGE, TOP_K_RANGE, TOP_P_RANGE, FieldError, _number
 from .openai_audio import FORMATS

@@ -1,6 +1,6 @@
 """The read-only preview under the text box: what will be read, one part per line, as ``cosyvoice-rk normalize``.
 
-Runs in the web process without any model: :func:`pipeline.text.preview.preview` needs only the bundle's
+Runs in the web process without any model: :func:`pipeline.shared.text.preview.preview` needs only the bundle's
 ``tokenizer.json`` (or this repository's Qwen2 tokenizer files when there is no bundle) to cut the parts.
 """
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import CosyVoiceRKError
-from pipeline.text.preview import preview
+from pipeline.shared.errors import CosyVoiceRKError
+from pipeline.shared.text.preview import preview
 
 from .client import Studio
 from .i18n import localize, t

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 
 def parse_auth(values: list[str] | None) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.modes import SPEED_RANGE
+from pipeline.engines.cosyvoice3.modes import SPEED_RANGE
 
 from .i18n import t
 from .i18n_modes import INSTRUCT_EXAMPLES, TAG_MENU

@@ -1,5 +1,5 @@
 """The transcript box fills itself: when a prompt is uploaded or recorded, the worker's speech recognition model
-(:mod:`pipeline.asr`) transcribes it and the text lands in the box, editable.
+(:mod:`pipeline.shared.asr`) transcribes it and the text lands in the box, editable.
 
 Only a box that is empty or still holds the last automatic text is filled: what the user typed is never
 overwritten, not even when typed while the transcription runs (the browser decides, from the box as it is when the
@@ -15,7 +15,7 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.errors import CosyVoiceRKError
+from pipeline.shared.errors import CosyVoiceRKError
 
 from .client import Studio
 from .i18n import t

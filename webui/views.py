@@ -13,8 +13,9 @@ from typing import Any
 
 import gradio as gr
 
-from pipeline.errors import CosyVoiceRKError
-from pipeline.text import LANGUAGES
+from pipeline.engines import engine_name, engine_title
+from pipeline.shared.errors import CosyVoiceRKError
+from pipeline.shared.text import LANGUAGES
 
 from .client import FieldError, SpeakState, Studio
 from .i18n import localize, t
@@ -217,7 +218,7 @@ def banner_md(s: dict[str, Any], lang: str) -> tuple[str, bool, bool]:
 
 
 def _source_rows(src: dict[str, Any], lang: str, item: Callable[[str, Any], str]) -> list[str]:
-    """The LLM checkpoint and the text tokenizer the bundle was converted with (pipeline.bundle_info)."""
+    """The LLM checkpoint and the text tokenizer the bundle was converted with (cosyvoice3's bundle_info)."""
     llm, tok = src.get("llm"), src.get("tokenizer")
     if llm:
         value = t("s_llm_rl" if llm.get("choice") == "rl" else "s_llm_base", lang, file=f"`{_esc(llm.get('file'))}`")
@@ -238,7 +239,8 @@ def status_md(s: dict[str, Any], lang: str) -> str:
     rows = [f"### {t('s_bundle', lang)}", "", item("s_path", f"`{_esc(b['location'])}`")]
     if b["found"]:
         quant = w.get("bundle", {}).get("quant") or ", ".join(b.get("quants", []))
-        rows += [item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
+        rows += [item("s_engine", _esc(b.get("engine_title", ""))),
+                 item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
                  item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
                  item("s_quant", quant)]
         rows += _source_rows(b.get("source") or {}, lang, item)
@@ -285,7 +287,8 @@ def voice_details_md(studio: Studio, name: str | None, lang: str) -> tuple[str, 
     except CosyVoiceRKError as e:
         return _err(t("voice_unreadable", lang, error=str(e))), None
     secs = t("u_sec1", lang, n=v["duration"]) if isinstance(v.get("duration"), (int, float)) else ""
-    md = t("voice_details", lang, name=_esc(v["name"]), language=LANGUAGE_NAMES.get(v["language"], v["language"]),
+    md = t("voice_details", lang, name=_esc(v["name"]), engine=_esc(engine_title(engine_name(v))),
+           language=LANGUAGE_NAMES.get(v["language"], v["language"]),
            secs=secs, created=v["created"].replace("T", " ")[:16], transcript=_esc(v["transcript"]))
     return md, v["audio"]
 
