@@ -23,6 +23,10 @@ def _log(msg: str) -> None:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
+    if a.engine == "qwen3-tts":
+        from pipeline.engines.qwen3_tts.cli import cmd_download as q3_download
+
+        return q3_download(a, _log)
     if a.asr:
         from pipeline.shared.asr_download import download_asr
 
@@ -42,14 +46,20 @@ def cmd_download(a: argparse.Namespace) -> int:
 
 def cmd_convert(a: argparse.Namespace) -> int:
     from pipeline.engines.cosyvoice3.convert import convert_checkpoint
+    from pipeline.engines.qwen3_tts.convert.bundle_writer import is_qwen3_tts_checkpoint
     from pipeline.shared.errors import InputError
+
+    if is_qwen3_tts_checkpoint(a.src):
+        from pipeline.engines.qwen3_tts.cli import cmd_convert as q3_convert
+
+        return q3_convert(a, _log)
 
     for opt, val in (("--flow-buckets", a.flow_buckets), ("--flow-stream-buckets", a.flow_stream_buckets),
                      ("--flow-stream-cfg", a.flow_stream_cfg), ("--flow-stream-shapes", a.flow_stream_shapes)):
         if val is not None and not a.rknn:
             raise InputError(f"{opt} needs --rknn TARGET")
     stream_cfg = ("split", "batch") if a.flow_stream_cfg == "both" else (a.flow_stream_cfg or "split",)
-    convert_checkpoint(a.src, a.out, quants=a.quant, hift_noise_seconds=a.hift_noise_seconds,
+    convert_checkpoint(a.src, a.out, quants=a.quant or "f32,q4_k_m", hift_noise_seconds=a.hift_noise_seconds,
                        overwrite=a.overwrite, rknn_target=a.rknn,
                        flow_buckets=a.flow_buckets or "200,300,500,1000", flow_int8=not a.no_flow_int8,
                        flow_stream_buckets=a.flow_stream_buckets or "500,1000",
@@ -60,7 +70,14 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
 def cmd_verify(a: argparse.Namespace) -> int:
     from pipeline.engines.cosyvoice3.verify import format_table, load_goldens, run_verify
+    from pipeline.engines.qwen3_tts.convert.bundle_writer import is_qwen3_tts_checkpoint
     from pipeline.shared.bundle import Bundle
+
+    if (a.checkpoint and is_qwen3_tts_checkpoint(a.checkpoint)) or (
+            a.bundle and Bundle.load(a.bundle, check="none").engine == "qwen3-tts"):
+        from pipeline.engines.qwen3_tts.cli import cmd_verify as q3_verify
+
+        return q3_verify(a, _log)
 
     goldens = load_goldens(a.goldens)
     with tempfile.TemporaryDirectory(prefix="cosyvoice-rk-verify-") as tmp:
@@ -362,6 +379,10 @@ def cmd_speakers(a: argparse.Namespace) -> int:
 
 
 def cmd_make_random_bundle(a: argparse.Namespace) -> int:
+    if a.engine == "qwen3-tts":
+        from pipeline.engines.qwen3_tts.cli import cmd_make_random_bundle as q3_random
+
+        return q3_random(a, _log)
     from pipeline.engines.cosyvoice3.convert.random_bundle import make_random_bundle
 
     make_random_bundle(a.out, size=a.size, seed=a.seed, quants=a.quant, overwrite=a.overwrite,
@@ -440,6 +461,12 @@ def _placement_args(p: argparse.ArgumentParser) -> None:
                         "(env COSYVOICE_RK_CPUS)")
 
 
+def _engine_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=["cosyvoice3", "qwen3-tts"], default="cosyvoice3",
+                   help="which model: cosyvoice3 (Fun-CosyVoice3-0.5B, default) or qwen3-tts "
+                        "(Qwen3-TTS-12Hz-0.6B-Base)")
+
+
 def _int8_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-flow-int8", action="store_true",
                    help="skip the INT8 flow estimator of the opt-in fast mode (built on first use instead)")
@@ -458,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("download", help="fetch the upstream Fun-CosyVoice3-0.5B files the converter needs")
     d.add_argument("dir", type=Path, nargs="?", help="destination (with --asr default: $COSYVOICE_RK_ASR or "
                    "models/asr)")
+    _engine_arg(d)
     d.add_argument("--asr", action="store_true", help="fetch the speech recognition models instead (GigaAM v3 for "
                    "Russian, Whisper base for the rest; ~500 MB) that transcribe prompts (docs/asr.md)")
     d.add_argument("--revision", default=None,
@@ -468,12 +496,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "convert then uses it by default")
     d.set_defaults(func=cmd_download)
 
-    c = sub.add_parser("convert", help="upstream checkpoint folder → device bundle (x86 host, needs torch)")
+    c = sub.add_parser("convert", help="upstream checkpoint folder (CosyVoice3 or Qwen3-TTS, told apart by its "
+                       "files) → device bundle (x86 host, needs torch)")
     c.add_argument("src", type=Path)
     c.add_argument("out", type=Path)
-    c.add_argument("--quant", default="f32,q4_k_m",
-                   help="comma list of GGUF variants: f32,f16,q8_0,q4_k_m,q4_0 (default f32,q4_k_m; q4_0 decodes "
-                        "faster and is less accurate, docs/benchmarks.md)")
+    c.add_argument("--quant", default=None,
+                   help="comma list of GGUF variants: f32,f16,q8_0,q4_k_m,q4_0 (default CosyVoice3 f32,q4_k_m, "
+                        "Qwen3-TTS f32,q8_0,q4_k_m; q4_0 decodes faster and is less accurate, docs/benchmarks.md)")
     c.add_argument("--hift-noise-seconds", type=float, default=60.0,
                    help="seconds of HiFT source-noise table to keep (longest audio per segment)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing bundle at OUT")
@@ -576,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("make-random-bundle", help="a bundle with random weights (tests, benchmarks; not speech)")
     r.add_argument("out", type=Path)
+    _engine_arg(r)
     r.add_argument("--size", choices=["tiny", "full"], default="tiny")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny, f32,q4_k_m for full)")

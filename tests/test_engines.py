@@ -66,9 +66,9 @@ def test_an_unknown_engine_is_refused_by_name(tiny_bundle, tmp_path):
 
 
 def test_each_engine_requires_its_own_sections(tiny_bundle, tmp_path):
-    # a CosyVoice3 manifest claiming to be Qwen3-TTS lacks the talker section: refused, not half-loaded
+    # a CosyVoice3 manifest claiming to be Qwen3-TTS lacks its talker and code predictor: refused, not half-loaded
     root = _copy_with_manifest(tiny_bundle, tmp_path / "q3", engine="qwen3-tts")
-    with pytest.raises(BundleError, match="section 'talker' is missing"):
+    with pytest.raises(BundleError, match="section 'lm' is missing"):
         Bundle.load(root, check="size")
 
 

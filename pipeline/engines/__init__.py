@@ -35,7 +35,7 @@ ENGINES: dict[str, EngineInfo] = {
     "cosyvoice3": EngineInfo("cosyvoice3", "CosyVoice3", "pipeline.engines.cosyvoice3",
                              ("constants", "llm", "flow", "hift", "files")),
     "qwen3-tts": EngineInfo("qwen3-tts", "Qwen3-TTS", "pipeline.engines.qwen3_tts",
-                            ("constants", "talker", "code_predictor", "prompt", "decoder", "files")),
+                            ("constants", "lm", "prompt", "decoder", "files")),
 }
 # bundles converted before the manifest named its engine are CosyVoice3 bundles
 DEFAULT_ENGINE = "cosyvoice3"

@@ -80,3 +80,38 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path | str, *, overwrite: bool = False, kind: str = "bundle",
+               marker: str = "manifest.json") -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; on success it replaces ``out`` in one rename (a folder is
+    written whole or not at all). ``out`` may be missing or empty; one holding a ``kind`` (it has ``marker``) is
+    replaced only with ``overwrite``; any other non-empty folder is refused."""
+    from pipeline.shared.errors import BundleError
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise BundleError(f"{out} exists and is not a {kind}; choose an empty or new folder")
+        if not overwrite:
+            raise BundleError(f"{out} already holds a {kind}; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield work
+        os.chmod(work, 0o755)  # mkdtemp makes it 0700; a bundle is shared read-only data
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+        os.replace(work, out)
+        if old is not None:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        raise

@@ -8,13 +8,13 @@ independently of each other. Works for any model size: shapes come from the gold
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.shared.bundle import Bundle
-from pipeline.shared.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError
+from pipeline.shared.goldens import StageResult, format_table, load_npz  # noqa: F401 - cli imports format_table here
 
 # (stage, tolerance on max abs error; None = must be identical)
 TOLERANCES: dict[str, float | None] = {
@@ -35,35 +35,6 @@ REQUIRED_KEYS = [
     "llm_greedy_tokens", "llm_min_len", "llm_max_len", "flow_noise", "flow_mu", "flow_mel",
     "hift_sine_noise_buffer", "hift_f0", "hift_source", "hift_speech",
 ]
-
-
-@dataclass
-class StageResult:
-    stage: str
-    max_abs_err: float
-    tolerance: float | None
-    passed: bool
-    detail: str = ""
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-def load_npz(path: Path | str, required: list[str], kind: str = "goldens") -> dict[str, np.ndarray]:
-    """A goldens ``.npz`` as a dict; :class:`InputError` naming the file when it is missing, unreadable or lacks
-    one of ``required``."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            g = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise InputError(f"{kind} file {path} does not exist") from None
-    except Exception as e:
-        raise InputError(f"{path} is not a readable {kind} .npz ({e})") from e
-    missing = [k for k in required if k not in g]
-    if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}; see the fixture README for the {kind} format")
-    return g
 
 
 def load_goldens(path: Path | str) -> dict[str, np.ndarray]:
@@ -165,12 +136,3 @@ def _prefill_rows(lm, temb, text_ids, prompt_tok, c) -> np.ndarray:
     from pipeline.engines.cosyvoice3.llm import zero_shot_rows
 
     return zero_shot_rows(lm, temb, text_ids, prompt_tok, c)
-
-
-def format_table(results: list[StageResult]) -> str:
-    lines = [f"{'stage':<26} {'max abs err':>12} {'tolerance':>10}  result"]
-    for r in results:
-        tol = "exact" if r.tolerance is None else f"{r.tolerance:.0e}"
-        lines.append(f"{r.stage:<26} {r.max_abs_err:>12.3e} {tol:>10}  {'ok' if r.passed else 'FAIL'}"
-                     + (f"  ({r.detail})" if r.detail else ""))
-    return "\n".join(lines)

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.engines.cosyvoice3.verify import StageResult, load_npz
 from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import BundleError
+from pipeline.shared.goldens import StageResult, load_npz
 
 ROW_TOL = 1e-6
 AUDIO_TOL = 1e-3

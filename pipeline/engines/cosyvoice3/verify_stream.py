@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from pipeline.engines.cosyvoice3.verify import StageResult, load_npz
 from pipeline.shared.bundle import Bundle
+from pipeline.shared.goldens import StageResult, load_npz
 
 TOLERANCE = 1e-3
 REQUIRED = ["in_prompt_speech_token", "in_prompt_feat", "in_embedding", "in_stream_token", "est_x", "est_mu",

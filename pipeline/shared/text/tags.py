@@ -78,6 +78,11 @@ def check_tags(text: str) -> None:
                          f"{stack[-1]}")
 
 
+def find_tags(text: str) -> list[str]:
+    """Every known-tag-shaped string in ``text`` (``[breath]``, ``<strong>``, ``[AA1]``…), in order."""
+    return [m.group() for m in _TAG_RE.finditer(text)]
+
+
 def check_tags_in_tokenizer(text: str, tokenizer: object) -> None:
     """Refuse a known tag that ``tokenizer`` has no token for: a bundle converted from a checkpoint whose yaml has
     no ``get_tokenizer.version: cosyvoice3`` has upstream's CosyVoice2Tokenizer, without the CMU-phone and
