@@ -12,11 +12,13 @@ from pipeline.engines.qwen3_tts.code_predictor import CodePredictor
 from pipeline.engines.qwen3_tts.convert.lm_convert import convert_lm
 from pipeline.engines.qwen3_tts.convert.lm_safetensors import read_safetensors
 from pipeline.engines.qwen3_tts.generate import GenerationConfig, Trace, generate_codes
+from pipeline.engines.qwen3_tts.lm_session import Qwen3LM
 from pipeline.engines.qwen3_tts.lm_tables import LMTables
 from pipeline.engines.qwen3_tts.prefill import build_talker_prompt
 from pipeline.engines.qwen3_tts.sampling import SamplingConfig
 from pipeline.engines.qwen3_tts.talker import Talker
 from pipeline.engines.qwen3_tts.text_tokens import TextTokens
+from pipeline.errors import BundleError, InputError
 
 SRC = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
 TEXT = "Hello world, this is a tiny test."
@@ -232,3 +234,20 @@ def test_float16_text_table(tmp_path, conv, g):
     p = prompt_for("xvec", t, m["ids"], g)
     scale = np.abs(g["talker_prefill_xvec"]).max()
     assert np.abs(p.prefill - g["talker_prefill_xvec"]).max() < 2e-3 * scale
+
+
+def test_session_from_text(conv, g):
+    out, m = conv
+    with Qwen3LM(out, m, quant="f32", n_ctx=128, exact=True) as lm:
+        assert lm.quant == "f32"
+        p = lm.prompt(TEXT, g["prompt_spk_embedding"], language="English", ref_text=REF_TEXT,
+                      ref_codes=g["prompt_codes"])
+        assert np.abs(p.prefill - g["talker_prefill_icl"]).max() < 1e-5
+        codes = lm.generate(p, do_sample=False, subtalker_dosample=False, max_new_tokens=8)
+        assert np.array_equal(codes, g["greedy_codes"])
+        x = lm.prompt(TEXT, g["prompt_spk_embedding"], language="english", non_streaming=True)
+        assert np.abs(x.prefill - g["talker_prefill_xvec_nonstream"]).max() < 1e-5
+        with pytest.raises(InputError):
+            lm.prompt(TEXT, g["prompt_spk_embedding"], ref_codes=g["prompt_codes"])
+    with pytest.raises(BundleError, match="no f16"):
+        Qwen3LM(out, m, quant="f16")
