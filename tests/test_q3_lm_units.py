@@ -167,8 +167,8 @@ import sys
 sys.modules["torch"] = None
 from pathlib import Path
 import numpy as np
-from pipeline.engines.qwen3_tts import code_predictor, generate, lm_body, lm_session, lm_tables, prefill, sampling, talker
-from pipeline.engines.qwen3_tts import text_tokens
+from pipeline.engines.qwen3_tts import code_predictor, generate, lm_body, lm_session, lm_tables, prefill, sampling
+from pipeline.engines.qwen3_tts import talker, text_tokens
 from pipeline.engines.qwen3_tts.convert.lm_convert import convert_lm  # the converter's own imports, lazily torch-free
 out = Path(sys.argv[1])
 m = convert_lm(Path(sys.argv[2]), out, ["f32"])
