@@ -251,3 +251,52 @@ def test_session_from_text(conv, g):
             lm.prompt(TEXT, g["prompt_spk_embedding"], ref_codes=g["prompt_codes"])
     with pytest.raises(BundleError, match="no f16"):
         Qwen3LM(out, m, quant="f16")
+
+
+def test_gguf_metadata(conv):
+    import gguf
+
+    out, m = conv
+    r = gguf.GGUFReader(str(out / m["talker_gguf"]["f32"]))
+
+    def field(name):
+        f = r.fields[name]
+        return f.parts[f.data[0]].tobytes().decode() if f.types[0] == gguf.GGUFValueType.STRING \
+            else f.parts[f.data[0]][0]
+
+    assert field("general.architecture") == "qwen3"
+    assert (field("qwen3.attention.key_length"), field("qwen3.attention.value_length")) == (16, 16)
+    assert field("qwen3.rope.freq_base") == 1e6 and field("qwen3.block_count") == 2
+    names = {t.name: t for t in r.tensors}
+    assert {"token_embd.weight", "output.weight", "output_norm.weight", "blk.1.attn_q_norm.weight",
+            "blk.1.attn_k_norm.weight"} <= set(names)
+    sd = read_safetensors(SRC / "model.safetensors", prefix="talker.")
+    assert np.array_equal(np.asarray(names["output.weight"].data), sd["talker.codec_head.weight"])
+    assert np.array_equal(np.asarray(names["blk.1.attn_q.weight"].data),
+                          sd["talker.model.layers.1.self_attn.q_proj.weight"])
+    cpr = gguf.GGUFReader(str(out / m["code_predictor_gguf"]["f32"]))
+    assert len([t for t in cpr.tensors if t.name.endswith("attn_q.weight")]) == 2
+
+
+def test_source_errors(tmp_path):
+    import shutil
+
+    from pipeline.errors import SourceError
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("speech_tokenizer", "goldens.npz"))
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["talker_config"]["num_hidden_layers"] = 3
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SourceError, match="layers.2"):
+        convert_lm(src, tmp_path / "out", ["f32"])
+    del cfg["talker_config"]["code_predictor_config"]
+    (src / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SourceError, match="code_predictor_config"):
+        convert_lm(src, tmp_path / "out", ["f32"])
+    shutil.copy(SRC / "config.json", src / "config.json")
+    (src / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(SourceError, match="not a readable safetensors"):
+        convert_lm(src, tmp_path / "out", ["f32"])
+    with pytest.raises(ValueError, match="quants"):
+        convert_lm(src, tmp_path / "out", ["q3"])
