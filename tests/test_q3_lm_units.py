@@ -213,3 +213,59 @@ def test_prompt_input_errors(tmp_path):
         tok.target_ids(" \n")
     with pytest.raises(InputError, match="merges"):
         tok.target_ids(" \nHi")
+
+
+def test_narrow_code_predictor_uses_mtp_projection(tmp_path):
+    """1.7B layout: code predictor narrower than the talker, small_to_mtp_projection (Linear + bias) maps every
+    input row (spec §1.2, §7). Checked against the numpy Qwen3 reference on the projected rows."""
+    import json
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from pipeline.engines.qwen3_tts.code_predictor import CodePredictor
+    from pipeline.engines.qwen3_tts.convert.lm_convert import convert_lm
+    from pipeline.engines.qwen3_tts.convert.lm_safetensors import read_safetensors
+    from pipeline.engines.qwen3_tts.lm_tables import LMTables
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("speech_tokenizer", "goldens.npz", "model.safetensors"))
+    cfg = json.loads((src / "config.json").read_text())
+    d = {**DIMS, "hidden": 8, "layers": 1, "heads": 2, "kv_heads": 1, "head_dim": 16, "intermediate": 32}
+    cfg["talker_config"]["code_predictor_config"].update(hidden_size=8, num_hidden_layers=1)
+    (src / "config.json").write_text(json.dumps(cfg))
+    sd = {k: v for k, v in read_safetensors(SRC / "model.safetensors").items()
+          if ".code_predictor.model.layers" not in k}
+    body = _random_body(3, d, 2048)
+    names = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
+             "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm",
+             "attn_k_norm": "self_attn.k_norm", "ffn_norm": "post_attention_layernorm", "ffn_gate": "mlp.gate_proj",
+             "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+    for gname, hname in names.items():
+        sd[f"talker.code_predictor.model.layers.0.{hname}.weight"] = body[f"blk.0.{gname}.weight"]
+    sd["talker.code_predictor.model.norm.weight"] = body["output_norm.weight"]
+    r = np.random.default_rng(4)
+    for j in range(15):
+        sd[f"talker.code_predictor.lm_head.{j}.weight"] = r.standard_normal((2048, 8)).astype(np.float32)
+    sd["talker.code_predictor.small_to_mtp_projection.weight"] = r.standard_normal((8, 16)).astype(np.float32) / 4
+    sd["talker.code_predictor.small_to_mtp_projection.bias"] = r.standard_normal(8).astype(np.float32) / 10
+    save_file(sd, str(src / "model.safetensors"))
+
+    out = tmp_path / "out"
+    m = convert_lm(src, out, ["f32"])
+    assert {"cp_mtp_proj_weight", "cp_mtp_proj_bias"} <= set(m["files"])
+    t = LMTables(out, m["files"], m["ids"])
+    past = r.standard_normal(16).astype(np.float32)
+    logits = np.empty((15, 2048), np.float32)
+    from pipeline.engines.qwen3_tts.sampling import SamplingConfig
+
+    with CodePredictor(out / m["code_predictor_gguf"]["f32"], t, exact=True) as cp:
+        codes = cp.predict(past, 5, SamplingConfig(do_sample=False), logits_out=logits)
+    mtp = "talker.code_predictor.small_to_mtp_projection."
+    w, b = sd[mtp + "weight"], sd[mtp + "bias"]
+    rows = [past, sd["talker.model.codec_embedding.weight"][5]]
+    rows += [sd[f"talker.code_predictor.model.codec_embedding.{j}.weight"][codes[j]] for j in range(14)]
+    hid = _reference(body, d, np.stack(rows) @ w.T + b)[1:]
+    want = np.stack([sd[f"talker.code_predictor.lm_head.{j}.weight"] @ hid[j] for j in range(15)])
+    assert np.abs(logits - want).max() < 1e-4 * np.abs(want).max()
+    assert np.array_equal(codes, want.argmax(1))

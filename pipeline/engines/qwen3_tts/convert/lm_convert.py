@@ -153,8 +153,9 @@ def convert_lm(ckpt_dir: Path, out_dir: Path, quants: list[str], *, text_dtype: 
     h, hc = td["hidden"], cd["hidden"]
     talker_t = body_tensors(sd, _T, td, token_embd=_T + "codec_embedding.weight", output="talker.codec_head.weight",
                             src=src)
-    cp_t = body_tensors(sd, _CP + "model.", cd, token_embd=_CP + "model.codec_embedding.0.weight",
-                        output=_CP + "lm_head.0.weight", src=src)
+    # token_embd is never read (inputs are embeddings) but must be [V, H_cp]: codec_embedding.0 is talker-wide
+    placeholder = _CP + ("model.codec_embedding.0.weight" if h == hc else "lm_head.0.weight")
+    cp_t = body_tensors(sd, _CP + "model.", cd, token_embd=placeholder, output=_CP + "lm_head.0.weight", src=src)
     try:
         cp_emb = np.stack([sd[f"{_CP}model.codec_embedding.{j}.weight"] for j in range(groups - 1)])
         cp_head = np.stack([sd[f"{_CP}lm_head.{j}.weight"] for j in range(groups - 1)])
