@@ -49,14 +49,14 @@ def tables(conv) -> LMTables:
 @pytest.fixture(scope="module")
 def talker(conv, tables):
     out, m = conv
-    with Talker(out / m["talker_gguf"]["f32"], tables, n_ctx=256, exact=True) as t:
+    with Talker(out / m["talker_gguf"]["f32"], tables, n_ctx=256, exact=True, n_threads=1) as t:
         yield t
 
 
 @pytest.fixture(scope="module")
 def cp(conv, tables):
     out, m = conv
-    with CodePredictor(out / m["code_predictor_gguf"]["f32"], tables, exact=True) as c:
+    with CodePredictor(out / m["code_predictor_gguf"]["f32"], tables, exact=True, n_threads=1) as c:
         yield c
 
 
@@ -216,8 +216,8 @@ def test_quantized_gguf_decodes(conv, tables, g):
     p = prompt_for("icl", tables, m["ids"], g)
     cfg = GenerationConfig.from_sampling({}, do_sample=False, subtalker_dosample=False, max_new_tokens=4)
     for q in ("q8_0", "q4_k_m"):
-        with Talker(out / m["talker_gguf"][q], tables, n_ctx=128) as t, \
-                CodePredictor(out / m["code_predictor_gguf"][q], tables) as c:
+        with Talker(out / m["talker_gguf"][q], tables, n_ctx=128, n_threads=1) as t, \
+                CodePredictor(out / m["code_predictor_gguf"][q], tables, n_threads=1) as c:
             trace = Trace()
             codes = generate_codes(t, c, p, 2150, cfg, trace=trace)
             assert codes.shape == (3, 16)
@@ -238,7 +238,7 @@ def test_float16_text_table(tmp_path, conv, g):
 
 def test_session_from_text(conv, g):
     out, m = conv
-    with Qwen3LM(out, m, quant="f32", n_ctx=128, exact=True) as lm:
+    with Qwen3LM(out, m, quant="f32", n_ctx=128, exact=True, n_threads=1) as lm:
         assert lm.quant == "f32"
         p = lm.prompt(TEXT, g["prompt_spk_embedding"], language="English", ref_text=REF_TEXT,
                       ref_codes=g["prompt_codes"])

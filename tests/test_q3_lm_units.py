@@ -130,7 +130,7 @@ def test_real_width_qwen3_body(tmp_path):
     write_f32_gguf(f32, t, DIMS, "real-width test body")
     x = np.random.default_rng(1).standard_normal((7, 1024)).astype(np.float32)
     want = _reference(t, DIMS, x)
-    with LMBody(f32, n_ctx=64, exact=True) as body:
+    with LMBody(f32, n_ctx=64, exact=True, n_threads=1) as body:
         assert (body.n_embd, body.n_layer) == (1024, 1)
         got = np.concatenate([body.forward(x[:5], all_hidden=True), body.forward(x[5:6])[None],
                               body.forward(x[6:])[None]])
@@ -142,7 +142,7 @@ def test_real_width_qwen3_body(tmp_path):
     q8 = tmp_path / "body-q8_0.gguf"
     quantize_gguf(f32, q8, "q8_0")
     assert q8.stat().st_size < 0.4 * f32.stat().st_size
-    with LMBody(q8, n_ctx=64) as body:
+    with LMBody(q8, n_ctx=64, n_threads=1) as body:
         got = body.forward(x, all_hidden=True)
     assert np.abs(got - want).max() < 0.05 * scale
 
@@ -150,7 +150,7 @@ def test_real_width_qwen3_body(tmp_path):
 def test_body_input_errors(tmp_path):
     d = {**DIMS, "hidden": 64, "heads": 2, "kv_heads": 1, "head_dim": 64, "intermediate": 64}
     write_f32_gguf(tmp_path / "small.gguf", _random_body(0, d, 8), d, "small")
-    with LMBody(tmp_path / "small.gguf", n_ctx=8) as body:
+    with LMBody(tmp_path / "small.gguf", n_ctx=8, n_threads=1) as body:
         with pytest.raises(InputError):
             body.forward(np.zeros((2, 63), np.float32))
         body.forward(np.zeros((body.n_ctx, 64), np.float32))  # llama.cpp may round n_ctx up
@@ -175,8 +175,8 @@ m = convert_lm(Path(sys.argv[2]), out, ["f32"])
 t = lm_tables.LMTables(out, m["files"], m["ids"])
 tok = text_tokens.TextTokens(out / m["files"]["tokenizer"])
 p = prefill.build_talker_prompt(t, m["ids"], tok.target_ids("Hi there."), np.zeros(t.hidden, np.float32))
-with talker.Talker(out / m["talker_gguf"]["f32"], t, n_ctx=64) as tk, \\
-        code_predictor.CodePredictor(out / m["code_predictor_gguf"]["f32"], t) as cp:
+with talker.Talker(out / m["talker_gguf"]["f32"], t, n_ctx=64, n_threads=1) as tk, \\
+        code_predictor.CodePredictor(out / m["code_predictor_gguf"]["f32"], t, n_threads=1) as cp:
     cfg = generate.GenerationConfig.from_sampling(m["sampling"], max_new_tokens=3)
     codes = generate.generate_codes(tk, cp, p, m["ids"]["codec_eos_token_id"], cfg, rng=np.random.default_rng(0))
 assert codes.shape == (2, 16), codes.shape
@@ -259,7 +259,7 @@ def test_narrow_code_predictor_uses_mtp_projection(tmp_path):
     logits = np.empty((15, 2048), np.float32)
     from pipeline.engines.qwen3_tts.sampling import SamplingConfig
 
-    with CodePredictor(out / m["code_predictor_gguf"]["f32"], t, exact=True) as cp:
+    with CodePredictor(out / m["code_predictor_gguf"]["f32"], t, exact=True, n_threads=1) as cp:
         codes = cp.predict(past, 5, SamplingConfig(do_sample=False), logits_out=logits)
     mtp = "talker.code_predictor.small_to_mtp_projection."
     w, b = sd[mtp + "weight"], sd[mtp + "bias"]
