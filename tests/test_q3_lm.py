@@ -243,8 +243,10 @@ def test_session_from_text(conv, g):
         p = lm.prompt(TEXT, g["prompt_spk_embedding"], language="English", ref_text=REF_TEXT,
                       ref_codes=g["prompt_codes"])
         assert np.abs(p.prefill - g["talker_prefill_icl"]).max() < 1e-5
-        codes = lm.generate(p, do_sample=False, subtalker_dosample=False, max_new_tokens=8)
+        streamed = []
+        codes = lm.generate(p, do_sample=False, subtalker_dosample=False, max_new_tokens=8, on_frame=streamed.append)
         assert np.array_equal(codes, g["greedy_codes"])
+        assert np.array_equal(np.stack(streamed), codes)
         x = lm.prompt(TEXT, g["prompt_spk_embedding"], language="english", non_streaming=True)
         assert np.abs(x.prefill - g["talker_prefill_xvec_nonstream"]).max() < 1e-5
         with pytest.raises(InputError):

@@ -58,9 +58,11 @@ class Trace:
 
 def generate_codes(talker: Talker, cp: CodePredictor, prompt: TalkerPrompt, eos_id: int, cfg: GenerationConfig, *,
                    rng: np.random.Generator | None = None, progress: Callable[[int], None] | None = None,
-                   should_stop: Callable[[], bool] | None = None, trace: Trace | None = None) -> np.ndarray:
-    """Generate frames for ``prompt``. ``progress(n_frames)`` is called after each complete frame;
-    ``should_stop()`` is asked after each frame and ends the loop early (the frames so far are returned).
+                   should_stop: Callable[[], bool] | None = None, trace: Trace | None = None,
+                   on_frame: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
+    """Generate frames for ``prompt``. ``on_frame(codes (16,))`` (for streaming) and then ``progress(n_frames)``
+    are called after each complete frame; ``should_stop()`` is asked after each frame and ends the loop early
+    (the frames so far are returned).
     Generation also ends when the talker's context is full (as at max_new_tokens)."""
     if cfg.max_new_tokens < 1:
         raise InputError("max_new_tokens must be at least 1")
@@ -91,6 +93,8 @@ def generate_codes(talker: Talker, cp: CodePredictor, prompt: TalkerPrompt, eos_
         if trace is not None:
             trace.cp_inputs.append(np.stack([hidden, tables.codec([c0])[0]]))
             trace.cp_logits.append(cp_logits)
+        if on_frame is not None:
+            on_frame(frame.copy())
         if progress is not None:
             progress(len(frames))
         if should_stop is not None and should_stop():

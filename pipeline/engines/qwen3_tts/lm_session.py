@@ -61,12 +61,13 @@ class Qwen3LM:
 
     def generate(self, prompt: TalkerPrompt, *, rng: np.random.Generator | None = None,
                  progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None,
-                 trace: Trace | None = None, **overrides: Any) -> np.ndarray:
+                 trace: Trace | None = None, on_frame: Callable[[np.ndarray], None] | None = None,
+                 **overrides: Any) -> np.ndarray:
         """(n, 16) int64 codes. ``overrides``: generation_config keys (``do_sample``, ``max_new_tokens``,
         ``subtalker_top_k``, ...) over the checkpoint's defaults."""
         cfg = GenerationConfig.from_sampling(self.sampling, **overrides)
         return generate_codes(self.talker, self.cp, prompt, int(self.ids["codec_eos_token_id"]), cfg, rng=rng,
-                              progress=progress, should_stop=should_stop, trace=trace)
+                              progress=progress, should_stop=should_stop, trace=trace, on_frame=on_frame)
 
     def close(self) -> None:
         self.talker.close()
