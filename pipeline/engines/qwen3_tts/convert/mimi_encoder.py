@@ -169,42 +169,52 @@ class SplitRVQ(nn.Module):
                  for i in range(d.num_semantic)]
         books += [self._book(w, f"{p}.acoustic_residual_vector_quantizer.layers.{i}", d)
                   for i in range(d.valid_quantizers - d.num_semantic)]
-        self.n_sem = d.num_semantic
-        self.register_buffer("embed", torch.stack([b for b, _ in books]))  # (Q, K, D)
-        self.register_buffer("embed_aug", torch.stack([a for _, a in books]))  # (Q, K, D + 2)
+        self.n_sem, self.dim = d.num_semantic, d.codebook_dim
+        # Each augmented codebook is stored once, transposed, as its own buffer: the distance product reads it as
+        # is and the residual update gathers its columns; a transpose or slice of a stored tensor would be
+        # constant-folded into a second copy in the graph.
+        self.n_books = len(books)
+        for q, b in enumerate(books):
+            self.register_buffer(f"aug{q}", b.T.contiguous())  # (D + 2, K)
 
     @staticmethod
     def _proj(w: Weights, prefix: str, d: MimiDims) -> torch.Tensor | None:
         if d.vq_hidden == d.hidden_size and not w.has(f"{prefix}.input_proj.weight"):
             return None
-        return w.get(f"{prefix}.input_proj.weight", (d.vq_hidden, d.hidden_size, 1))[:, :, 0]
+        return w.get(f"{prefix}.input_proj.weight", (d.vq_hidden, d.hidden_size, 1))[:, :, 0].T.contiguous()
 
     @staticmethod
-    def _book(w: Weights, prefix: str, d: MimiDims) -> tuple[torch.Tensor, torch.Tensor]:
+    def _book(w: Weights, prefix: str, d: MimiDims) -> torch.Tensor:
         s = w.get(f"{prefix}.codebook.embed_sum", (d.codebook_size, d.codebook_dim))
         u = w.get(f"{prefix}.codebook.cluster_usage", (d.codebook_size,))
         e = s / u.clamp(min=1e-5)[:, None]
-        aug = torch.cat([e, torch.ones_like(e[:, :1]), e.pow(2).sum(-1, keepdim=True)], dim=-1)
-        return e, aug
+        return torch.cat([e, torch.ones_like(e[:, :1]), e.pow(2).sum(-1, keepdim=True)], dim=-1)
+
+    def book(self, q: int) -> torch.Tensor:
+        """Augmented codebook q, transposed: rows are the D centroid coordinates, then 1, then ‖e‖²."""
+        return getattr(self, f"aug{q}")
+
+    def centroid(self, q: int, c: torch.Tensor) -> torch.Tensor:
+        return self.book(q)[:, c][: self.dim].T
 
     @staticmethod
-    def nearest_dist(x: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
+    def nearest_dist(x: torch.Tensor, aug_t: torch.Tensor) -> torch.Tensor:
         xa = torch.cat([x * -2.0, x.pow(2).sum(-1, keepdim=True), torch.ones_like(x[:, :1])], dim=-1)
-        return (xa @ aug.T).clamp_min(0.0).sqrt()
+        return (xa @ aug_t).clamp_min(0.0).sqrt()
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         """(T, C) latent → (T, Q) int64 codes."""
         codes = []
-        z = latent if self.sem_proj is None else latent @ self.sem_proj.T
+        z = latent if self.sem_proj is None else latent @ self.sem_proj
         for q in range(self.n_sem):
-            c = self.nearest_dist(z, self.embed_aug[q]).argmin(dim=-1)
+            c = self.nearest_dist(z, self.book(q)).argmin(dim=-1)
             codes.append(c)
-            z = z - self.embed[q][c]
-        r = latent if self.ac_proj is None else latent @ self.ac_proj.T
-        for q in range(self.n_sem, self.embed.shape[0]):
-            c = self.nearest_dist(r, self.embed_aug[q]).argmin(dim=-1)
+            z = z - self.centroid(q, c)
+        r = latent if self.ac_proj is None else latent @ self.ac_proj
+        for q in range(self.n_sem, self.n_books):
+            c = self.nearest_dist(r, self.book(q)).argmin(dim=-1)
             codes.append(c)
-            r = r - self.embed[q][c]
+            r = r - self.centroid(q, c)
         return torch.stack(codes, dim=1)
 
 

@@ -124,10 +124,10 @@ def _tie_flips(net: MimiEncoder, latent: torch.Tensor, ref: np.ndarray, got: np.
         q = int(np.nonzero(ref[t] != got[t])[0][0])
         z = latent[t:t + 1]
         x = z if (q < rvq.n_sem and rvq.sem_proj is None) or (q >= rvq.n_sem and rvq.ac_proj is None) \
-            else z @ (rvq.sem_proj if q < rvq.n_sem else rvq.ac_proj).T
+            else z @ (rvq.sem_proj if q < rvq.n_sem else rvq.ac_proj)
         for j in range(0 if q < rvq.n_sem else rvq.n_sem, q):
-            x = x - rvq.embed[j][int(ref[t, j])]
-        dist = rvq.nearest_dist(x, rvq.embed_aug[q])[0]
+            x = x - rvq.centroid(j, torch.tensor([int(ref[t, j])]))
+        dist = rvq.nearest_dist(x, rvq.book(q))[0]
         a, b = float(dist[int(ref[t, q])]), float(dist[int(got[t, q])])
         if abs(a - b) > TIE_TOLERANCE * max(1.0, a):
             raise BackendError(f"exported prompt encoder: frame {t} codebook {q} picks {got[t, q]}, torch "
