@@ -22,11 +22,12 @@ from pipeline.engines.qwen3_tts.convert.prompt_export import (  # noqa: E402
     SPEAKER_ENCODER_FILE,
     build_mimi_encoder,
     build_speaker_encoder,
+    code_tie_flips,
     convert_prompt_side,
 )
 from pipeline.engines.qwen3_tts.prompt import PromptEncoder, prompt_audio_24k  # noqa: E402
 from pipeline.engines.qwen3_tts.speaker_mel import speaker_log_mel  # noqa: E402
-from pipeline.errors import InputError  # noqa: E402
+from pipeline.errors import BackendError, InputError  # noqa: E402
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
 REL_TOL = 1e-4  # README: encoder intermediates and speaker embedding <= 1e-4 relative to their scale
@@ -85,6 +86,18 @@ def test_rvq_distance_is_torch_cdist(mimi, g):
         assert torch.equal(mimi.rvq.nearest_dist(x, book).argmin(-1), ref.argmin(-1))
 
 
+def test_code_check_tolerates_only_ties(mimi, g):
+    """The converter's ORT-vs-torch code check: equal codes pass, a code that is not a near-tie raises."""
+    with torch.no_grad():
+        codes, latent = mimi(torch.from_numpy(g["in_ref_wav"])[None])
+    ref = codes.numpy()
+    assert code_tie_flips(mimi, latent, ref, ref.copy()) == 0
+    bad = ref.copy()
+    bad[3, 5] = (bad[3, 5] + 1) % 2048
+    with pytest.raises(BackendError, match="frame 3 codebook 5"):
+        code_tie_flips(mimi, latent, ref, bad)
+
+
 def test_converter_section(converted):
     out, section = converted
     assert (out / PROMPT_ENCODER_FILE).is_file() and (out / SPEAKER_ENCODER_FILE).is_file()
@@ -108,6 +121,8 @@ def test_runtime_codes_are_causal(runtime, g):
     wav = g["in_ref_wav"]
     np.testing.assert_array_equal(runtime.codes(wav[: 11 * 1920]), g["prompt_codes"][:11])
     assert runtime.codes(wav[: 11 * 1920 + 1]).shape == (12, 16)
+    for n in (1, 100, 1919):
+        assert runtime.codes(wav[:n]).shape == (1, 16)
 
 
 def test_speaker_mel_matches_golden(g):

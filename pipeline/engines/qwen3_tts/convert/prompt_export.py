@@ -116,7 +116,7 @@ def export_speaker_encoder(net: EcapaTdnn) -> bytes:
     return _export(net, (mel,), ["mel"], ["embedding"], {"mel": {1: "T"}})
 
 
-def _tie_flips(net: MimiEncoder, latent: torch.Tensor, ref: np.ndarray, got: np.ndarray) -> int:
+def code_tie_flips(net: MimiEncoder, latent: torch.Tensor, ref: np.ndarray, got: np.ndarray) -> int:
     """Frames whose codes differ; raises unless each first difference is a near-tie in torch's distances."""
     bad = np.nonzero((ref != got).any(axis=1))[0]
     rvq = net.rvq
@@ -152,7 +152,7 @@ def check_prompt_encoder(data: bytes, net: MimiEncoder) -> dict:
         if not err <= 1e-4 * max(1.0, float(np.max(np.abs(latent_ref.numpy())))):
             raise BackendError(f"exported prompt encoder's latent differs from torch by {err:.3g}")
         worst = max(worst, err)
-        flips += _tie_flips(net, latent_ref, codes_ref.numpy(), codes)
+        flips += code_tie_flips(net, latent_ref, codes_ref.numpy(), codes)
         frames += t12
     return {"latent_max_abs_diff": worst, "code_frames_checked": frames, "code_frames_tie_flipped": flips}
 

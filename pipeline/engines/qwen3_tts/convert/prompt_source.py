@@ -29,7 +29,7 @@ _MIMI_DEFAULTS: dict[str, Any] = {
     "residual_kernel_size": 3, "dilation_growth_rate": 2, "use_causal_conv": True, "pad_mode": "constant",
     "compress": 2, "codebook_size": 2048, "codebook_dim": 256, "num_quantizers": 32,
     "use_conv_shortcut": False, "vector_quantization_hidden_dimension": 256, "num_semantic_quantizers": 1,
-    "num_hidden_layers": 8, "intermediate_size": 2048, "num_attention_heads": 8, "num_key_value_heads": 8,
+    "num_hidden_layers": 8, "intermediate_size": 2048, "num_attention_heads": 8, "num_key_value_heads": None,
     "head_dim": None, "hidden_act": "gelu", "rope_theta": 10000.0, "norm_eps": 1e-5,
 }
 
@@ -126,7 +126,7 @@ def mimi_dims(tok_cfg: dict) -> MimiDims:
             last_kernel_size=int(v["last_kernel_size"]), residual_kernel_size=int(v["residual_kernel_size"]),
             dilation_growth_rate=int(v["dilation_growth_rate"]), num_residual_layers=int(v["num_residual_layers"]),
             compress=int(v["compress"]), hidden_size=int(v["hidden_size"]), num_layers=int(v["num_hidden_layers"]),
-            num_heads=heads, num_kv_heads=int(v["num_key_value_heads"]), head_dim=head_dim,
+            num_heads=heads, num_kv_heads=int(v["num_key_value_heads"] or heads), head_dim=head_dim,
             intermediate_size=int(v["intermediate_size"]), norm_eps=float(v["norm_eps"]),
             rope_theta=float(v["rope_theta"]), downsample_stride=down, codebook_size=int(v["codebook_size"]),
             codebook_dim=int(v["codebook_dim"]), vq_hidden=int(v["vector_quantization_hidden_dimension"]),
@@ -149,6 +149,9 @@ def mimi_dims(tok_cfg: dict) -> MimiDims:
             f"speech_tokenizer: encoder strides give {d.seanet_stride * d.downsample_stride} samples per frame, "
             f"config says {d.samples_per_frame}"
         )
+    if d.codebook_dim != d.vq_hidden:
+        raise SourceError(f"speech_tokenizer encoder: codebook_dim {d.codebook_dim} differs from "
+                          f"vector_quantization_hidden_dimension {d.vq_hidden}")
     if not d.num_semantic < d.valid_quantizers <= d.num_quantizers:
         raise SourceError(f"speech_tokenizer: {d.valid_quantizers} valid quantizers of {d.num_quantizers}")
     return d
