@@ -122,10 +122,10 @@ def code_tie_flips(net: MimiEncoder, latent: torch.Tensor, ref: np.ndarray, got:
     rvq = net.rvq
     for t in bad:
         q = int(np.nonzero(ref[t] != got[t])[0][0])
-        z = latent[t:t + 1]
-        x = z if (q < rvq.n_sem and rvq.sem_proj is None) or (q >= rvq.n_sem and rvq.ac_proj is None) \
-            else z @ (rvq.sem_proj if q < rvq.n_sem else rvq.ac_proj)
-        for j in range(0 if q < rvq.n_sem else rvq.n_sem, q):
+        semantic = q < rvq.n_sem
+        proj = rvq.sem_proj if semantic else rvq.ac_proj
+        x = latent[t:t + 1] if proj is None else latent[t:t + 1] @ proj
+        for j in range(0 if semantic else rvq.n_sem, q):  # the chain up to q, on torch's own codes
             x = x - rvq.centroid(j, torch.tensor([int(ref[t, j])]))
         dist = rvq.nearest_dist(x, rvq.book(q))[0]
         a, b = float(dist[int(ref[t, q])]), float(dist[int(got[t, q])])
