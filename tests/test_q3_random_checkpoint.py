@@ -176,6 +176,9 @@ def test_refuses_non_empty_folder_unless_overwrite(tmp_path):
         rc.make_random_checkpoint(tmp_path / "x", "huge")
     with pytest.raises(InputError, match="size"):
         rc.tensor_plan("huge")
+    with pytest.raises(InputError, match="seed"):
+        rc.make_random_checkpoint(tmp_path / "x", "tiny", seed=-1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
 
 # ------------------------------------------------------------------------------------------- full, planned only
