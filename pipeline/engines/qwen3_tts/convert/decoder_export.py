@@ -1,0 +1,144 @@
+"""Decoder stage of the Qwen3-TTS converter: speech tokenizer decoder → ``q3_decoder.onnx`` (spec §9, §13.3).
+
+The graph is the whole of upstream's ``Qwen3TTSTokenizerV2Decoder.forward`` for one chunk: input ``codes``
+(1, n_q, T) int64 (each in [0, codebook_size); the runtime clamps), output ``wav`` (T·samples_per_frame,)
+float32, already clamped to [-1, 1]. T is dynamic. Chunking (300 frames, 25 of left context) and the ICL cut
+stay in numpy (``pipeline/engines/qwen3_tts/decoder.py``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import BackendError, SourceError
+from pipeline.fsutil import atomic_write_bytes
+
+from .decoder_torch import DecoderDims, SpeechDecoder, build_decoder, decoder_dims
+
+DECODER_FILE = "q3_decoder.onnx"
+ONNX_OPSET = 17
+CHUNK_FRAMES = 300  # upstream chunked_decode defaults
+LEFT_CONTEXT_FRAMES = 25
+WEIGHT_PREFIX = "decoder."
+CHECK_FRAMES = (3, 11)  # two lengths, so a shape baked in at export time shows up
+CHECK_TOL = 1e-3  # waveform max |diff| (fp32 reorderings give ~1e-4 with random weights, spec §9)
+
+
+class _OnnxDecoder(nn.Module):
+    def __init__(self, net: SpeechDecoder) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.net(codes).reshape(-1)
+
+
+def read_speech_tokenizer(ckpt_dir: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(``speech_tokenizer/config.json`` as a dict, ``decoder.*`` weights without the prefix, float32).
+
+    ``ckpt_dir`` is the model folder (holding ``speech_tokenizer/``) or the speech tokenizer folder itself."""
+    from safetensors import safe_open
+
+    ckpt_dir = Path(ckpt_dir)
+    st = ckpt_dir / "speech_tokenizer" if (ckpt_dir / "speech_tokenizer").is_dir() else ckpt_dir
+    cfg_path, w_path = st / "config.json", st / "model.safetensors"
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise SourceError(f"{p} is missing (the Qwen3-TTS speech tokenizer)")
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{cfg_path} is not readable JSON ({e})") from e
+    state: dict[str, np.ndarray] = {}
+    try:
+        with safe_open(str(w_path), framework="np") as f:
+            for k in f.keys():
+                if k.startswith(WEIGHT_PREFIX):
+                    state[k[len(WEIGHT_PREFIX):]] = np.asarray(f.get_tensor(k), dtype=np.float32)
+    except Exception as e:  # safetensors raises its own error types for a damaged file
+        raise SourceError(f"{w_path} is not a readable safetensors file ({e})") from e
+    if not state:
+        raise SourceError(f"{w_path} holds no decoder.* tensors")
+    return cfg, state
+
+
+def export_onnx(net: SpeechDecoder) -> bytes:
+    """FP32 ONNX of ``net`` for one chunk, dynamic T."""
+    d = net.dims
+    codes = torch.zeros(1, d.num_quantizers, 5, dtype=torch.int64)
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _OnnxDecoder(net).eval(), (codes,), buf, input_names=["codes"], output_names=["wav"],
+            dynamic_axes={"codes": {2: "T"}, "wav": {0: "samples"}},
+            opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def check_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 1) -> float:
+    """ONNX Runtime against the torch module on random codes of ``CHECK_FRAMES`` lengths; max |diff|."""
+    import onnxruntime as ort
+
+    d = net.dims
+    rng = np.random.RandomState(seed)
+    try:
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        raise BackendError(f"ONNX Runtime cannot load the exported decoder: {e}") from e
+    err = 0.0
+    for t in CHECK_FRAMES:
+        codes = rng.randint(0, d.codebook_size, size=(1, d.num_quantizers, t)).astype(np.int64)
+        with torch.no_grad():
+            ref = net(torch.from_numpy(codes)).reshape(-1).numpy()
+        got = sess.run(["wav"], {"codes": codes})[0]
+        if got.shape != ref.shape:
+            raise BackendError(f"exported decoder returns {got.shape} for {t} frames, torch gives {ref.shape}")
+        err = max(err, float(np.max(np.abs(got - ref))))
+    if not err <= CHECK_TOL:
+        raise BackendError(f"exported decoder differs from torch by {err:.3g} (ONNX Runtime check)")
+    return err
+
+
+def runtime_dims(d: DecoderDims, sample_rate: int) -> dict[str, Any]:
+    """What ``CodeDecoder`` needs (the manifest's decoder dims)."""
+    return {
+        "num_quantizers": d.num_quantizers,
+        "codebook_size": d.codebook_size,
+        "samples_per_frame": d.samples_per_frame,
+        "sample_rate": int(sample_rate),
+        "chunk_frames": CHUNK_FRAMES,
+        "left_context_frames": LEFT_CONTEXT_FRAMES,
+    }
+
+
+def convert_decoder(ckpt_dir: Path, out_dir: Path) -> dict:
+    """``speech_tokenizer`` decoder → ``out_dir/q3_decoder.onnx``; returns the manifest's decoder section."""
+    out_dir = Path(out_dir)
+    cfg, state = read_speech_tokenizer(Path(ckpt_dir))
+    d = decoder_dims(cfg.get("decoder_config"))
+    spf = int(cfg.get("decode_upsample_rate", d.samples_per_frame))
+    if spf != d.samples_per_frame:
+        raise SourceError(f"speech tokenizer: decode_upsample_rate {spf} != product of the decoder's rates "
+                          f"{d.samples_per_frame}")
+    net = build_decoder(d, state, where="speech_tokenizer/model.safetensors decoder.*")
+    data = export_onnx(net)
+    err = check_onnx(data, net)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / DECODER_FILE, data)
+    return {
+        "files": {DECODER_FILE: "speech tokenizer decoder: codes (1, n_q, T) int64 -> wav (T*spf,) float32"},
+        "decoder_onnx": DECODER_FILE,
+        "dims": runtime_dims(d, int(cfg.get("output_sample_rate", 24000))),
+        "decoder_config": d.to_dict(),
+        "onnx_check_max_abs_diff": err,
+    }
