@@ -8,6 +8,7 @@ stay in numpy (``pipeline/engines/qwen3_tts/decoder.py``).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -86,7 +87,11 @@ def export_onnx(net: SpeechDecoder) -> bytes:
 
 
 def check_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 1) -> float:
-    """ONNX Runtime against the torch module on random codes of ``CHECK_FRAMES`` lengths; max |diff|."""
+    """ONNX Runtime against the torch module on random codes of ``CHECK_FRAMES`` lengths; max |diff|.
+
+    The bound is ``CHECK_TOL`` or, when larger, 4× torch's own float32 error against a float64 run of the same
+    module (computed only then): random weights can drive the conv stack far past the clamp, where fp32
+    roundoff alone reaches 1e-3 (measured 2e-3 at full size before the last conv was rescaled)."""
     import onnxruntime as ort
 
     d = net.dims
@@ -95,7 +100,7 @@ def check_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 1) -> float
         sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types
         raise BackendError(f"ONNX Runtime cannot load the exported decoder: {e}") from e
-    err = 0.0
+    err, worst = 0.0, None
     for t in CHECK_FRAMES:
         codes = rng.randint(0, d.codebook_size, size=(1, d.num_quantizers, t)).astype(np.int64)
         with torch.no_grad():
@@ -103,9 +108,16 @@ def check_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 1) -> float
         got = sess.run(["wav"], {"codes": codes})[0]
         if got.shape != ref.shape:
             raise BackendError(f"exported decoder returns {got.shape} for {t} frames, torch gives {ref.shape}")
-        err = max(err, float(np.max(np.abs(got - ref))))
-    if not err <= CHECK_TOL:
-        raise BackendError(f"exported decoder differs from torch by {err:.3g} (ONNX Runtime check)")
+        e = float(np.max(np.abs(got - ref)))
+        if e > err:
+            err, worst = e, (codes, ref)
+    if err > CHECK_TOL and worst is not None:
+        with torch.no_grad():
+            ref64 = copy.deepcopy(net).double()(torch.from_numpy(worst[0])).reshape(-1).numpy()
+        fp32_err = float(np.max(np.abs(worst[1] - ref64)))
+        if not err <= 4 * fp32_err:
+            raise BackendError(f"exported decoder differs from torch by {err:.3g} (ONNX Runtime check; torch's "
+                               f"own float32 error is {fp32_err:.3g})")
     return err
 
 
