@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.engines.qwen3_tts.convert.decoder_export import DECODER_FILE, convert_decoder, read_speech_tokenizer
+from pipeline.engines.qwen3_tts.convert.decoder_export import (
+    DECODER_FILE,
+    STREAM_FILE,
+    convert_decoder,
+    read_speech_tokenizer,
+)
 from pipeline.engines.qwen3_tts.convert.decoder_random import write_random_speech_tokenizer
 from pipeline.engines.qwen3_tts.convert.decoder_torch import (
     DecoderDims,
@@ -22,7 +27,7 @@ from pipeline.engines.qwen3_tts.convert.decoder_torch import (
     decoder_dims,
 )
 from pipeline.engines.qwen3_tts.decoder import CodeDecoder, chunk_plan, icl_cut, voice_clone_wav
-from pipeline.engines.qwen3_tts.decoder_stream import StreamingDecoder
+from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder, StreamingDecoder
 from pipeline.errors import InputError, SourceError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
@@ -106,6 +111,9 @@ def test_convert_result(converted):
     assert (out / DECODER_FILE).is_file() and info["decoder_onnx"] == DECODER_FILE
     assert info["dims"]["samples_per_frame"] == 1920 and info["dims"]["num_quantizers"] == 16
     assert info["onnx_check_max_abs_diff"] <= WAV_TOL
+    assert (out / STREAM_FILE).is_file() and info["decoder_stream_onnx"] == STREAM_FILE
+    assert info["stream_check_max_abs_diff"] <= WAV_TOL
+    assert set(info["files"]) == {DECODER_FILE, STREAM_FILE}
     json.dumps(info)  # goes into a manifest
 
 
@@ -175,16 +183,17 @@ def test_runtime_does_not_import_torch(converted, goldens):
         "import sys, json, numpy as np\n"
         "sys.modules['torch'] = None\n"
         "from pipeline.engines.qwen3_tts.decoder import CodeDecoder, voice_clone_wav\n"
-        "from pipeline.engines.qwen3_tts.decoder_stream import StreamingDecoder\n"
+        "from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder, StreamingDecoder\n"
         f"d = CodeDecoder({str(out / info['decoder_onnx'])!r}, json.loads({json.dumps(info['dims'])!r}), 1)\n"
         "w = voice_clone_wav(d, np.ones((3, 16), np.int64), np.ones((2, 16), np.int64))\n"
         "s = StreamingDecoder(d).push(np.ones((2, 16), np.int64))\n"
-        "print(len(w), len(s))\n"
+        f"z = StatefulStreamDecoder({str(out / info['decoder_stream_onnx'])!r}, None, 1)\n"
+        "print(len(w), len(s), len(z.push(np.ones((1, 16), np.int64))))\n"
     )
     r = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
                        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == [str(3 * 1920), str(2 * 1920)]
+    assert r.stdout.split() == [str(3 * 1920), str(2 * 1920), "1920"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -206,6 +215,26 @@ def test_streaming_icl_frame_by_frame(dec, goldens):
     got = np.concatenate([s.push(f[None]) for f in gen])
     assert _maxdiff(got, goldens["greedy_wav_full"][len(prompt) * 1920:]) <= WAV_TOL
     assert _maxdiff(got, goldens["greedy_wav"]) <= WAV_TOL  # here the cut is exactly T12 * 1920
+
+
+@pytest.mark.parametrize("piece", [1, 7, 300])
+def test_stateful_stream_matches_one_shot(converted, dec, piece):
+    """Each frame decoded once with carried state, upstream's windows (reset + 25 context frames at 300, 600)."""
+    out, info = converted
+    codes = np.random.RandomState(10).randint(0, 2048, size=(610, 16))
+    one = dec.decode(codes)
+    s = StatefulStreamDecoder(out / info["decoder_stream_onnx"], info["dims"], n_threads=1)
+    got = np.concatenate([s.push(codes[i: i + piece]) for i in range(0, len(codes), piece)])
+    assert _maxdiff(got, one) <= WAV_TOL  # float32 reordering only (measured 1.7e-4 .. 3.2e-4)
+
+
+def test_stateful_stream_icl(converted, goldens):
+    out, info = converted
+    s = StatefulStreamDecoder(out / info["decoder_stream_onnx"], info["dims"], n_threads=1,
+                              prompt_codes=goldens["prompt_codes"])
+    assert s.n_prompt == len(goldens["prompt_codes"])
+    got = np.concatenate([s.push(f[None]) for f in goldens["greedy_codes"]])
+    assert _maxdiff(got, goldens["greedy_wav"]) <= WAV_TOL
 
 
 def test_streaming_bounded_context_is_approximate(dec):
@@ -265,6 +294,9 @@ def test_scaled_down_real_structure_exports(tmp_path):
     got = rt.decode(codes)
     assert float(np.std(ref)) > 1e-3  # not a degenerate all-zero / all-clamped signal
     assert _maxdiff(got, ref) <= WAV_TOL
+    s = StatefulStreamDecoder(tmp_path / "out" / STREAM_FILE, info["dims"], n_threads=1)
+    streamed = np.concatenate([s.push(codes[i: i + 9]) for i in range(0, len(codes), 9)])
+    assert _maxdiff(streamed, ref) <= WAV_TOL
 
 
 def test_bad_checkpoint_is_refused(tmp_path):

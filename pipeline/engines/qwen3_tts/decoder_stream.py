@@ -79,3 +79,75 @@ class StreamingDecoder:
             out.append(self.decoder.run(codes[lo:end])[(self._done - lo) * spf:])
             self._done = end
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+class StatefulStreamDecoder:
+    """Streaming with the stateful step graph (``q3_decoder_stream.onnx``): each frame is decoded once.
+
+    It follows upstream's windows: within a 300-frame chunk the state carries the whole history of the
+    window; at a chunk boundary the state is reset and the 25 context frames are fed again (their output is
+    dropped), as ``chunked_decode`` does. The stream therefore equals ``CodeDecoder.decode`` of the whole
+    sequence up to float32 reordering, at ~1.1x the one-shot cost (the context frames once per chunk).
+    Prompt frames (ICL) are fed first and never emitted."""
+
+    def __init__(self, path: Any, dims: dict[str, Any] | None = None, n_threads: int | None = None,
+                 prompt_codes: Any | None = None) -> None:
+        from .decoder import DEFAULT_DIMS, _ort_session
+
+        d = {**DEFAULT_DIMS, **(dims or {})}
+        self.num_quantizers = int(d["num_quantizers"])
+        self.codebook_size = int(d["codebook_size"])
+        self.samples_per_frame = int(d["samples_per_frame"])
+        self.chunk_frames = int(d["chunk_frames"])
+        self.left_context_frames = int(d["left_context_frames"])
+        self._sess = _ort_session(path, n_threads)
+        self._state_inputs = self._sess.get_inputs()[2:]
+        if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
+            raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")
+        self._codes = np.zeros((0, self.num_quantizers), np.int64)
+        self._reset()
+        self.n_prompt = 0
+        if prompt_codes is not None and len(prompt_codes):
+            self._feed(self._check(prompt_codes))
+            self.n_prompt = len(self._codes)
+
+    _check = CodeDecoder._check
+
+    def _reset(self) -> None:
+        self._states = [np.zeros(i.shape, np.float32) for i in self._state_inputs]
+        self._pos = 0
+
+    def _step(self, codes: np.ndarray) -> np.ndarray:
+        feed = {"codes": np.ascontiguousarray(codes.T[None]), "pos0": np.array([self._pos], np.int64)}
+        feed.update({i.name: s for i, s in zip(self._state_inputs, self._states, strict=True)})
+        wav, *self._states = self._sess.run(None, feed)
+        self._pos += len(codes)
+        return wav
+
+    def _feed(self, frames: np.ndarray) -> np.ndarray:
+        """Run ``frames`` (already checked) through the graph, split at upstream's chunk boundaries."""
+        out = []
+        frames = np.maximum(frames, 0)
+        i = 0
+        while i < len(frames):
+            g = len(self._codes)  # global index of the next frame
+            if g and g % self.chunk_frames == 0:  # upstream starts a new decode call here
+                ctx = self.left_context_frames if g - self.left_context_frames > 0 else g
+                self._reset()
+                if ctx:
+                    self._step(self._codes[g - ctx:])
+            n = min(len(frames) - i, self.chunk_frames - g % self.chunk_frames)
+            out.append(self._step(frames[i: i + n]))
+            self._codes = np.concatenate([self._codes, frames[i: i + n]])
+            i += n
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def push(self, frames: Any) -> np.ndarray:
+        """Append frames (k, n_q) and return their waveform (k·spf float32)."""
+        f = np.asarray(frames)
+        if f.size == 0:
+            return np.zeros(0, np.float32)
+        f = self._check(f)
+        if np.any(f[:, 0] < 0):
+            raise InputError("streamed frames cannot hold padding (-1) codes")
+        return self._feed(f).astype(np.float32, copy=False)

@@ -22,9 +22,11 @@ from torch import nn
 from pipeline.errors import BackendError, SourceError
 from pipeline.fsutil import atomic_write_bytes
 
+from .decoder_stream_torch import StreamStep
 from .decoder_torch import DecoderDims, SpeechDecoder, build_decoder, decoder_dims
 
 DECODER_FILE = "q3_decoder.onnx"
+STREAM_FILE = "q3_decoder_stream.onnx"
 ONNX_OPSET = 17
 CHUNK_FRAMES = 300  # upstream chunked_decode defaults
 LEFT_CONTEXT_FRAMES = 25
@@ -121,6 +123,53 @@ def check_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 1) -> float
     return err
 
 
+def export_stream_onnx(net: SpeechDecoder) -> bytes:
+    """FP32 ONNX of the stateful step: ``codes`` (1, n_q, k), ``pos0`` (1,) int64, ``state_in_<name>`` →
+    ``wav`` (k·spf,), ``state_out_<name>`` (same order and shapes)."""
+    step = StreamStep(net).eval()
+    names = [n for n, _ in step.state_specs()]
+    codes = torch.zeros(1, net.dims.num_quantizers, 3, dtype=torch.int64)
+    args = (codes, torch.tensor([5], dtype=torch.int64), *step.initial_states())
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            step, args, buf, input_names=["codes", "pos0"] + [f"state_in_{n}" for n in names],
+            output_names=["wav"] + [f"state_out_{n}" for n in names],
+            dynamic_axes={"codes": {2: "k"}, "wav": {0: "samples"}},
+            opset_version=ONNX_OPSET, do_constant_folding=True, dynamo=False,
+        )
+    return buf.getvalue()
+
+
+def check_stream_onnx(data: bytes | str, net: SpeechDecoder, *, seed: int = 2) -> float:
+    """Frames fed in pieces through the exported step equal the torch module's one call; max |diff|."""
+    import onnxruntime as ort
+
+    d = net.dims
+    pieces = (2, 1, 6)
+    codes = np.random.RandomState(seed).randint(0, d.codebook_size, size=(1, d.num_quantizers, sum(pieces)))
+    with torch.no_grad():
+        ref = net(torch.from_numpy(codes)).reshape(-1).numpy()
+    try:
+        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        ins = sess.get_inputs()[2:]
+        states = [np.zeros(i.shape, np.float32) for i in ins]
+        parts, p = [], 0
+        for k in pieces:
+            feed = {"codes": codes[..., p: p + k], "pos0": np.array([p], np.int64)}
+            feed.update({i.name: s for i, s in zip(ins, states, strict=True)})
+            wav, *states = sess.run(None, feed)
+            parts.append(wav)
+            p += k
+    except Exception as e:  # ORT raises its own exception types
+        raise BackendError(f"ONNX Runtime cannot run the exported streaming decoder: {e}") from e
+    err = float(np.max(np.abs(np.concatenate(parts) - ref)))
+    if not err <= CHECK_TOL:
+        raise BackendError(f"exported streaming decoder differs from torch by {err:.3g} (ONNX Runtime check)")
+    return err
+
+
 def runtime_dims(d: DecoderDims, sample_rate: int) -> dict[str, Any]:
     """What ``CodeDecoder`` needs (the manifest's decoder dims)."""
     return {
@@ -133,8 +182,9 @@ def runtime_dims(d: DecoderDims, sample_rate: int) -> dict[str, Any]:
     }
 
 
-def convert_decoder(ckpt_dir: Path, out_dir: Path) -> dict:
-    """``speech_tokenizer`` decoder → ``out_dir/q3_decoder.onnx``; returns the manifest's decoder section."""
+def convert_decoder(ckpt_dir: Path, out_dir: Path, *, stream: bool = True) -> dict:
+    """Speech tokenizer decoder → ``out_dir/q3_decoder.onnx`` (and, with ``stream``, the stateful step
+    ``q3_decoder_stream.onnx``, same weights again); returns the manifest's decoder section."""
     out_dir = Path(out_dir)
     cfg, state = read_speech_tokenizer(Path(ckpt_dir))
     d = decoder_dims(cfg.get("decoder_config"))
@@ -145,12 +195,21 @@ def convert_decoder(ckpt_dir: Path, out_dir: Path) -> dict:
     net = build_decoder(d, state, where="speech_tokenizer/model.safetensors decoder.*")
     data = export_onnx(net)
     err = check_onnx(data, net)
+    files = {DECODER_FILE: "speech tokenizer decoder: codes (1, n_q, T) int64 -> wav (T*spf,) float32"}
+    result: dict[str, Any] = {"decoder_onnx": DECODER_FILE, "onnx_check_max_abs_diff": err}
+    stream_data = None
+    if stream:
+        stream_data = export_stream_onnx(net)
+        result["stream_check_max_abs_diff"] = check_stream_onnx(stream_data, net)
+        result["decoder_stream_onnx"] = STREAM_FILE
+        files[STREAM_FILE] = "stateful decoder step for streaming: codes (1, n_q, k), pos0, states -> wav, states"
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / DECODER_FILE, data)
+    if stream_data is not None:
+        atomic_write_bytes(out_dir / STREAM_FILE, stream_data)
     return {
-        "files": {DECODER_FILE: "speech tokenizer decoder: codes (1, n_q, T) int64 -> wav (T*spf,) float32"},
-        "decoder_onnx": DECODER_FILE,
+        "files": files,
+        **result,
         "dims": runtime_dims(d, int(cfg.get("output_sample_rate", 24000))),
         "decoder_config": d.to_dict(),
-        "onnx_check_max_abs_diff": err,
     }
