@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.engines.qwen3_tts.convert.decoder_config import DecoderDims, decoder_dims
 from pipeline.engines.qwen3_tts.convert.decoder_export import (
     DECODER_FILE,
     STREAM_FILE,
@@ -19,13 +20,7 @@ from pipeline.engines.qwen3_tts.convert.decoder_export import (
     read_speech_tokenizer,
 )
 from pipeline.engines.qwen3_tts.convert.decoder_random import write_random_speech_tokenizer
-from pipeline.engines.qwen3_tts.convert.decoder_torch import (
-    DecoderDims,
-    SpeechDecoder,
-    build_decoder,
-    chunked_decode,
-    decoder_dims,
-)
+from pipeline.engines.qwen3_tts.convert.decoder_torch import SpeechDecoder, build_decoder, chunked_decode
 from pipeline.engines.qwen3_tts.decoder import CodeDecoder, chunk_plan, icl_cut, voice_clone_wav
 from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder, StreamingDecoder
 from pipeline.errors import InputError, SourceError
@@ -126,6 +121,15 @@ def test_runtime_icl_output(dec, goldens):
     full = dec.decode(np.concatenate([prompt, gen]))
     assert _maxdiff(full, goldens["greedy_wav_full"]) <= WAV_TOL
     assert _maxdiff(voice_clone_wav(dec, gen, prompt), goldens["greedy_wav"]) <= WAV_TOL
+
+
+def test_stream_graph_alone_serves_one_shot_decode(converted, goldens):
+    """CodeDecoder on q3_decoder_stream.onnx (zero states) reproduces the goldens, so one graph can ship."""
+    out, info = converted
+    d = CodeDecoder(out / info["decoder_stream_onnx"], info["dims"], n_threads=1)
+    assert _maxdiff(d.decode(goldens["in_dec_codes"]), goldens["dec_wav"]) <= WAV_TOL
+    prompt, gen = goldens["prompt_codes"], goldens["greedy_codes"]
+    assert _maxdiff(voice_clone_wav(d, gen, prompt), goldens["greedy_wav"]) <= WAV_TOL
 
 
 def test_xvector_mode_has_no_cut(dec, goldens):
@@ -286,7 +290,7 @@ def test_scaled_down_real_structure_exports(tmp_path):
     write_random_speech_tokenizer(tmp_path / "ckpt" / "speech_tokenizer", d, seed=4)
     info = convert_decoder(tmp_path / "ckpt", tmp_path / "out")
     assert info["decoder_config"]["head_dim"] * info["decoder_config"]["num_attention_heads"] == 40
-    rt = CodeDecoder(tmp_path / "out" / DECODER_FILE, info["dims"], n_threads=1)
+    rt = CodeDecoder(tmp_path / "out" / info["decoder_onnx"], info["dims"], n_threads=1)
     cfg, state = read_speech_tokenizer(tmp_path / "ckpt")
     ref_net = build_decoder(decoder_dims(cfg["decoder_config"]), state)
     codes = np.random.RandomState(3).randint(0, 2048, size=(80, 16))
@@ -299,10 +303,22 @@ def test_scaled_down_real_structure_exports(tmp_path):
     assert _maxdiff(streamed, ref) <= WAV_TOL
 
 
-def test_bad_checkpoint_is_refused(tmp_path):
-    d = DecoderDims(codebook_dim=8, latent_dim=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+SMALL = DecoderDims(codebook_dim=8, latent_dim=16, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                     num_key_value_heads=2, head_dim=8, intermediate_size=32, decoder_dim=32)
-    st = write_random_speech_tokenizer(tmp_path / "speech_tokenizer", d)
+
+
+def test_stream_graph_only_bundle(tmp_path):
+    write_random_speech_tokenizer(tmp_path / "speech_tokenizer", SMALL, seed=6)
+    info = convert_decoder(tmp_path, tmp_path / "out", one_shot=False)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [STREAM_FILE]
+    assert info["decoder_onnx"] == STREAM_FILE and list(info["files"]) == [STREAM_FILE]
+    assert len(CodeDecoder(tmp_path / "out" / STREAM_FILE, info["dims"], 1).decode(np.ones((5, 16), int))) == 5 * 1920
+    with pytest.raises(ValueError):
+        convert_decoder(tmp_path, tmp_path / "out", one_shot=False, stream=False)
+
+
+def test_bad_checkpoint_is_refused(tmp_path):
+    st = write_random_speech_tokenizer(tmp_path / "speech_tokenizer", SMALL)
     cfg = json.loads((st / "config.json").read_text())
     cfg["decoder_config"]["num_hidden_layers"] = 2
     (st / "config.json").write_text(json.dumps(cfg))

@@ -22,8 +22,9 @@ from torch import nn
 from pipeline.errors import BackendError, SourceError
 from pipeline.fsutil import atomic_write_bytes
 
+from .decoder_config import DecoderDims, decoder_dims
 from .decoder_stream_torch import StreamStep
-from .decoder_torch import DecoderDims, SpeechDecoder, build_decoder, decoder_dims
+from .decoder_torch import SpeechDecoder, build_decoder
 
 DECODER_FILE = "q3_decoder.onnx"
 STREAM_FILE = "q3_decoder_stream.onnx"
@@ -182,9 +183,13 @@ def runtime_dims(d: DecoderDims, sample_rate: int) -> dict[str, Any]:
     }
 
 
-def convert_decoder(ckpt_dir: Path, out_dir: Path, *, stream: bool = True) -> dict:
-    """Speech tokenizer decoder → ``out_dir/q3_decoder.onnx`` (and, with ``stream``, the stateful step
-    ``q3_decoder_stream.onnx``, same weights again); returns the manifest's decoder section."""
+def convert_decoder(ckpt_dir: Path, out_dir: Path, *, one_shot: bool = True, stream: bool = True) -> dict:
+    """Speech tokenizer decoder → ``out_dir/q3_decoder.onnx`` (``one_shot``) and/or the stateful step
+    ``q3_decoder_stream.onnx`` (``stream``; ~457 MB each at full size). ``CodeDecoder`` runs either, so a
+    bundle may ship the stream graph alone. Returns the manifest's decoder section: ``decoder_onnx`` is the file
+    for ``CodeDecoder``, ``decoder_stream_onnx`` (when written) the one for ``StatefulStreamDecoder``."""
+    if not (one_shot or stream):
+        raise ValueError("convert_decoder: nothing to write (one_shot and stream both off)")
     out_dir = Path(out_dir)
     cfg, state = read_speech_tokenizer(Path(ckpt_dir))
     d = decoder_dims(cfg.get("decoder_config"))
@@ -193,22 +198,24 @@ def convert_decoder(ckpt_dir: Path, out_dir: Path, *, stream: bool = True) -> di
         raise SourceError(f"speech tokenizer: decode_upsample_rate {spf} != product of the decoder's rates "
                           f"{d.samples_per_frame}")
     net = build_decoder(d, state, where="speech_tokenizer/model.safetensors decoder.*")
-    data = export_onnx(net)
-    err = check_onnx(data, net)
-    files = {DECODER_FILE: "speech tokenizer decoder: codes (1, n_q, T) int64 -> wav (T*spf,) float32"}
-    result: dict[str, Any] = {"decoder_onnx": DECODER_FILE, "onnx_check_max_abs_diff": err}
-    stream_data = None
+    graphs: dict[str, bytes] = {}
+    files: dict[str, str] = {}
+    result: dict[str, Any] = {}
+    if one_shot:
+        graphs[DECODER_FILE] = export_onnx(net)
+        result["onnx_check_max_abs_diff"] = check_onnx(graphs[DECODER_FILE], net)
+        files[DECODER_FILE] = "speech tokenizer decoder: codes (1, n_q, T) int64 -> wav (T*spf,) float32"
     if stream:
-        stream_data = export_stream_onnx(net)
-        result["stream_check_max_abs_diff"] = check_stream_onnx(stream_data, net)
+        graphs[STREAM_FILE] = export_stream_onnx(net)
+        result["stream_check_max_abs_diff"] = check_stream_onnx(graphs[STREAM_FILE], net)
         result["decoder_stream_onnx"] = STREAM_FILE
         files[STREAM_FILE] = "stateful decoder step for streaming: codes (1, n_q, k), pos0, states -> wav, states"
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out_dir / DECODER_FILE, data)
-    if stream_data is not None:
-        atomic_write_bytes(out_dir / STREAM_FILE, stream_data)
+    for name, data in graphs.items():
+        atomic_write_bytes(out_dir / name, data)
     return {
         "files": files,
+        "decoder_onnx": DECODER_FILE if one_shot else STREAM_FILE,
         **result,
         "dims": runtime_dims(d, int(cfg.get("output_sample_rate", 24000))),
         "decoder_config": d.to_dict(),

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder_torch import DecoderDims, SpeechDecoder, build_decoder
+from .decoder_config import DecoderDims
+from .decoder_torch import SpeechDecoder, build_decoder
 
 
 def random_decoder_state(d: DecoderDims, seed: int = 0, wav_std: float = 0.15) -> dict[str, np.ndarray]:

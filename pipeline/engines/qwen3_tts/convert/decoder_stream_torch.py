@@ -18,16 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decoder_torch import (
-    Attention,
-    CausalConv,
-    CausalTransConv,
-    ConvNeXt,
-    DecoderBlock,
-    ResidualUnit,
-    SpeechDecoder,
-    _rotate_half,
-)
+from .decoder_torch import CausalConv, CausalTransConv, ConvNeXt, DecoderBlock, ResidualUnit, SpeechDecoder
+from .decoder_transformer import Attention, rotate_half
 
 
 def _conv(cc: CausalConv, x: torch.Tensor, st: list, out: list) -> torch.Tensor:
@@ -56,8 +48,8 @@ def _attn(att: Attention, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
     q = att.q_proj(x).view(b, t, att.n_head, att.head_dim).transpose(1, 2)
     k = att.k_proj(x).view(b, t, att.n_kv, att.head_dim).transpose(1, 2)
     v = att.v_proj(x).view(b, t, att.n_kv, att.head_dim).transpose(1, 2)
-    q = q * cos + _rotate_half(q) * sin
-    k = k * cos + _rotate_half(k) * sin
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
     kc, vc = next(st), next(st)
     k = torch.cat([kc, k], dim=2)
     v = torch.cat([vc, v], dim=2)

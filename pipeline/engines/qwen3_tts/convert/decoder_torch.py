@@ -14,8 +14,6 @@ load by name (minus the ``decoder.`` prefix):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,74 +23,13 @@ from torch import nn
 
 from pipeline.errors import SourceError
 
+from .decoder_config import N_SEMANTIC, DecoderDims
+from .decoder_transformer import PreTransformer
+
 SNAKE_EPS = 1e-9
 CONVNEXT_LN_EPS = 1e-6
 CODEBOOK_EPS = 1e-5
 RESIDUAL_DILATIONS = (1, 3, 9)
-N_SEMANTIC = 1  # upstream hard-codes one semantic codebook in the decoder's split RVQ
-
-
-@dataclass(frozen=True)
-class DecoderDims:
-    """``decoder_config`` of ``speech_tokenizer/config.json`` (defaults: the 0.6B release values, §1.4)."""
-
-    codebook_dim: int = 512
-    codebook_size: int = 2048
-    latent_dim: int = 1024
-    hidden_size: int = 512
-    num_hidden_layers: int = 8
-    num_attention_heads: int = 16
-    num_key_value_heads: int = 16
-    head_dim: int = 64
-    intermediate_size: int = 1024
-    rms_norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    sliding_window: int = 72
-    num_quantizers: int = 16
-    decoder_dim: int = 1536
-    upsample_rates: list[int] = field(default_factory=lambda: [8, 5, 4, 3])
-    upsampling_ratios: list[int] = field(default_factory=lambda: [2, 2])
-
-    @property
-    def samples_per_frame(self) -> int:
-        return math.prod(self.upsample_rates) * math.prod(self.upsampling_ratios)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self.__dict__.items()}
-
-
-_INT_KEYS = ("codebook_size", "latent_dim", "hidden_size", "num_hidden_layers", "num_attention_heads",
-             "num_key_value_heads", "head_dim", "intermediate_size", "sliding_window", "num_quantizers",
-             "decoder_dim")
-
-
-def decoder_dims(decoder_config: dict) -> DecoderDims:
-    """Validated dims from ``decoder_config``; ``codebook_dim`` is required (upstream reads it via kwargs)."""
-    if not isinstance(decoder_config, dict):
-        raise SourceError("speech_tokenizer/config.json: decoder_config is missing")
-    c = decoder_config
-    if "codebook_dim" not in c:
-        raise SourceError("speech_tokenizer/config.json: decoder_config.codebook_dim is missing")
-    if c.get("hidden_act", "silu") != "silu":
-        raise SourceError(f"speech_tokenizer decoder: hidden_act {c.get('hidden_act')!r} is not supported (silu)")
-    base = DecoderDims()
-    try:
-        kw: dict[str, Any] = {k: int(c.get(k, getattr(base, k))) for k in _INT_KEYS}
-        kw["codebook_dim"] = int(c["codebook_dim"])
-        kw["rms_norm_eps"] = float(c.get("rms_norm_eps", base.rms_norm_eps))
-        kw["rope_theta"] = float(c.get("rope_theta", base.rope_theta))
-        kw["upsample_rates"] = [int(x) for x in c.get("upsample_rates", base.upsample_rates)]
-        kw["upsampling_ratios"] = [int(x) for x in c.get("upsampling_ratios", base.upsampling_ratios)]
-    except (TypeError, ValueError) as e:
-        raise SourceError(f"speech_tokenizer/config.json: bad decoder_config value ({e})") from e
-    d = DecoderDims(**kw)
-    if d.codebook_dim % 2 or d.num_quantizers <= N_SEMANTIC or d.head_dim % 2:
-        raise SourceError("speech_tokenizer decoder: codebook_dim and head_dim must be even, num_quantizers > 1")
-    if d.num_attention_heads % d.num_key_value_heads or d.decoder_dim % (2 ** len(d.upsample_rates)):
-        raise SourceError("speech_tokenizer decoder: heads / kv heads or decoder_dim / 2^blocks do not divide")
-    if (c.get("rope_scaling") or {}).get("rope_type", "default") not in ("default",):
-        raise SourceError("speech_tokenizer decoder: only the default RoPE is supported")
-    return d
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,114 +165,6 @@ class SplitRVQ(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.rvq_first.decode(codes[:, :N_SEMANTIC]) + self.rvq_rest.decode(codes[:, N_SEMANTIC:])
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Transformer (§9.3)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-
-
-class LayerScale(nn.Module):
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.scale * x
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-class Attention(nn.Module):
-    def __init__(self, d: DecoderDims) -> None:
-        super().__init__()
-        self.n_head, self.n_kv, self.head_dim = d.num_attention_heads, d.num_key_value_heads, d.head_dim
-        self.q_proj = nn.Linear(d.hidden_size, self.n_head * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d.hidden_size, self.n_kv * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.n_head * self.head_dim, d.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if self.n_kv != self.n_head:
-            rep = self.n_head // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        w = torch.matmul(q, k.transpose(2, 3)) * (self.head_dim ** -0.5) + mask
-        o = torch.matmul(torch.softmax(w, dim=-1), v)
-        return self.o_proj(o.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
-
-
-class MLP(nn.Module):
-    def __init__(self, d: DecoderDims) -> None:
-        super().__init__()
-        self.gate_proj = nn.Linear(d.hidden_size, d.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(d.hidden_size, d.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(d.intermediate_size, d.hidden_size, bias=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class TransformerLayer(nn.Module):
-    def __init__(self, d: DecoderDims) -> None:
-        super().__init__()
-        self.self_attn = Attention(d)
-        self.mlp = MLP(d)
-        self.input_layernorm = RMSNorm(d.hidden_size, d.rms_norm_eps)
-        self.post_attention_layernorm = RMSNorm(d.hidden_size, d.rms_norm_eps)
-        self.self_attn_layer_scale = LayerScale(d.hidden_size)
-        self.mlp_layer_scale = LayerScale(d.hidden_size)
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn_layer_scale(self.self_attn(self.input_layernorm(x), cos, sin, mask))
-        return x + self.mlp_layer_scale(self.mlp(self.post_attention_layernorm(x)))
-
-
-class PreTransformer(nn.Module):
-    """(B, T, latent) → (B, T, latent); positions 0..T−1 within the decoded chunk."""
-
-    def __init__(self, d: DecoderDims) -> None:
-        super().__init__()
-        self.window = d.sliding_window
-        self.input_proj = nn.Linear(d.latent_dim, d.hidden_size)
-        self.output_proj = nn.Linear(d.hidden_size, d.latent_dim)
-        self.layers = nn.ModuleList([TransformerLayer(d) for _ in range(d.num_hidden_layers)])
-        self.norm = RMSNorm(d.hidden_size, d.rms_norm_eps)
-        exps = torch.arange(0, d.head_dim, 2, dtype=torch.int64).to(torch.float32) / d.head_dim
-        self.register_buffer("inv_freq", 1.0 / (d.rope_theta ** exps), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = x.shape[1]
-        pos = torch.arange(t, device=x.device)
-        freqs = pos.to(torch.float32)[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = emb.cos()[None, None], emb.sin()[None, None]
-        # key j visible to query i iff i - window < j <= i
-        rel = pos[:, None] - pos[None, :]
-        visible = (rel >= 0) & (rel < self.window)
-        mask = torch.where(visible, torch.zeros((), dtype=x.dtype), torch.full((), float("-inf"), dtype=x.dtype))
-        h = self.input_proj(x)
-        for layer in self.layers:
-            h = layer(h, cos, sin, mask)
-        return self.output_proj(self.norm(h))
 
 
 # ---------------------------------------------------------------------------------------------------------
