@@ -23,7 +23,7 @@ from pipeline.engines.qwen3_tts.convert.decoder_random import write_random_speec
 from pipeline.engines.qwen3_tts.convert.decoder_torch import SpeechDecoder, build_decoder, chunked_decode
 from pipeline.engines.qwen3_tts.decoder import CodeDecoder, chunk_plan, icl_cut, voice_clone_wav
 from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder, StreamingDecoder
-from pipeline.errors import InputError, SourceError
+from pipeline.shared.errors import InputError, SourceError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
 WAV_TOL = 1e-3  # fixture README: waveforms max |diff| <= 1e-3

@@ -18,7 +18,7 @@ from pipeline.engines.qwen3_tts.prefill import build_talker_prompt
 from pipeline.engines.qwen3_tts.sampling import SamplingConfig
 from pipeline.engines.qwen3_tts.talker import Talker
 from pipeline.engines.qwen3_tts.text_tokens import TextTokens
-from pipeline.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError, InputError
 
 SRC = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
 TEXT = "Hello world, this is a tiny test."
@@ -283,7 +283,7 @@ def test_gguf_metadata(conv):
 def test_source_errors(tmp_path):
     import shutil
 
-    from pipeline.errors import SourceError
+    from pipeline.shared.errors import SourceError
 
     src = tmp_path / "ckpt"
     shutil.copytree(SRC, src, ignore=shutil.ignore_patterns("speech_tokenizer", "goldens.npz"))

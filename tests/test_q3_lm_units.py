@@ -13,7 +13,7 @@ import pytest
 from pipeline.engines.qwen3_tts.convert.lm_gguf import quantize_gguf, write_f32_gguf
 from pipeline.engines.qwen3_tts.lm_body import LMBody
 from pipeline.engines.qwen3_tts.sampling import SamplingConfig, pick, talker_scores, warp
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
@@ -154,7 +154,7 @@ def test_body_input_errors(tmp_path):
         with pytest.raises(InputError):
             body.forward(np.zeros((2, 63), np.float32))
         body.forward(np.zeros((body.n_ctx, 64), np.float32))  # llama.cpp may round n_ctx up
-        from pipeline.errors import BackendError
+        from pipeline.shared.errors import BackendError
 
         with pytest.raises(BackendError, match="context full"):
             body.forward(np.zeros((1, 64), np.float32))

@@ -27,7 +27,7 @@ from pipeline.engines.qwen3_tts.convert.prompt_export import (  # noqa: E402
 )
 from pipeline.engines.qwen3_tts.prompt import PromptEncoder, prompt_audio_24k  # noqa: E402
 from pipeline.engines.qwen3_tts.speaker_mel import speaker_log_mel  # noqa: E402
-from pipeline.errors import BackendError, InputError  # noqa: E402
+from pipeline.shared.errors import BackendError, InputError  # noqa: E402
 
 TINY = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
 REL_TOL = 1e-4  # README: encoder intermediates and speaker embedding <= 1e-4 relative to their scale

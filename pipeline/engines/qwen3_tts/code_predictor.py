@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from pipeline.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError, InputError
 
 from .lm_body import LMBody
 from .lm_tables import LMTables

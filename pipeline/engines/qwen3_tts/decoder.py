@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import BackendError, InputError
+from pipeline.shared.errors import BackendError, InputError
 
 DEFAULT_DIMS: dict[str, Any] = {
     "num_quantizers": 16,

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes, ort_session
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 from .code_predictor import CodePredictor
 from .prefill import TalkerPrompt

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import BackendError, InputError
-from pipeline.llm import default_threads, llama_lib
+from pipeline.shared.errors import BackendError, InputError
+from pipeline.shared.llama import default_threads, llama_lib
 
 _KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "f32": "GGML_TYPE_F32"}
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError, InputError
 
 from .code_predictor import CodePredictor
 from .generate import GenerationConfig, Trace, generate_codes

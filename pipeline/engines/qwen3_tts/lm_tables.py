@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError, InputError
 
 
 def _load(root: Path, name: str, ndim: int, mmap: bool = True) -> np.ndarray:

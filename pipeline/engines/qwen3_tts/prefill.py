@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 from .lm_tables import LMTables
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import BackendError, BundleError, InputError
+from pipeline.shared.errors import BackendError, BundleError, InputError
 
 from .speaker_mel import speaker_log_mel
 

@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from pipeline.errors import InputError
+from pipeline.shared.errors import InputError
 
 SAMPLE_RATE = 24000
 N_FFT = 1024

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from pipeline.errors import BundleError
+from pipeline.shared.errors import BundleError
 
 from .lm_body import LMBody
 from .lm_tables import LMTables

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from pipeline.errors import BundleError, InputError
+from pipeline.shared.errors import BundleError, InputError
 
 ROLE_PREFIX = "<|im_start|>assistant\n"
 TARGET_SUFFIX = "<|im_end|>\n<|im_start|>assistant\n"

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import SourceError
+from pipeline.shared.errors import SourceError
 
 N_SEMANTIC = 1  # upstream hard-codes one semantic codebook in the decoder's split RVQ
 

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import BackendError, SourceError
-from pipeline.fsutil import atomic_write_bytes
+from pipeline.shared.errors import BackendError, SourceError
+from pipeline.shared.fsutil import atomic_write_bytes
 
 from .decoder_config import DecoderDims, decoder_dims
 from .decoder_stream_torch import StreamStep

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import SourceError
+from pipeline.shared.errors import SourceError
 
 from .decoder_config import N_SEMANTIC, DecoderDims
 from .decoder_transformer import PreTransformer

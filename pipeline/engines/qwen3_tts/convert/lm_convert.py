@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SourceError
-from pipeline.fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
+from pipeline.shared.errors import SourceError
+from pipeline.shared.fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
 
 from .lm_gguf import QUANTS, body_dims, body_tensors, quantize_gguf, write_f32_gguf
 from .lm_safetensors import read_safetensors

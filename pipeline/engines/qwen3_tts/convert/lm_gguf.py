@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import BackendError, SourceError
+from pipeline.shared.errors import BackendError, SourceError
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
 _FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
@@ -120,7 +120,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None
     """Quantize an F32 GGUF with llama.cpp's ``llama_model_quantize``."""
     if quant not in _FTYPES:
         raise ValueError(f"unknown quant {quant!r}; choose from {', '.join(_FTYPES)}")
-    from pipeline.llm import llama_lib
+    from pipeline.shared.llama import llama_lib
 
     lib = llama_lib()
     qp = lib.llama_model_quantize_default_params()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-from pipeline.errors import SourceError
+from pipeline.shared.errors import SourceError
 
 # The split pattern of Qwen2's own tokenizer.json.
 QWEN2_SPLIT_REGEX = (

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.errors import BackendError, SourceError
-from pipeline.fsutil import atomic_write_bytes
+from pipeline.shared.errors import BackendError, SourceError
+from pipeline.shared.fsutil import atomic_write_bytes
 
 from ..speaker_mel import FMAX, FMIN, HOP, N_FFT, N_MELS, SAMPLE_RATE, speaker_log_mel
 from .ecapa import EcapaTdnn

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import SourceError
+from pipeline.shared.errors import SourceError
 
 SPEECH_TOKENIZER_DIR = "speech_tokenizer"
 CONFIG_FILE = "config.json"

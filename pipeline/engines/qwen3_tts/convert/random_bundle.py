@@ -29,7 +29,7 @@ def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0, qu
     with tempfile.TemporaryDirectory(prefix=".random-ckpt-", dir=out.parent) as tmp:
         ckpt = Path(tmp) / "ckpt"
         log(f"random Qwen3-TTS {size} checkpoint (seed {seed})")
-        make_random_checkpoint(ckpt, size=size, seed=seed)
+        make_random_checkpoint(ckpt, size=size, seed=seed, log=log)
         bundle = convert_qwen3_checkpoint(
             ckpt, out, quants=quants, overwrite=overwrite, random_weights=True, log=log,
             extra_manifest={"random": {"size": size, "seed": seed, "note": "random weights: not speech"}})
