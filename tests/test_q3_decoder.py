@@ -237,8 +237,12 @@ def test_stateful_stream_icl(converted, goldens):
     s = StatefulStreamDecoder(out / info["decoder_stream_onnx"], info["dims"], n_threads=1,
                               prompt_codes=goldens["prompt_codes"])
     assert s.n_prompt == len(goldens["prompt_codes"])
+    voice = s.fork()  # a per-voice primed state, reused
     got = np.concatenate([s.push(f[None]) for f in goldens["greedy_codes"]])
     assert _maxdiff(got, goldens["greedy_wav"]) <= WAV_TOL
+    again = voice.push(goldens["greedy_codes"])
+    assert _maxdiff(again, goldens["greedy_wav"]) <= WAV_TOL
+    assert voice.frames == s.frames == len(goldens["prompt_codes"]) + len(goldens["greedy_codes"])
 
 
 def test_streaming_bounded_context_is_approximate(dec):

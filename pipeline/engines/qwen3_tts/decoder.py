@@ -26,6 +26,7 @@ DEFAULT_DIMS: dict[str, Any] = {
 
 
 def ort_session(path: Path, n_threads: int | None) -> Any:
+    """A CPU ONNX Runtime session (``n_threads`` intra-op threads, 0/None = ORT's default)."""
     try:
         import onnxruntime as ort
     except ImportError as e:

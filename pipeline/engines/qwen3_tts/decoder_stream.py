@@ -26,6 +26,7 @@ which a stream cannot know before n is final.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -108,12 +109,20 @@ class StatefulStreamDecoder:
         self._state_inputs = self._sess.get_inputs()[2:]
         if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
             raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")
-        self._codes = np.zeros((0, self.num_quantizers), np.int64)
+        self._tail = np.zeros((0, self.num_quantizers), np.int64)  # the last left_context_frames fed
+        self.frames = 0  # frames fed so far, prompt included
         self._reset()
         self.n_prompt = 0
         if prompt_codes is not None and len(prompt_codes):
             self._feed(self._check(prompt_codes))
-            self.n_prompt = len(self._codes)
+            self.n_prompt = self.frames
+
+    def fork(self) -> StatefulStreamDecoder:
+        """An independent copy sharing the ONNX session (it carries the whole state): prime one decoder with a
+        voice's prompt, then fork it for each utterance instead of feeding the prompt again."""
+        other = copy.copy(self)
+        other._states = list(self._states)
+        return other
 
     def _check(self, codes: Any) -> np.ndarray:
         return check_codes(codes, self.num_quantizers, self.codebook_size)
@@ -135,15 +144,16 @@ class StatefulStreamDecoder:
         frames = np.maximum(frames, 0)
         i = 0
         while i < len(frames):
-            g = len(self._codes)  # global index of the next frame
+            g = self.frames  # global index of the next frame
             if g and g % self.chunk_frames == 0:  # upstream starts a new decode call here
                 ctx = self.left_context_frames if g - self.left_context_frames > 0 else g
                 self._reset()
                 if ctx:
-                    self._step(self._codes[g - ctx:])
+                    self._step(self._tail[len(self._tail) - ctx:])
             n = min(len(frames) - i, self.chunk_frames - g % self.chunk_frames)
             out.append(self._step(frames[i: i + n]))
-            self._codes = np.concatenate([self._codes, frames[i: i + n]])
+            self._tail = np.concatenate([self._tail, frames[i: i + n]])[-self.left_context_frames:]
+            self.frames += n
             i += n
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
