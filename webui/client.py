@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engines import engine_name, engine_title
+from pipeline.engines import DEFAULT_ENGINE, ENGINES, EngineInfo, engine_name, engine_title
 from pipeline.engines.cosyvoice3.bundle_info import source_info
 from pipeline.engines.cosyvoice3.modes import check_request
 from pipeline.engines.cosyvoice3.tags import check_tags
@@ -32,6 +32,7 @@ from pipeline.shared.errors import BundleError, CosyVoiceRKError, InputError, Pr
 from pipeline.shared.fsutil import atomic_write_bytes, atomic_write_json
 from pipeline.shared.presets import SpeakerStore
 from pipeline.shared.text import LANGUAGES, MAX_TEXT_CHARS
+from pipeline.shared.text.tags import find_tags
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
 from .live import LiveAudio, encode_chunk
@@ -182,6 +183,11 @@ class Studio:
         self.refresh_bundle()
 
     # bundle and worker ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> EngineInfo:
+        """The engine of the bundle (CosyVoice3 while there is none: what the first run sets up)."""
+        return ENGINES.get(engine_name(self.manifest or {}), ENGINES[DEFAULT_ENGINE])
+
     def refresh_bundle(self) -> None:
         """Look at the bundle folder (manifest only: the worker checks the files); start or restart the worker."""
         with self._lock:
@@ -247,6 +253,7 @@ class Studio:
             info = v.get("info", {}) if isinstance(v.get("info"), dict) else {}
             out.append({"name": v["name"], "slug": v["slug"], "transcript": v["transcript"],
                         "language": v.get("language", "auto"), "created": v.get("created", ""),
+                        "engine": engine_name(v),
                         "duration": info.get("duration"), "audio": str(self.store.root / v["slug"] / v["audio"])})
         return out
 
@@ -394,6 +401,20 @@ class Studio:
                                                   1.0 if speed is None or speed == "" else speed)
         except InputError as e:
             raise FieldError("instruct" if "instruction" in str(e) else "options", str(e)) from None
+        eng = self.engine
+        if mode not in eng.modes:
+            page = "instruct" if mode == "instruct2" else mode
+            raise FieldError("options", f"{eng.title} has no {page} mode; choose "
+                             + " or ".join("instruct" if m == "instruct2" else m for m in eng.modes),
+                             "err_engine_mode", engine=eng.title, mode=page)
+        tags = sorted(set(find_tags(text)))
+        if tags and not eng.tags:
+            raise FieldError("text", f"{eng.title} reads no control tags ({', '.join(tags)} are CosyVoice3's); "
+                             "remove them or write the words instead", "err_engine_tags", engine=eng.title,
+                             tags=", ".join(tags))
+        if float(speed) != 1.0 and not eng.speed:
+            raise FieldError("options", f"{eng.title} has no speed control; leave speed at 1.0", "err_engine_speed",
+                             engine=eng.title)
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
                                    "seed": None if seed < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),

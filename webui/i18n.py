@@ -281,6 +281,13 @@ _S: dict[str, tuple[str, str]] = {
                        "Голос «{name}» уже есть: выберите другое имя или отметьте «заменить»."),
     "err_new_name": ("Type the new name.", "Введите новое имя."),
     "err_text_empty": ("Type the text to speak.", "Введите текст для озвучивания."),
+    "err_engine_mode": ("{engine} has no {mode} mode: choose another one.",
+                        "У движка {engine} нет режима {mode}: выберите другой."),
+    "err_engine_speed": ("{engine} has no speed control: leave the speed at 1.0.",
+                         "У движка {engine} нет управления скоростью: оставьте скорость 1.0."),
+    "err_engine_tags": ("{engine} reads no control tags ({tags} are CosyVoice3's): remove them or write the words "
+                        "instead.", "Движок {engine} не читает управляющие метки ({tags} — метки CosyVoice3): уберите "
+                        "их или напишите слова."),
     "err_text_long": ("The text has {n} characters, the limit is {limit}: split it into parts.",
                       "В тексте {n} символов, предел — {limit}: разделите его на части."),
     "err_no_voice": ("Choose a saved voice, or give a one-off recording.",
