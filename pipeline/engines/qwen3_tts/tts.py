@@ -181,10 +181,12 @@ class Qwen3TTS:
 
     # voices ------------------------------------------------------------------------------------
     def features_from_audio(self, audio: AudioSource, **limits: Any) -> tuple[VoicePrompt, dict[str, Any]]:
-        """Prompt codes and speaker embedding of a prompt recording (checked and trimmed by the shared audio
-        path, at 24 kHz)."""
+        """Prompt codes and speaker embedding of a prompt recording: checked and trimmed by the shared audio path,
+        then resampled to 24 kHz as upstream does (librosa's default, soxr_hq)."""
+        from pipeline.engines.qwen3_tts.prompt import prompt_audio_24k
+
         prepared = prepare_prompt(audio, **limits)
-        wav = prepared.wav24k
+        wav = prompt_audio_24k(prepared.trimmed, prepared.original_sr)
         info = {"duration": prepared.duration, "original_sr": prepared.original_sr}
         if getattr(prepared, "warning", None):
             info["warning"] = prepared.warning
