@@ -4,7 +4,7 @@ what the engine has (its two modes; no speed slider, no tag menu) and names the 
 import pytest
 import soundfile as sf
 from conftest import PROMPTS, ZH_PROMPT_TEXT
-from test_webui import CHROMIUM_ARGS, T, _chromium, _free_port
+from test_webui import CHROMIUM_ARGS, T, _chromium, _free_port, choose, field
 
 from pipeline.engines import ENGINES
 from webui.speak_modes import page_modes
@@ -79,6 +79,18 @@ def test_the_page_offers_what_qwen3_tts_has(q3_studio, tmp_path_factory):
         labels = pg.locator("#cv-speech-mode label").all_inner_texts()
         assert len(labels) == 2
         assert not pg.is_visible("#cv-speed") and not pg.is_visible("#cv-tag-menu")
+        # speech from the page, in a voice saved with this engine
+        q3_studio.run_voice_job(q3_studio.add_voice("Вера", PROMPT, ZH_PROMPT_TEXT, "zh"))
+        pg.reload()
+        pg.wait_for_selector("#cv-generate")
+        pg.wait_for_function("document.querySelector('#cv-badge').innerText.includes('ready')")
+        choose(pg, "cv-voice", "Вера")
+        field(pg, "cv-text").fill("Привет! Это мой голос.")
+        pg.click("#cv-generate")
+        assert "Done" in pg.wait_for_selector("#cv-progress .cv-ok").inner_text()
+        info = pg.inner_text("#cv-info")
+        assert "Talker + code predictor" in info and "llama.cpp (CPU)" in info and "Decoder" in info
         pg.get_by_role("tab", name="Status").click()
         pg.wait_for_function("document.body.innerText.includes('Qwen3-TTS')")
+        assert "Prompt: recording" in pg.inner_text("body")
         ctx.close()

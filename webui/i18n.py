@@ -158,6 +158,9 @@ _S: dict[str, tuple[str, str]] = {
     "stage_llm": ("LLM: text → speech tokens", "LLM: текст → речевые токены"),
     "stage_flow": ("Flow: speech tokens → mel", "Flow: речевые токены → мел"),
     "stage_vocoder": ("Vocoder: mel → 24 kHz audio", "Вокодер: мел → звук 24 кГц"),
+    "stage_prompt": ("Prompt: recording → codes and speaker embedding", "Образец: запись → коды и эмбеддинг голоса"),
+    "stage_talker": ("Talker + code predictor: text → codes", "Talker + предсказатель кодов: текст → коды"),
+    "stage_decoder": ("Decoder: codes → 24 kHz audio", "Декодер: коды → звук 24 кГц"),
     "warning": ("Warning: {w}", "Предупреждение: {w}"),
     # voices tab
     "new_voice": ("New voice", "Новый голос"),

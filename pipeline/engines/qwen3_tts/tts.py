@@ -163,8 +163,7 @@ class Qwen3TTS:
 
     @property
     def backends(self) -> dict[str, str]:
-        return {"talker": "llama.cpp CPU", "code_predictor": "llama.cpp CPU", "prompt": "onnxruntime CPU",
-                "decoder": "onnxruntime CPU"}
+        return {"prompt": "onnxruntime-cpu", "talker": "llama.cpp", "decoder": "onnxruntime-cpu"}
 
     @property
     def quant(self) -> str:
@@ -322,7 +321,7 @@ class Qwen3TTS:
         audio = voice_clone_wav(self.decoder, codes, v.features.codes if icl else None)
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
-                             {"talker+code_predictor": t1 - t0, "decoder": t2 - t1}, self.backends)
+                             {"talker": t1 - t0, "decoder": t2 - t1}, self.backends)  # talker: + code predictor
 
     def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False, **kw: Any) -> Iterator[Segment]:
         for chunk in self.create_chunks(text, voice, stream=stream, **kw):
