@@ -91,6 +91,7 @@ def test_the_page_offers_what_qwen3_tts_has(q3_studio, tmp_path_factory):
         info = pg.inner_text("#cv-info")
         assert "Talker + code predictor" in info and "llama.cpp (CPU)" in info and "Decoder" in info
         pg.get_by_role("tab", name="Status").click()
-        pg.wait_for_function("document.body.innerText.includes('Qwen3-TTS')")
-        assert "Prompt: recording" in pg.inner_text("body")
+        pg.wait_for_function("document.querySelector('#cv-status').innerText.includes('Engine: Qwen3-TTS')")
+        status = pg.inner_text("#cv-status")
+        assert "Prompt: recording" in status and "Talker + code predictor" in status and "Flow" not in status
         ctx.close()

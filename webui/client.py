@@ -231,8 +231,10 @@ class Studio:
         if m:
             bundle.update(engine=engine_name(m), engine_title=engine_title(engine_name(m)),
                           fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
-                          created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})),
-                          source=source_info(m))
+                          created=m.get("created", ""),
+                          quants=sorted(m.get("llm", {}).get("gguf") or m.get("lm", {}).get("talker_gguf") or {}),
+                          source=source_info(m) if engine_name(m) == "cosyvoice3" else {},
+                          model=m.get("source", {}).get("model", "") if engine_name(m) != "cosyvoice3" else "")
         worker = self.worker.status() if self.worker is not None else {"state": "stopped"}
         return {"bundle": bundle, "worker": worker, "speakers_dir": str(self.store.root.resolve()),
                 "results_dir": str(self.results_dir.resolve()), "voices": len(self.voice_names())}

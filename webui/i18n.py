@@ -232,6 +232,7 @@ _S: dict[str, tuple[str, str]] = {
     "s_bundle": ("Model bundle", "Пакет модели"),
     "s_path": ("Path", "Путь"),
     "s_engine": ("Engine", "Движок"),
+    "s_model": ("Converted from", "Сконвертирован из"),
     "s_fingerprint": ("Fingerprint", "Отпечаток"),
     "s_weights": ("Weights", "Веса"),
     "s_random": ("random (test bundle)", "случайные (тестовый пакет)"),

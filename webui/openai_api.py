@@ -28,6 +28,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pipeline.shared.errors import PresetError
+from pipeline.shared.text.tags import find_tags
 from pipeline.worker import Job, WorkerError
 
 from .live import _logged_in
@@ -132,6 +133,17 @@ class OpenAIApi:
         if self.studio.bundle_error:
             raise ApiError(503, f"no model bundle: {self.studio.bundle_error}", type_="server_error",
                            code="no_bundle")
+        eng = self.studio.engine
+        if req.instructions and "instruct2" not in eng.modes:
+            raise ApiError(400, f"{eng.title} has no instruct mode: leave instructions out", param="instructions",
+                           code="unsupported_value")
+        if float(req.speed) != 1.0 and not eng.speed:
+            raise ApiError(400, f"{eng.title} has no speed control: leave speed out or at 1.0", param="speed",
+                           code="unsupported_value")
+        tags = sorted(set(find_tags(req.input)))
+        if tags and not eng.tags:
+            raise ApiError(400, f"{eng.title} reads no control tags ({', '.join(tags)} are CosyVoice3's); remove them",
+                           param="input", code="unsupported_value")
         try:
             self.studio.store.find(req.voice)
         except PresetError as e:

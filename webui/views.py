@@ -250,7 +250,10 @@ def status_md(s: dict[str, Any], lang: str) -> str:
                  item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
                  item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
                  item("s_quant", quant)]
-        rows += _source_rows(b.get("source") or {}, lang, item)
+        if b.get("engine", "cosyvoice3") == "cosyvoice3":
+            rows += _source_rows(b.get("source") or {}, lang, item)
+        elif b.get("model"):
+            rows.append(item("s_model", _esc(b["model"])))
     else:
         rows.append(f"- {_err(localize(b['error'], lang))}")
     rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
@@ -259,8 +262,10 @@ def status_md(s: dict[str, Any], lang: str) -> str:
         rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
     placement = w.get("placement") or {}
     if placement:
-        rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
-                 item("s_cpus", _esc(placement.get("cpus_reason", "")))]
+        rows.append("")
+        if placement.get("flow_backend_reason"):
+            rows.append(item("s_flow_choice", _esc(placement["flow_backend_reason"])))
+        rows.append(item("s_cpus", _esc(placement.get("cpus_reason", ""))))
         if placement.get("stream_reason"):
             rows.append(item("s_stream", _esc(placement["stream_reason"])))
         if placement.get("flow_steps"):

@@ -77,3 +77,9 @@ def open_tts(bundle: Bundle | Path | str, **options: Any) -> TTSEngine:
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     info = engine_info(engine_name(b.manifest), where=f"bundle {b.root}")
     return importlib.import_module(info.package).open_tts(b, **options)
+
+
+def text_frontend(bundle: Bundle) -> Any:
+    """The bundle's engine's text splitter (``split(text, language)``), tokenizer only: no model is loaded."""
+    info = engine_info(engine_name(bundle.manifest), where=f"bundle {bundle.root}")
+    return importlib.import_module(info.package).text_frontend(bundle)
