@@ -95,3 +95,32 @@ def test_the_page_offers_what_qwen3_tts_has(q3_studio, tmp_path_factory):
         status = pg.inner_text("#cv-status")
         assert "Prompt: recording" in status and "Talker + code predictor" in status and "Flow" not in status
         ctx.close()
+
+
+def test_the_openai_api_names_the_engine_and_refuses_what_it_lacks(q3_studio):
+    import json
+    import urllib.error
+    import urllib.request
+
+    q3_studio.run_voice_job(q3_studio.add_voice("Api", PROMPT, ZH_PROMPT_TEXT, "zh", overwrite=True))
+    with urllib.request.urlopen(q3_studio.url.rstrip("/") + "/v1/models") as r:
+        assert "qwen3-tts" in [m["id"] for m in json.load(r)["data"]]
+    for extra, msg in (({"instructions": "Softly."}, "has no instruct mode"), ({"speed": 1.5}, "no speed control")):
+        body = json.dumps({"model": "qwen3-tts", "voice": "Api", "input": "Привет!", **extra}).encode()
+        req = urllib.request.Request(q3_studio.url.rstrip("/") + "/v1/audio/speech", body,
+                                     {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req)
+        assert e.value.code == 400 and msg in json.load(e.value)["error"]["message"]
+    before = q3_studio.worker.status()["queued"]
+    assert before == 0
+
+
+def test_normalize_splits_with_the_qwen3_tts_tokenizer(q3_studio):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "pipeline.cli", "normalize", "--bundle", str(q3_studio.bundle_path),
+                        "В 2024 году.", "--language", "ru"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "две тысячи двадцать четвёртом" in r.stdout
