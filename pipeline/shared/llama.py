@@ -90,7 +90,10 @@ class LlamaModel:
     """One llama.cpp context over a GGUF; a single sequence at positions 0..n_past-1."""
 
     def __init__(self, gguf_path: str | os.PathLike, *, n_ctx: int = 4096, n_threads: int | None = None,
-                 n_batch: int = 512, exact: bool = False, kv_type: str = "f16") -> None:
+                 n_batch: int = 512, exact: bool = False, kv_type: str = "f16", embeddings: bool = False) -> None:
+        """``exact``: F32 KV cache and no flash attention (parity with a float32 reference; the F16 cache and the
+        CPU flash-attention path each cost ~1e-3 in the logits). ``embeddings``: the context hands back the
+        final-normed hidden state of each output row (pooling none) instead of logits."""
         self._model = self._ctx = None
         self._tok_batch = self._emb_batch = None
         self._token_embd: np.ndarray | None = None
@@ -120,6 +123,9 @@ class LlamaModel:
         cp.n_seq_max = 1
         cp.n_threads = cp.n_threads_batch = threads
         cp.no_perf = True
+        if embeddings:
+            cp.embeddings = True
+            cp.pooling_type = lib.LLAMA_POOLING_TYPE_NONE
         if exact:
             # F16 KV cache and CPU flash attention each cost 1e-4..1e-2 in the log-probs (tiny fixture:
             # 3e-3 and 1.3e-2); F32 KV + plain attention matches torch to ~1e-5.
