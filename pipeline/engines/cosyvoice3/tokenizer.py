@@ -15,21 +15,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer
 
 from pipeline.shared.errors import BundleError, SourceError
+from pipeline.shared.qwen2_bpe import QWEN2_BPE_SIZE, qwen2_bpe
 
 if TYPE_CHECKING:
     from pipeline.shared.bundle import Bundle
 
-# The split pattern of Qwen2's own tokenizer.json.
-QWEN2_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-    r"\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 # Qwen2's added tokens: the ids right after the 151643 BPE entries.
 QWEN2_ADDED_TOKENS: list[str] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-QWEN2_BPE_SIZE = 151643
 
 _CMU_PHONES = (
     "AA AA0 AA1 AA2 AE AE0 AE1 AE2 AH AH0 AH1 AH2 AO AO0 AO1 AO2 AW AW0 AW1 AW2 AY AY0 AY1 AY2 "
@@ -87,29 +82,8 @@ def build_tokenizer(vocab_json: Path, merges_txt: Path, *,
     if version not in TOKENIZER_VERSIONS:
         raise SourceError(f"unknown tokenizer version {version!r}: upstream's get_qwen_tokenizer knows "
                           f"{' and '.join(TOKENIZER_VERSIONS)} (any other value raises ValueError there)")
-    vocab_json, merges_txt = Path(vocab_json), Path(merges_txt)
-    for p in (vocab_json, merges_txt):
-        if not p.is_file():
-            raise SourceError(f"{p} is missing (CosyVoice-BlankEN's Qwen2 tokenizer files)")
-    try:
-        bpe = models.BPE.from_file(str(vocab_json), str(merges_txt), dropout=None, unk_token=None,
-                                   continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                                   byte_fallback=False)
-    except Exception as e:  # tokenizers raises plain Exception for unreadable files
-        raise SourceError(f"{vocab_json} / {merges_txt} are not a BPE vocabulary ({e})") from e
-    tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-
-    size = tok.get_vocab_size(with_added_tokens=True)
-    if size != QWEN2_BPE_SIZE:
-        raise SourceError(f"{vocab_json} has {size} entries; a Qwen2 vocabulary has {QWEN2_BPE_SIZE} "
-                          "(ids 0..151642, the added tokens come after)")
+    vocab_json = Path(vocab_json)
+    tok = qwen2_bpe(vocab_json, merges_txt, what="CosyVoice-BlankEN's Qwen2 tokenizer files")
     declared = added_tokens if added_tokens is not None else [(t, {}) for t in QWEN2_ADDED_TOKENS]
     for content, flags in declared:
         tok.add_special_tokens([AddedToken(content, **{"special": True, "normalized": False, **flags})])

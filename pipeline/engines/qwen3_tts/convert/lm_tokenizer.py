@@ -10,16 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer
 
 from pipeline.shared.errors import SourceError
+from pipeline.shared.qwen2_bpe import qwen2_bpe
 
-# The split pattern of Qwen2's own tokenizer.json.
-QWEN2_SPLIT_REGEX = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
-    r"\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-QWEN2_BPE_SIZE = 151643
 # Tokens the talker prefill needs at fixed ids (config.json repeats them; checked against it).
 REQUIRED = {"<|im_start|>": 151644, "<|im_end|>": 151645, "<tts_pad>": 151671, "<tts_text_bos>": 151672,
             "<tts_text_eod>": 151673}
@@ -47,23 +42,7 @@ def build_tokenizer(ckpt_dir: Path) -> Tokenizer:
     for p in (vocab, merges, cfg):
         if not p.is_file():
             raise SourceError(f"{p} is missing (the text tokenizer files)")
-    try:
-        bpe = models.BPE.from_file(str(vocab), str(merges), dropout=None, unk_token=None,
-                                   continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                                   byte_fallback=False)
-    except Exception as e:  # tokenizers raises plain Exception for unreadable files
-        raise SourceError(f"{vocab} / {merges} are not a BPE vocabulary ({e})") from e
-    tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-    ])
-    tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
-    size = tok.get_vocab_size(with_added_tokens=True)
-    if size != QWEN2_BPE_SIZE:
-        raise SourceError(f"{vocab} has {size} entries; a Qwen2 vocabulary has {QWEN2_BPE_SIZE}")
+    tok = qwen2_bpe(vocab, merges)
     for tid, content, flags in _added_tokens(cfg):
         tok.add_special_tokens([AddedToken(content, **{"special": True, "normalized": False, **flags})])
         if tok.token_to_id(content) != tid:
