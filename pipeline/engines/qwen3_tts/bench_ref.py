@@ -40,9 +40,11 @@ SPEEDUPS = ("prefill_s", "talker_step_ms", "cp_ms_per_frame", "decoder_s_per_aud
 
 
 def find_ref_python(explicit: Path | str | None = None) -> Path | None:
-    """``explicit``, $COSYVOICE_RK_QWEN_REF_PYTHON, then ``.venv-qwen-ref/bin/python`` at the repository root or in
-    the working directory."""
-    cands = [Path(explicit)] if explicit else []
+    """``explicit`` (only it, when given), else $COSYVOICE_RK_QWEN_REF_PYTHON, then ``.venv-qwen-ref/bin/python`` at
+    the repository root or in the working directory."""
+    if explicit:
+        return Path(explicit) if Path(explicit).is_file() else None
+    cands = []
     if os.environ.get(PYTHON_ENV):
         cands.append(Path(os.environ[PYTHON_ENV]))
     cands += [_REPO / ".venv-qwen-ref" / "bin" / "python", Path.cwd() / ".venv-qwen-ref" / "bin" / "python"]

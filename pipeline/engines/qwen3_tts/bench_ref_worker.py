@@ -17,6 +17,7 @@ frames came out.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -50,6 +51,7 @@ class _Timer:
         self.calls: list[tuple[float, float]] = []  # (start, seconds)
         real = getattr(obj, name)
 
+        @functools.wraps(real)  # keeps the signature: transformers' generate checks its kwargs against it
         def timed(*a: Any, **kw: Any) -> Any:
             t0 = clock()
             try:
