@@ -1,9 +1,9 @@
 """Child process of ``bench --engine qwen3-tts`` for the worker-equivalent peak RSS.
 
 ``python -m pipeline.engines.qwen3_tts.bench_rss JOB_JSON`` opens the bundle with ``open_tts`` as the studio's
-worker does (default quant; the engine class itself, voice store included), computes the prompt's codes and speaker
-embedding, generates the forced number of frames and decodes them, then prints one JSON line:
-``{"peak_rss_mb", "peak_rss_source", "quant", "frames", "rss_after_load_mb"}``.
+worker does (default quant, or the job's ``quant``; the engine class itself, voice store included), computes the
+prompt's codes and speaker embedding, generates the forced number of frames and decodes them, then prints one JSON
+line: ``{"peak_rss_mb", "peak_rss_source", "quant", "frames", "audio_samples", "rss_after_load_mb"}``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def run(job: dict[str, Any]) -> dict[str, Any]:
     from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
 
     wav = np.load(job["wav"]).astype(np.float32)
-    with open_tts(job["bundle"], speakers_dir=job["speakers"], n_threads=int(job["threads"])) as tts:
+    with open_tts(job["bundle"], speakers_dir=job["speakers"], n_threads=int(job["threads"]),
+                  quant=job.get("quant")) as tts:
         after_load = _status_mb("VmRSS")
         codes_p = tts.prompt.codes(wav)
         spk = tts.prompt.speaker_embedding(wav)
