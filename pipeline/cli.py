@@ -402,6 +402,10 @@ def _given(a: argparse.Namespace, names: tuple[tuple[str, object], ...]) -> str:
     return ", ".join("--" + k.replace("_", "-") for k, default in names if getattr(a, k, default) != default)
 
 
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     if a.engine == "qwen3-tts":
         return _bench_qwen3(a)
@@ -411,8 +415,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
     opts = BenchOptions(
         bundle=a.bundle, quant=a.quant, threads=a.threads, llm_threads=a.llm_threads, flow_threads=a.flow_threads,
-        hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=a.prompt_tokens or 50,
-        prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens or 150, repeat=a.repeat,
+        hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=_or(a.prompt_tokens, 50),
+        prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=_or(a.tokens, 150), repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
         flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
         mel_check=a.mel_check, stream=a.stream, stream_schedule=a.stream_schedule, flow_cache=a.flow_cache,
@@ -430,9 +434,9 @@ def _bench_qwen3(a: argparse.Namespace) -> int:
 
     opts = Q3BenchOptions(
         bundle=a.bundle, quant=a.quant, threads=a.threads, kv_type=a.kv_type, cpus=a.cpus,
-        prompt_frames=a.prompt_frames or 44, prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens,
-        frames=a.frames or 25, repeat=a.repeat, seed=a.seed, worker_rss=not a.no_worker_rss, reference=a.reference,
-        ref_python=a.ref_python, ref_checkpoint=a.ref_checkpoint)
+        prompt_frames=_or(a.prompt_frames, 44), prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens,
+        frames=_or(a.frames, 25), repeat=a.repeat, seed=a.seed, worker_rss=not a.no_worker_rss,
+        reference=a.reference, ref_python=a.ref_python, ref_checkpoint=a.ref_checkpoint)
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
     return 0
