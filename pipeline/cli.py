@@ -406,8 +406,17 @@ def _or(value: int | None, default: int) -> int:
     return default if value is None else value
 
 
+def _bundle_engine(path: Path | None) -> str | None:
+    from pipeline.shared.bundle import Bundle
+
+    try:
+        return Bundle.load(path, check="none").engine if path else None
+    except CosyVoiceRKError:
+        return None  # the engine's own bench reports a missing or broken bundle
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
-    if a.engine == "qwen3-tts":
+    if a.engine == "qwen3-tts" or _bundle_engine(a.bundle) == "qwen3-tts":
         return _bench_qwen3(a)
     if _given(a, _Q3_BENCH_ONLY):
         raise InputError(f"{_given(a, _Q3_BENCH_ONLY)}: Qwen3-TTS bench options; add --engine qwen3-tts")

@@ -72,8 +72,10 @@ def test_the_reference_without_its_environment_says_how_to_make_it(tiny, tmp_pat
     assert r.returncode == 2 and "setup-qwen-tts-ref-env.sh" in r.stderr
 
 
-def test_options_of_the_other_engine_are_refused(tiny):
+def test_options_of_the_other_engine_are_refused(tiny, tmp_path):
     r = cli("bench", "--engine", "qwen3-tts", "--bundle", tiny.root, "--tokens", "10", "--flow-fast")
     assert r.returncode == 2 and "--tokens, --flow-fast: CosyVoice3 bench options" in r.stderr
-    r = cli("bench", "--bundle", tiny.root, "--frames", "10")
+    r = cli("bench", "--bundle", tiny.root, "--prompt-tokens", "10")  # a Qwen3-TTS bundle picks its engine
+    assert r.returncode == 2 and "--prompt-tokens: CosyVoice3 bench options" in r.stderr
+    r = cli("bench", "--bundle", tmp_path / "cosyvoice3-bundle", "--frames", "10")
     assert r.returncode == 2 and "--frames: Qwen3-TTS bench options" in r.stderr
