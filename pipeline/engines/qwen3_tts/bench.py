@@ -37,6 +37,7 @@ from pipeline.shared.errors import InputError
 
 from .bench_inputs import BenchInputs, make_inputs
 from .bench_profile import TimedCodePredictor, TimedTalker, profile_code_predictor
+from .generate import GenerationConfig, generate_codes
 
 __all__ = ["METRICS", "JSON_FIELDS", "Q3BenchOptions", "run_bench", "format_report", "report_json"]
 
@@ -120,7 +121,6 @@ def forced_overrides(frames: int) -> dict[str, Any]:
 def one_request(eng: Any, inp: BenchInputs, frames: int, seed: int) -> dict[str, Any]:
     """One timed request; returns the raw values, the codes and the code predictor's inputs."""
     from .decoder import voice_clone_wav
-    from .generate import GenerationConfig, generate_codes
 
     v: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -214,10 +214,7 @@ def run_bench(opts: Q3BenchOptions, log: Any = lambda m: None) -> dict[str, Any]
                         f"predictor {rv['cp_ms_per_frame']:.0f} ms/frame, decoder {rv['decoder_s_per_audio_s']:.2f}"
                         f" s/s, RTF {rv['rtf']:.2f}")
             last = runs[-1]
-            sub = eng.lm.sampling
-            from .generate import GenerationConfig
-
-            cfg = GenerationConfig.from_sampling(sub).subtalker
+            cfg = GenerationConfig.from_sampling(eng.lm.sampling).subtalker  # the code predictor's sampler
             profile = profile_code_predictor(eng.lm.cp, last["cp_inputs"][:max(1, opts.profile_frames)], cfg,
                                              np.random.default_rng(opts.seed))
             quant = eng.lm.quant
