@@ -393,17 +393,62 @@ def cmd_make_random_bundle(a: argparse.Namespace) -> int:
     return 0
 
 
+_Q3_BENCH_REFUSED = (("llm_threads", None), ("flow_threads", None), ("hift_threads", None), ("tokens", None),
+                     ("prompt_tokens", None), ("flow_fast", False), ("fast_estimator", "int8"), ("flow_steps", None),
+                     ("mel_check", False), ("stream", False), ("stream_schedule", None), ("flow_cache", "fp16"),
+                     ("flow_backend", "auto"), ("npu_cores", "auto"))
+_Q3_BENCH_ONLY = (("frames", None), ("prompt_frames", None), ("reference", False), ("ref_python", None),
+                  ("ref_checkpoint", None), ("no_worker_rss", False))
+
+
+def _given(a: argparse.Namespace, names: tuple[tuple[str, object], ...]) -> str:
+    return ", ".join("--" + k.replace("_", "-") for k, default in names if getattr(a, k, default) != default)
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _bundle_engine(path: Path | None) -> str | None:
+    from pipeline.shared.bundle import Bundle
+
+    try:
+        return Bundle.load(path, check="none").engine if path else None
+    except CosyVoiceRKError:
+        return None  # the engine's own bench reports a missing or broken bundle
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
+    if a.engine == "qwen3-tts" or _bundle_engine(a.bundle) == "qwen3-tts":
+        return _bench_qwen3(a)
+    if _given(a, _Q3_BENCH_ONLY):
+        raise InputError(f"{_given(a, _Q3_BENCH_ONLY)}: Qwen3-TTS bench options; add --engine qwen3-tts")
     from pipeline.engines.cosyvoice3.bench import BenchOptions, format_report, report_json, run_bench
 
     opts = BenchOptions(
         bundle=a.bundle, quant=a.quant, threads=a.threads, llm_threads=a.llm_threads, flow_threads=a.flow_threads,
-        hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=a.prompt_tokens,
-        prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=a.tokens, repeat=a.repeat,
+        hift_threads=a.hift_threads, kv_type=a.kv_type, prompt_tokens=_or(a.prompt_tokens, 50),
+        prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens, tokens=_or(a.tokens, 150), repeat=a.repeat,
         seed=a.seed, flow_fast=a.flow_fast or a.flow_steps is not None, fast_estimator=a.fast_estimator,
         flow_steps=a.flow_steps, flow_backend=a.flow_backend, npu_cores=a.npu_cores, cpus=a.cpus,
         mel_check=a.mel_check, stream=a.stream, stream_schedule=a.stream_schedule, flow_cache=a.flow_cache,
     )
+    report = run_bench(opts, log=_log)
+    print(report_json(report) if a.json else format_report(report))
+    return 0
+
+
+def _bench_qwen3(a: argparse.Namespace) -> int:
+    if _given(a, _Q3_BENCH_REFUSED):
+        raise InputError(f"{_given(a, _Q3_BENCH_REFUSED)}: CosyVoice3 bench options; Qwen3-TTS has no such part "
+                         "(its shapes are --prompt-frames, --prompt-text-tokens, --text-tokens, --frames)")
+    from pipeline.engines.qwen3_tts.bench import Q3BenchOptions, format_report, report_json, run_bench
+
+    opts = Q3BenchOptions(
+        bundle=a.bundle, quant=a.quant, threads=a.threads, kv_type=a.kv_type, cpus=a.cpus,
+        prompt_frames=_or(a.prompt_frames, 44), prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens,
+        frames=_or(a.frames, 25), repeat=a.repeat, seed=a.seed, worker_rss=not a.no_worker_rss,
+        reference=a.reference, ref_python=a.ref_python, ref_checkpoint=a.ref_checkpoint)
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
     return 0
@@ -625,6 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time every stage at fixed shapes (prefill, decode, flow, HiFT, RTF, RSS)")
     b.add_argument("--bundle", type=Path, default=_default_bundle(), help="model bundle (env COSYVOICE_RK_BUNDLE)")
+    _engine_arg(b)
     b.add_argument("--quant", default=None, help="GGUF variant (default: the bundle's default)")
     b.add_argument("--threads", type=int, default=None,
                    help="CPU threads for every stage (default: CPUs in this process's affinity, at most 4)")
@@ -633,11 +679,27 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--hift-threads", type=int, default=None, help="HiFT ONNX Runtime threads (default --threads)")
     b.add_argument("--kv-type", choices=["f16", "q8_0", "f32"], default="f16", help="llama.cpp KV-cache type")
     _placement_args(b)
-    b.add_argument("--prompt-tokens", type=int, default=50, help="prompt speech tokens (2 mel frames each)")
+    b.add_argument("--prompt-tokens", type=int, default=None, help="prompt speech tokens (2 mel frames each; "
+                   "default 50)")
     b.add_argument("--prompt-text-tokens", type=int, default=20,
                    help="prompt text tokens incl. the system prefix (cached with the speaker prefix)")
     b.add_argument("--text-tokens", type=int, default=20, help="target text tokens")
-    b.add_argument("--tokens", type=int, default=150, help="speech tokens to generate (forced: no early stop)")
+    b.add_argument("--tokens", type=int, default=None,
+                   help="speech tokens to generate (forced: no early stop; default 150)")
+    b.add_argument("--prompt-frames", type=int, default=None,
+                   help="Qwen3-TTS: prompt frames of 80 ms (default 44, the spec's 3.5 s anchor prompt)")
+    b.add_argument("--frames", type=int, default=None,
+                   help="Qwen3-TTS: frames to generate, 80 ms each (forced: EOS masked; default 25)")
+    b.add_argument("--reference", action="store_true",
+                   help="Qwen3-TTS: also time upstream's PyTorch qwen-tts on the same checkpoint and shapes, "
+                        "interleaved per repeat (needs scripts/setup-qwen-tts-ref-env.sh and --ref-checkpoint)")
+    b.add_argument("--ref-checkpoint", type=Path, default=None,
+                   help="Qwen3-TTS: the checkpoint folder the bundle was converted from (for --reference)")
+    b.add_argument("--ref-python", type=Path, default=None,
+                   help="Qwen3-TTS: python of the reference venv (default .venv-qwen-ref; env "
+                        "COSYVOICE_RK_QWEN_REF_PYTHON)")
+    b.add_argument("--no-worker-rss", action="store_true",
+                   help="Qwen3-TTS: skip the worker-equivalent peak-RSS process")
     b.add_argument("--repeat", type=int, default=3, help="runs; min / median / max are reported")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--flow-fast", action="store_true",
