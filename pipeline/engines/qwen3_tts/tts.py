@@ -13,11 +13,15 @@ Base has no instruct mode and no speed control; both are refused with a message.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,10 +40,17 @@ from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import Cancelled, InputError, PresetError
 from pipeline.shared.presets import Preset, SpeakerStore
 
+from .streaming import FIRST_FRAMES, StreamEnd, stream_segment
+
+if TYPE_CHECKING:
+    from .decoder_stream import StatefulStreamDecoder
+
 ENGINE = "qwen3-tts"
 MODES = ("zero_shot", "cross_lingual")
 # the shared frontend's languages → the talker's codec language names (talker_config.codec_language_id)
 TALKER_LANGUAGE = {"ru": "russian", "en": "english", "zh": "chinese", "ja": "japanese", "auto": None}
+PRIMED_VOICES = 4  # stream decoders primed with a voice's prompt codes, kept (LRU)
+PRIME_PIECE = 25  # prompt frames per decoder call while priming (a cancel is seen between calls)
 
 
 def max_frames(n_text_tokens: int, configured: int) -> int:
@@ -114,6 +125,26 @@ class SegmentResult:
         return self.codes[:, 0]
 
 
+@dataclass
+class _Job:
+    """One text segment of a request: its inputs and the request's state (rng, callbacks)."""
+
+    text: str
+    voice: Voice
+    language: str
+    mode: str
+    rng: np.random.Generator
+    overrides: dict[str, Any]
+    index: int
+    total: int
+    on_progress: Progress | None
+    should_stop: Callable[[], bool] | None
+
+    def report(self, stage: str, info: dict) -> None:
+        if self.on_progress:
+            self.on_progress(stage, {**info, "segment": self.index + 1, "segments": self.total})
+
+
 class Qwen3TTS:
     """Qwen3-TTS voice cloning on a bundle made by ``convert`` from a Qwen3-TTS-12Hz Base checkpoint."""
 
@@ -123,6 +154,7 @@ class Qwen3TTS:
                  flow_fast: bool = False, flow_steps: int | None = None) -> None:
         """``flow_*`` and ``npu_cores`` are CosyVoice3's options: anything but their defaults is refused."""
         from pipeline.engines.qwen3_tts.decoder import CodeDecoder
+        from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder
         from pipeline.engines.qwen3_tts.lm_session import Qwen3LM
         from pipeline.engines.qwen3_tts.prompt import PromptEncoder
         from pipeline.shared.cpu import place_process
@@ -140,16 +172,28 @@ class Qwen3TTS:
             self.prompt = PromptEncoder({k: root / p[k] for k in ("prompt_encoder", "speaker_encoder")}, p["dims"],
                                         n_threads=n_threads)
             self.decoder = CodeDecoder(root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads=n_threads)
+            stream_file = m["decoder"].get("decoder_stream_onnx")
+            # the unprimed stream decoder: it holds the ONNX session; requests and primed voices are its forks
+            self._stream_base = (StatefulStreamDecoder(root / stream_file, m["decoder"]["dims"], n_threads=n_threads,
+                                                       spin=False) if stream_file else None)
         except BaseException:
             self.lm.close()
             raise
         pd = p["dims"]
         self.codec = VoicePromptCodec(int(pd["num_codebooks"]), int(pd["codebook_size"]), int(pd["speaker_dim"]))
         self.store = SpeakerStore(speakers_dir, engine=ENGINE, codec=self.codec)
-        self.streams = False
-        stream_reason = "no streaming yet for Qwen3-TTS: each text part is made in one pass and heard when it is done"
+        self._primed: OrderedDict[str, StatefulStreamDecoder] = OrderedDict()  # voice codes hash -> primed
+        self._primed_lock = threading.Lock()
+        self.streams = self._stream_base is not None
+        if self.streams:
+            stream_reason = (f"streaming: frames are decoded while they are generated ({stream_file}), first audio "
+                             f"after {FIRST_FRAMES} frames ({FIRST_FRAMES * 80} ms of speech)")
+        else:
+            stream_reason = ("no streaming: this bundle has no stateful decoder step (decoder_stream_onnx; convert "
+                             "it again); each text part is made in one pass and heard when it is done")
         self._log(stream_reason)
-        self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "stream": False, "stream_reason": stream_reason}
+        self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "stream": self.streams,
+                          "stream_reason": stream_reason}
 
     # the interface's properties ----------------------------------------------------------------
     @property
@@ -245,7 +289,38 @@ class Qwen3TTS:
         return Voice(p.name, p.transcript, p.features, warnings=warnings)
 
     def prepare_stream(self, name: str, *, should_stop: Callable[[], bool] | None = None) -> float:
-        return 0.0  # nothing to solve ahead: the voice's codes and embedding are saved with it
+        """Prime the stream decoder with the saved voice's prompt codes now (kept in memory, LRU), so that its
+        first streamed request does not decode the prompt first; returns the seconds it took (0 when streaming
+        is off, the voice has no transcript (no ICL) or it was primed already)."""
+        if not self.streams:
+            return 0.0
+        v = self.load_voice(name)
+        if not v.transcript:
+            return 0.0
+        t0 = time.perf_counter()
+        fresh = self._voice_decoder(v.features.codes, should_stop)[1]
+        return time.perf_counter() - t0 if fresh else 0.0
+
+    def _voice_decoder(self, prompt_codes: np.ndarray | None,
+                       should_stop: Callable[[], bool] | None = None) -> tuple[StatefulStreamDecoder, bool]:
+        """A request's own stream decoder: a fork of the one primed with ``prompt_codes`` (ICL; primed now
+        if it is not in the LRU) or of the unprimed one (x-vector). Also whether it was primed now."""
+        base = self._stream_base
+        if base is None:
+            raise RuntimeError("this bundle has no stream decoder")
+        if prompt_codes is None:
+            return base.fork(), False
+        c = np.ascontiguousarray(prompt_codes, dtype=np.int64)
+        key = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
+        with self._primed_lock:
+            primed = self._primed.pop(key, None)
+            fresh = primed is None
+            if primed is None:
+                primed = base.primed(c, piece=PRIME_PIECE, should_stop=should_stop)
+            self._primed[key] = primed
+            while len(self._primed) > PRIMED_VOICES:
+                self._primed.popitem(last=False)
+            return primed.fork(), fresh
 
     # speech ------------------------------------------------------------------------------------
     def split(self, text: str, language: str = "auto") -> list[str]:
@@ -264,7 +339,16 @@ class Qwen3TTS:
                       top_p: float | None = None, stream: bool = True, on_progress: Progress | None = None,
                       should_stop: Callable[[], bool] | None = None, mode: str = "zero_shot",
                       instruct: str | None = None, speed: float = 1.0) -> Iterator[AudioChunk]:
-        """Synthesize ``text``: one chunk per text segment (no streaming yet), each carrying its :class:`Segment`.
+        """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
+        whole audio, sample for sample, and the last chunk of each text segment carries its :class:`Segment`
+        (whose audio is that segment's chunks joined; the last chunk may hold no samples).
+
+        ``stream`` (when :attr:`streams`): frames are decoded while they are generated (:mod:`.streaming`), several
+        chunks per segment; else each segment is made in one pass as upstream does (one chunk). The two give the
+        same codes for a seed and the same audio within the decoder's float32 rounding (ICL: the streamed
+        segment can be one sample shorter at its start, see :meth:`_stream_segment`). ``should_stop`` is asked
+        after every frame and before every chunk: a cancel stops within one chunk.
+
         ``temperature`` scales the checkpoint's own (generation_config.json: 0.9), so 1.0 (the page's default)
         is upstream's sampling and lower is steadier; ``top_k``/``top_p`` replace the checkpoint's; ``seed``
         makes it repeatable."""
@@ -289,38 +373,95 @@ class Qwen3TTS:
         overrides = {k: val for k, val in (("top_k", top_k), ("top_p", top_p)) if val is not None}
         if temperature is not None:
             overrides["temperature"] = float(temperature) * float(self.lm.sampling.get("temperature", 1.0))
+        index = 0
         for i, piece in enumerate(pieces):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped before segment {i + 1}")
-            res = self._segment(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
-            seg = Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
-            yield AudioChunk(res.audio, self.sample_rate, i, i, len(pieces), seg)
+            job = _Job(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
+            if not (stream and self.streams):
+                res = self._segment(job)
+                seg = Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
+                yield AudioChunk(res.audio, self.sample_rate, index, i, len(pieces), seg)
+                index += 1
+                continue
+            # closing(): a cancel, an error or a consumer that stops ends the generation thread at once
+            with closing(self._stream_segment(job)) as made:
+                for audio, seg in made:
+                    yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
+                    index += 1
+                    if seg is None and should_stop is not None and should_stop():
+                        raise Cancelled(f"stopped after {index} audio chunk(s)")
 
-    def _segment(self, piece: str, v: Voice, language: str, mode: str, rng: np.random.Generator,
-                 overrides: dict[str, Any], i: int, n: int, on_progress: Progress | None,
-                 should_stop: Callable[[], bool] | None) -> SegmentResult:
+    def _talker_prompt(self, job: _Job) -> tuple[Any, int]:
+        """The talker prompt of ``job`` (ICL in zero_shot) and its frame cap."""
+        icl = job.mode == "zero_shot"
+        v = job.voice
+        prompt = self.lm.prompt(job.text, v.features.embedding, language=TALKER_LANGUAGE[job.language],
+                                ref_text=v.transcript if icl else None, ref_codes=v.features.codes if icl else None)
+        job.report("prefill", {"positions": int(len(prompt.prefill))})
+        cap = max_frames(len(self.lm.tokens.encode(job.text)), int(self.lm.sampling.get("max_new_tokens", 8192)))
+        return prompt, cap
+
+    def _segment(self, job: _Job) -> SegmentResult:
+        """One segment in one pass (upstream's ``generate_voice_clone``)."""
         from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
 
-        def report(stage: str, info: dict) -> None:
-            if on_progress:
-                on_progress(stage, {**info, "segment": i + 1, "segments": n})
-
-        icl = mode == "zero_shot"
+        icl = job.mode == "zero_shot"
         t0 = time.perf_counter()
-        prompt = self.lm.prompt(piece, v.features.embedding, language=TALKER_LANGUAGE[language],
-                                ref_text=v.transcript if icl else None, ref_codes=v.features.codes if icl else None)
-        report("prefill", {"positions": int(len(prompt.prefill))})
-        cap = max_frames(len(self.lm.tokens.encode(piece)), int(self.lm.sampling.get("max_new_tokens", 8192)))
-        codes = self.lm.generate(prompt, rng=rng, progress=lambda k: report("tokens", {"n": int(k)}),
-                                 should_stop=should_stop, **{"max_new_tokens": cap, **overrides})
-        if should_stop is not None and should_stop():
+        prompt, cap = self._talker_prompt(job)
+        codes = self.lm.generate(prompt, rng=job.rng, progress=lambda k: job.report("tokens", {"n": int(k)}),
+                                 should_stop=job.should_stop, **{"max_new_tokens": cap, **job.overrides})
+        if job.should_stop is not None and job.should_stop():
             raise Cancelled(f"stopped after {len(codes)} frames")
         t1 = time.perf_counter()
-        report("vocoder", {"frames": int(len(codes))})
-        audio = voice_clone_wav(self.decoder, codes, v.features.codes if icl else None)
+        job.report("vocoder", {"frames": int(len(codes))})
+        audio = voice_clone_wav(self.decoder, codes, job.voice.features.codes if icl else None)
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
                              {"talker+code_predictor": t1 - t0, "decoder": t2 - t1}, self.backends)
+
+    def _stream_segment(self, job: _Job) -> Iterator[tuple[np.ndarray, Segment | None]]:
+        """One segment streamed: ``(audio, None)`` per piece, the last with its :class:`Segment`.
+
+        Against :meth:`_segment` (same seed, same codes): the decoder runs the stateful step graph with
+        upstream's windows, so the samples agree within float32 rounding (<= 1e-3, tests/test_q3_streaming.py).
+        ICL: the stream starts at sample T12·1920 of [prompt; generated], while upstream cuts at
+        ``int(T12 / (T12 + n) · len)``, which float rounding makes T12·1920 − 1 for some (T12, n); then the
+        one-pass audio has one more sample at its start (the prompt's last) and streamed == one_pass[1:]. A
+        stream cannot know n when it emits its first sample, so that sample is not made up."""
+        icl = job.mode == "zero_shot"
+        t0 = time.perf_counter()
+        prompt, cap = self._talker_prompt(job)
+        decoder, primed_now = self._voice_decoder(job.voice.features.codes if icl else None, job.should_stop)
+        t_prep = time.perf_counter() - t0
+
+        def generate(on_frame: Callable[[np.ndarray], None], stopped: Callable[[], bool]) -> np.ndarray:
+            return self.lm.generate(prompt, rng=job.rng, progress=lambda k: job.report("tokens", {"n": int(k)}),
+                                    should_stop=stopped, on_frame=on_frame, **{"max_new_tokens": cap, **job.overrides})
+
+        parts: list[np.ndarray] = []
+        held: np.ndarray | None = None  # the last piece waits for the StreamEnd (it is yielded right after)
+        with closing(stream_segment(generate, decoder, should_stop=job.should_stop, on_progress=job.report)) as made:
+            for item in made:
+                if isinstance(item, StreamEnd):
+                    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+                    timings = dict(item.timings)
+                    timings["talker+code_predictor"] += t_prep
+                    stats = {**item.stats, "ttfa_s": item.stats["ttfa_s"] + t_prep,
+                             "wall_s": item.stats["wall_s"] + t_prep, "primed_now": primed_now}
+                    res = SegmentResult(audio, self.sample_rate, np.asarray(item.codes), timings, self.backends,
+                                        stats)
+                    seg = Segment(job.index, job.total, job.text, audio, self.sample_rate, res)
+                    yield (held if held is not None else np.zeros(0, np.float32)), seg
+                    return
+                piece, last = item
+                piece = np.asarray(piece, np.float32)
+                parts.append(piece)
+                if last:
+                    held = piece
+                elif len(piece):
+                    yield piece, None
+        raise RuntimeError("the stream ended without its result")
 
     def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False, **kw: Any) -> Iterator[Segment]:
         for chunk in self.create_chunks(text, voice, stream=stream, **kw):
