@@ -155,8 +155,8 @@ def test_a_voice_is_primed_once_and_kept(tts, voice):
     tts._primed.clear()
     assert tts.prepare_stream("Ann") > 0
     assert tts.prepare_stream("Ann") == 0.0  # primed already (LRU keyed by the codes' hash)
-    a, fresh = tts._voice_decoder(codes)
-    b, _ = tts._voice_decoder(codes)
+    a, fresh = tts._primed.decoder(codes)
+    b, _ = tts._primed.decoder(codes)
     assert not fresh and a is not b and a.n_prompt == b.n_prompt == len(codes) == a.frames
     with pytest.raises(Cancelled):
         tts._primed.clear()

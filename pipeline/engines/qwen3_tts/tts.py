@@ -6,6 +6,13 @@ prefill (§5; ICL with the transcript and prompt codes, or x-vector only), talke
 the decoder over [prompt codes; generated codes] and the prompt cut (§9–§10). Upstream has no text normalisation or
 splitting; here the shared text frontend normalises and splits long text, and each segment is one utterance.
 
+Streaming (``create_chunks(stream=True)``, when the bundle has ``decoder_stream_onnx``; upstream has none, §11):
+the talker + code predictor run in a thread and each segment's frames are decoded as they come by the stateful
+stream decoder (:mod:`.streaming`: first audio after 4 frames, then hops of 8 and 16). ICL primes that decoder
+with the voice's prompt codes once per voice (kept, LRU) instead of decoding the prompt with every segment. Same
+seed, same codes as ``stream=False``, and the same samples within float32 rounding; ICL only: where upstream's
+cut falls one sample early the one-pass audio has that extra first sample (:meth:`Qwen3TTS._stream_segment`).
+
 Modes: ``zero_shot`` is upstream's ICL mode (the transcript is needed); ``cross_lingual`` is upstream's
 x-vector-only mode (only the speaker embedding: no transcript, the voice may speak another language). Qwen3-TTS
 Base has no instruct mode and no speed control; both are refused with a message.
@@ -13,15 +20,11 @@ Base has no instruct mode and no speed control; both are refused with a message.
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -40,109 +43,13 @@ from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import Cancelled, InputError, PresetError
 from pipeline.shared.presets import Preset, SpeakerStore
 
-from .streaming import FIRST_FRAMES, StreamEnd, stream_segment
-
-if TYPE_CHECKING:
-    from .decoder_stream import StatefulStreamDecoder
+from .streaming import FIRST_FRAMES, PrimedDecoders, StreamEnd, stream_segment
+from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames
 
 ENGINE = "qwen3-tts"
 MODES = ("zero_shot", "cross_lingual")
 # the shared frontend's languages → the talker's codec language names (talker_config.codec_language_id)
 TALKER_LANGUAGE = {"ru": "russian", "en": "english", "zh": "chinese", "ja": "japanese", "auto": None}
-PRIMED_VOICES = 4  # stream decoders primed with a voice's prompt codes, kept (LRU)
-PRIME_PIECE = 25  # prompt frames per decoder call while priming (a cancel is seen between calls)
-
-
-def max_frames(n_text_tokens: int, configured: int) -> int:
-    """Frames one segment may take. Upstream stops only at EOS or ``max_new_tokens`` (8192 frames, 11 minutes);
-    a model that never says EOS (random weights, a damaged bundle, a bad prompt) would run that long. Here a
-    segment also stops at 2 s per text token plus 4 s (speech runs at about 3 tokens per second): a deliberate
-    difference, docs/qwen3-tts.md."""
-    return max(1, min(configured, 25 * n_text_tokens + 50))
-
-
-@dataclass
-class VoicePrompt:
-    """What a prompt recording gives Qwen3-TTS: its codes (T12, 16) and its speaker embedding (D,)."""
-
-    codes: np.ndarray
-    embedding: np.ndarray
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"codes": self.codes, "embedding": self.embedding}
-
-
-@dataclass(frozen=True)
-class VoicePromptCodec:
-    """A voice preset's ``features.npz`` for Qwen3-TTS (:class:`pipeline.shared.presets.FeatureCodec`)."""
-
-    num_codebooks: int
-    codebook_size: int
-    speaker_dim: int
-
-    def to_arrays(self, f: VoicePrompt) -> dict[str, np.ndarray]:
-        return f.arrays()
-
-    def from_arrays(self, a: dict[str, np.ndarray]) -> VoicePrompt:
-        return VoicePrompt(np.asarray(a["codes"], np.int64), np.asarray(a["embedding"], np.float32))
-
-    def problem(self, f: VoicePrompt | None) -> str | None:
-        if f is None:
-            return "no features"
-        c, e = f.codes, f.embedding
-        if c.ndim != 2 or c.shape[1] != self.num_codebooks or len(c) == 0:
-            return f"prompt codes have shape {c.shape}"
-        if (c < 0).any() or (c >= self.codebook_size).any():
-            return "prompt codes out of range"
-        if e.shape != (self.speaker_dim,):
-            return f"speaker embedding has shape {e.shape}"
-        if not np.isfinite(e).all():
-            return "features are not finite (NaN or infinity)"
-        return None
-
-
-@dataclass
-class Voice:
-    name: str
-    transcript: str  # "" for a voice made without one (cross_lingual only)
-    features: VoicePrompt
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SegmentResult:
-    """One segment's speech and how it was made (what the worker reports per segment)."""
-
-    audio: np.ndarray
-    sample_rate: int
-    codes: np.ndarray  # (n, 16) generated frames
-    timings: dict[str, float]
-    backends: dict[str, str]
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens(self) -> np.ndarray:  # one per 80 ms frame, as CosyVoice3 counts its speech tokens
-        return self.codes[:, 0]
-
-
-@dataclass
-class _Job:
-    """One text segment of a request: its inputs and the request's state (rng, callbacks)."""
-
-    text: str
-    voice: Voice
-    language: str
-    mode: str
-    rng: np.random.Generator
-    overrides: dict[str, Any]
-    index: int
-    total: int
-    on_progress: Progress | None
-    should_stop: Callable[[], bool] | None
-
-    def report(self, stage: str, info: dict) -> None:
-        if self.on_progress:
-            self.on_progress(stage, {**info, "segment": self.index + 1, "segments": self.total})
 
 
 class Qwen3TTS:
@@ -173,18 +80,16 @@ class Qwen3TTS:
                                         n_threads=n_threads)
             self.decoder = CodeDecoder(root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads=n_threads)
             stream_file = m["decoder"].get("decoder_stream_onnx")
-            # the unprimed stream decoder: it holds the ONNX session; requests and primed voices are its forks
-            self._stream_base = (StatefulStreamDecoder(root / stream_file, m["decoder"]["dims"], n_threads=n_threads,
-                                                       spin=False) if stream_file else None)
+            stream_base = (StatefulStreamDecoder(root / stream_file, m["decoder"]["dims"], n_threads=n_threads,
+                                                 spin=False) if stream_file else None)
         except BaseException:
             self.lm.close()
             raise
         pd = p["dims"]
         self.codec = VoicePromptCodec(int(pd["num_codebooks"]), int(pd["codebook_size"]), int(pd["speaker_dim"]))
         self.store = SpeakerStore(speakers_dir, engine=ENGINE, codec=self.codec)
-        self._primed: OrderedDict[str, StatefulStreamDecoder] = OrderedDict()  # voice codes hash -> primed
-        self._primed_lock = threading.Lock()
-        self.streams = self._stream_base is not None
+        self._primed = PrimedDecoders(stream_base) if stream_base else None  # the one cross-request state
+        self.streams = self._primed is not None
         if self.streams:
             stream_reason = (f"streaming: frames are decoded while they are generated ({stream_file}), first audio "
                              f"after {FIRST_FRAMES} frames ({FIRST_FRAMES * 80} ms of speech)")
@@ -298,29 +203,8 @@ class Qwen3TTS:
         if not v.transcript:
             return 0.0
         t0 = time.perf_counter()
-        fresh = self._voice_decoder(v.features.codes, should_stop)[1]
+        fresh = self._primed.decoder(v.features.codes, should_stop)[1]
         return time.perf_counter() - t0 if fresh else 0.0
-
-    def _voice_decoder(self, prompt_codes: np.ndarray | None,
-                       should_stop: Callable[[], bool] | None = None) -> tuple[StatefulStreamDecoder, bool]:
-        """A request's own stream decoder: a fork of the one primed with ``prompt_codes`` (ICL; primed now
-        if it is not in the LRU) or of the unprimed one (x-vector). Also whether it was primed now."""
-        base = self._stream_base
-        if base is None:
-            raise RuntimeError("this bundle has no stream decoder")
-        if prompt_codes is None:
-            return base.fork(), False
-        c = np.ascontiguousarray(prompt_codes, dtype=np.int64)
-        key = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
-        with self._primed_lock:
-            primed = self._primed.pop(key, None)
-            fresh = primed is None
-            if primed is None:
-                primed = base.primed(c, piece=PRIME_PIECE, should_stop=should_stop)
-            self._primed[key] = primed
-            while len(self._primed) > PRIMED_VOICES:
-                self._primed.popitem(last=False)
-            return primed.fork(), fresh
 
     # speech ------------------------------------------------------------------------------------
     def split(self, text: str, language: str = "auto") -> list[str]:
@@ -377,7 +261,7 @@ class Qwen3TTS:
         for i, piece in enumerate(pieces):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped before segment {i + 1}")
-            job = _Job(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
+            job = Job(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
             if not (stream and self.streams):
                 res = self._segment(job)
                 seg = Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
@@ -392,7 +276,7 @@ class Qwen3TTS:
                     if seg is None and should_stop is not None and should_stop():
                         raise Cancelled(f"stopped after {index} audio chunk(s)")
 
-    def _talker_prompt(self, job: _Job) -> tuple[Any, int]:
+    def _talker_prompt(self, job: Job) -> tuple[Any, int]:
         """The talker prompt of ``job`` (ICL in zero_shot) and its frame cap."""
         icl = job.mode == "zero_shot"
         v = job.voice
@@ -402,7 +286,7 @@ class Qwen3TTS:
         cap = max_frames(len(self.lm.tokens.encode(job.text)), int(self.lm.sampling.get("max_new_tokens", 8192)))
         return prompt, cap
 
-    def _segment(self, job: _Job) -> SegmentResult:
+    def _segment(self, job: Job) -> SegmentResult:
         """One segment in one pass (upstream's ``generate_voice_clone``)."""
         from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
 
@@ -420,7 +304,7 @@ class Qwen3TTS:
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
                              {"talker+code_predictor": t1 - t0, "decoder": t2 - t1}, self.backends)
 
-    def _stream_segment(self, job: _Job) -> Iterator[tuple[np.ndarray, Segment | None]]:
+    def _stream_segment(self, job: Job) -> Iterator[tuple[np.ndarray, Segment | None]]:
         """One segment streamed: ``(audio, None)`` per piece, the last with its :class:`Segment`.
 
         Against :meth:`_segment` (same seed, same codes): the decoder runs the stateful step graph with
@@ -432,7 +316,7 @@ class Qwen3TTS:
         icl = job.mode == "zero_shot"
         t0 = time.perf_counter()
         prompt, cap = self._talker_prompt(job)
-        decoder, primed_now = self._voice_decoder(job.voice.features.codes if icl else None, job.should_stop)
+        decoder, primed_now = self._primed.decoder(job.voice.features.codes if icl else None, job.should_stop)
         t_prep = time.perf_counter() - t0
 
         def generate(on_frame: Callable[[np.ndarray], None], stopped: Callable[[], bool]) -> np.ndarray:
