@@ -66,6 +66,7 @@ def test_chunks_join_to_the_segment_and_agree_with_the_one_pass_path(tts, voice,
         assert np.array_equal(seg.result.codes, ref.result.codes)  # same seed, same codes
         n = len(seg.result.codes)
         assert n * 0.08 > 2 and len(mine) >= 3  # a multi-second segment comes in several chunks
+        assert seg.result.stats["lm_wait_s"] > 0  # generation paused until the first chunk was decoded
         # every chunk but the last ends at an emission point (4, 12, 28, 44, ... frames)
         ends = np.cumsum([len(c.audio) for c in mine[:-1]]) // SPF
         assert list(ends) == [next(points) for _ in ends]

@@ -32,14 +32,20 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.engines.base import Segment
 from pipeline.shared.errors import Cancelled
 
 from .decoder_stream import StatefulStreamDecoder
+from .voice import Job, SegmentResult
+
+if TYPE_CHECKING:
+    from .tts import Qwen3TTS
 
 FIRST_FRAMES = 4
 MAX_HOP_FRAMES = 16
@@ -216,3 +222,48 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
                     {"ttfa_s": ttfa or 0.0, "wall_s": wall, "emissions": emissions, "frames": int(decoded),
                      "first_frames": first, "max_hop_frames": max_hop, "lm_yields": bool(lm_yields),
                      "lm_wait_s": req.lm_wait})
+
+
+def stream_job(tts: Qwen3TTS, job: Job) -> Iterator[tuple[np.ndarray, Segment | None]]:
+    """One segment of a request to ``tts`` streamed: ``(audio, None)`` per piece, the last with its :class:`Segment`.
+
+    Against ``Qwen3TTS._segment`` (same seed, same codes): the decoder runs the stateful step graph with
+    upstream's windows, so the samples agree within float32 rounding (<= 1e-3, tests/test_q3_streaming.py).
+    ICL: the stream starts at sample T12·1920 of [prompt; generated], while upstream cuts at
+    ``int(T12 / (T12 + n) · len)``, which float rounding makes T12·1920 − 1 for some (T12, n); then the
+    one-pass audio has one more sample at its start (the prompt's last) and streamed == one_pass[1:]. A
+    stream cannot know n when it emits its first sample, so that sample is not made up."""
+    icl = job.mode == "zero_shot"
+    t0 = time.perf_counter()
+    prompt, cap = tts._talker_prompt(job)
+    t1 = time.perf_counter()
+    decoder, primed_now = tts._primed.decoder(job.voice.features.codes if icl else None, job.should_stop)
+    t_prep, t_prime = time.perf_counter() - t0, time.perf_counter() - t1
+
+    def generate(on_frame: Callable[[np.ndarray], None], stopped: Callable[[], bool]) -> np.ndarray:
+        return tts.lm.generate(prompt, rng=job.rng, progress=lambda k: job.report("tokens", {"n": int(k)}),
+                               should_stop=stopped, on_frame=on_frame, **{"max_new_tokens": cap, **job.overrides})
+
+    parts: list[np.ndarray] = []
+    held: np.ndarray | None = None  # the last piece waits for the StreamEnd (it is yielded right after)
+    with closing(stream_segment(generate, decoder, should_stop=job.should_stop, on_progress=job.report)) as made:
+        for item in made:
+            if isinstance(item, StreamEnd):
+                audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+                timings = dict(item.timings)
+                timings["talker+code_predictor"] += t_prep - t_prime
+                timings["decoder"] += t_prime  # priming the voice (its first request only)
+                stats = {**item.stats, "ttfa_s": item.stats["ttfa_s"] + t_prep,
+                         "wall_s": item.stats["wall_s"] + t_prep, "primed_now": primed_now}
+                res = SegmentResult(audio, tts.sample_rate, np.asarray(item.codes), timings, tts.backends, stats)
+                seg = Segment(job.index, job.total, job.text, audio, tts.sample_rate, res)
+                yield (held if held is not None else np.zeros(0, np.float32)), seg
+                return
+            piece, last = item
+            piece = np.asarray(piece, np.float32)
+            parts.append(piece)
+            if last:
+                held = piece
+            elif len(piece):
+                yield piece, None
+    raise RuntimeError("the stream ended without its result")

@@ -11,7 +11,7 @@ the talker + code predictor run in a thread and each segment's frames are decode
 stream decoder (:mod:`.streaming`: first audio after 4 frames, then hops of 8 and 16). ICL primes that decoder
 with the voice's prompt codes once per voice (kept, LRU) instead of decoding the prompt with every segment. Same
 seed, same codes as ``stream=False``, and the same samples within float32 rounding; ICL only: where upstream's
-cut falls one sample early the one-pass audio has that extra first sample (:meth:`Qwen3TTS._stream_segment`).
+cut falls one sample early the one-pass audio has that extra first sample (:func:`.streaming.stream_job`).
 
 Modes: ``zero_shot`` is upstream's ICL mode (the transcript is needed); ``cross_lingual`` is upstream's
 x-vector-only mode (only the speaker embedding: no transcript, the voice may speak another language). Qwen3-TTS
@@ -20,11 +20,12 @@ Base has no instruct mode and no speed control; both are refused with a message.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,8 +44,11 @@ from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import Cancelled, InputError, PresetError
 from pipeline.shared.presets import Preset, SpeakerStore
 
-from .streaming import FIRST_FRAMES, PrimedDecoders, StreamEnd, stream_segment
+from .streaming import FIRST_FRAMES, PrimedDecoders, stream_job
 from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames
+
+if TYPE_CHECKING:
+    from .decoder import CodeDecoder
 
 ENGINE = "qwen3-tts"
 MODES = ("zero_shot", "cross_lingual")
@@ -78,8 +82,10 @@ class Qwen3TTS:
             p = m["prompt"]
             self.prompt = PromptEncoder({k: root / p[k] for k in ("prompt_encoder", "speaker_encoder")}, p["dims"],
                                         n_threads=n_threads)
-            self.decoder = CodeDecoder(root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads=n_threads)
             stream_file = m["decoder"].get("decoder_stream_onnx")
+            self._decoder_args = (root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads)
+            self._decoder = None if stream_file else CodeDecoder(*self._decoder_args)
+            self._decoder_lock = threading.Lock()
             stream_base = (StatefulStreamDecoder(root / stream_file, m["decoder"]["dims"], n_threads=n_threads,
                                                  spin=False) if stream_file else None)
         except BaseException:
@@ -114,6 +120,17 @@ class Qwen3TTS:
     def backends(self) -> dict[str, str]:
         return {"talker": "llama.cpp CPU", "code_predictor": "llama.cpp CPU", "prompt": "onnxruntime CPU",
                 "decoder": "onnxruntime CPU"}
+
+    @property
+    def decoder(self) -> CodeDecoder:
+        """The one-pass decoder (``stream=False``). A streaming bundle loads it at its first use, so that a
+        streaming worker does not hold both decoder graphs (~460 MB each at full size)."""
+        from pipeline.engines.qwen3_tts.decoder import CodeDecoder
+
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = CodeDecoder(*self._decoder_args)
+            return self._decoder
 
     @property
     def quant(self) -> str:
@@ -224,14 +241,10 @@ class Qwen3TTS:
                       should_stop: Callable[[], bool] | None = None, mode: str = "zero_shot",
                       instruct: str | None = None, speed: float = 1.0) -> Iterator[AudioChunk]:
         """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
-        whole audio, sample for sample, and the last chunk of each text segment carries its :class:`Segment`
-        (whose audio is that segment's chunks joined; the last chunk may hold no samples).
-
-        ``stream`` (when :attr:`streams`): frames are decoded while they are generated (:mod:`.streaming`), several
-        chunks per segment; else each segment is made in one pass as upstream does (one chunk). The two give the
-        same codes for a seed and the same audio within the decoder's float32 rounding (ICL: the streamed
-        segment can be one sample shorter at its start, see :meth:`_stream_segment`). ``should_stop`` is asked
-        after every frame and before every chunk: a cancel stops within one chunk.
+        whole audio, sample for sample; the last chunk of a segment (maybe empty) carries its :class:`Segment`.
+        ``stream`` (when :attr:`streams`): several chunks per segment, made while its frames are generated
+        (:func:`.streaming.stream_job`); else one per segment, made in one pass as upstream does. ``should_stop`` is
+        asked after every frame and before every chunk: a cancel stops within one chunk.
 
         ``temperature`` scales the checkpoint's own (generation_config.json: 0.9), so 1.0 (the page's default)
         is upstream's sampling and lower is steadier; ``top_k``/``top_p`` replace the checkpoint's; ``seed``
@@ -269,7 +282,7 @@ class Qwen3TTS:
                 index += 1
                 continue
             # closing(): a cancel, an error or a consumer that stops ends the generation thread at once
-            with closing(self._stream_segment(job)) as made:
+            with closing(stream_job(self, job)) as made:
                 for audio, seg in made:
                     yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
                     index += 1
@@ -303,51 +316,6 @@ class Qwen3TTS:
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
                              {"talker+code_predictor": t1 - t0, "decoder": t2 - t1}, self.backends)
-
-    def _stream_segment(self, job: Job) -> Iterator[tuple[np.ndarray, Segment | None]]:
-        """One segment streamed: ``(audio, None)`` per piece, the last with its :class:`Segment`.
-
-        Against :meth:`_segment` (same seed, same codes): the decoder runs the stateful step graph with
-        upstream's windows, so the samples agree within float32 rounding (<= 1e-3, tests/test_q3_streaming.py).
-        ICL: the stream starts at sample T12·1920 of [prompt; generated], while upstream cuts at
-        ``int(T12 / (T12 + n) · len)``, which float rounding makes T12·1920 − 1 for some (T12, n); then the
-        one-pass audio has one more sample at its start (the prompt's last) and streamed == one_pass[1:]. A
-        stream cannot know n when it emits its first sample, so that sample is not made up."""
-        icl = job.mode == "zero_shot"
-        t0 = time.perf_counter()
-        prompt, cap = self._talker_prompt(job)
-        t1 = time.perf_counter()
-        decoder, primed_now = self._primed.decoder(job.voice.features.codes if icl else None, job.should_stop)
-        t_prep, t_prime = time.perf_counter() - t0, time.perf_counter() - t1
-
-        def generate(on_frame: Callable[[np.ndarray], None], stopped: Callable[[], bool]) -> np.ndarray:
-            return self.lm.generate(prompt, rng=job.rng, progress=lambda k: job.report("tokens", {"n": int(k)}),
-                                    should_stop=stopped, on_frame=on_frame, **{"max_new_tokens": cap, **job.overrides})
-
-        parts: list[np.ndarray] = []
-        held: np.ndarray | None = None  # the last piece waits for the StreamEnd (it is yielded right after)
-        with closing(stream_segment(generate, decoder, should_stop=job.should_stop, on_progress=job.report)) as made:
-            for item in made:
-                if isinstance(item, StreamEnd):
-                    audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
-                    timings = dict(item.timings)
-                    timings["talker+code_predictor"] += t_prep - t_prime
-                    timings["decoder"] += t_prime  # priming the voice (its first request only)
-                    stats = {**item.stats, "ttfa_s": item.stats["ttfa_s"] + t_prep,
-                             "wall_s": item.stats["wall_s"] + t_prep, "primed_now": primed_now}
-                    res = SegmentResult(audio, self.sample_rate, np.asarray(item.codes), timings, self.backends,
-                                        stats)
-                    seg = Segment(job.index, job.total, job.text, audio, self.sample_rate, res)
-                    yield (held if held is not None else np.zeros(0, np.float32)), seg
-                    return
-                piece, last = item
-                piece = np.asarray(piece, np.float32)
-                parts.append(piece)
-                if last:
-                    held = piece
-                elif len(piece):
-                    yield piece, None
-        raise RuntimeError("the stream ended without its result")
 
     def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False, **kw: Any) -> Iterator[Segment]:
         for chunk in self.create_chunks(text, voice, stream=stream, **kw):
