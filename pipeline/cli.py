@@ -23,7 +23,7 @@ def _log(msg: str) -> None:
 
 
 def cmd_download(a: argparse.Namespace) -> int:
-    if a.engine == "qwen3-tts":
+    if a.engine == "qwen3-tts" and not a.asr:  # the speech recognition models serve every engine
         from pipeline.engines.qwen3_tts.cli import cmd_download as q3_download
 
         return q3_download(a, _log)
@@ -118,10 +118,13 @@ def cmd_check(a: argparse.Namespace) -> int:
 
     bundle = Bundle.load(a.bundle, check="size")
     _log(f"hashing every file of {a.bundle} (the real bundle: ~5 GB, 25-50 s on an RK3588's eMMC)")
-    from pipeline.engines.cosyvoice3.bundle_info import describe_source
+    if bundle.engine == "cosyvoice3":
+        from pipeline.engines.cosyvoice3.bundle_info import describe_source
 
-    for line in describe_source(bundle.manifest):
-        _log(line)
+        for line in describe_source(bundle.manifest):
+            _log(line)
+    else:
+        _log(f"engine {bundle.engine}: {bundle.manifest.get('source', {}).get('model', '?')}")
     bad = bundle.scan(log=_log)
     if bad:
         _log(f"DAMAGED: {', '.join(bad)}; copy the bundle again from where it was converted, or convert again")
@@ -408,6 +411,11 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def cmd_quality(a: argparse.Namespace) -> int:
     from pipeline.engines.cosyvoice3.quality_cli import run_quality_cli
+    from pipeline.shared.bundle import Bundle
+
+    if Path(a.bundle).is_dir() and Bundle.load(a.bundle, check="none").engine != "cosyvoice3":
+        raise InputError("quality measures CosyVoice3 bundles only for now (LLM quantization x flow x steps); "
+                         f"{a.bundle} is a {Bundle.load(a.bundle, check='none').engine} bundle")
 
     return run_quality_cli(a, log=_log)
 
@@ -482,7 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice-rk", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    d = sub.add_parser("download", help="fetch the upstream Fun-CosyVoice3-0.5B files the converter needs")
+    d = sub.add_parser("download", help="fetch the files the converter needs: Fun-CosyVoice3-0.5B (default) or "
+                       "Qwen3-TTS-12Hz-0.6B-Base (--engine qwen3-tts)")
     d.add_argument("dir", type=Path, nargs="?", help="destination (with --asr default: $COSYVOICE_RK_ASR or "
                    "models/asr)")
     _engine_arg(d)
@@ -608,7 +617,8 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_arg(r)
     r.add_argument("--size", choices=["tiny", "full"], default="tiny")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny, f32,q4_k_m for full)")
+    r.add_argument("--quant", default=None, help="GGUF variants (default: f32 for tiny; for full, f32,q4_k_m "
+                   "(CosyVoice3) or f32,q8_0,q4_k_m (Qwen3-TTS))")
     r.add_argument("--overwrite", action="store_true")
     _int8_arg(r)
     r.set_defaults(func=cmd_make_random_bundle)

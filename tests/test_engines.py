@@ -33,21 +33,43 @@ def _copy_with_manifest(bundle: Bundle, dst: Path, **changes) -> Path:
 
 def test_every_engine_has_its_own_package():
     for info in ENGINES.values():
-        assert (ROOT / info.package.replace(".", "/")).is_dir() or info.name == "qwen3-tts", info
-    assert (ROOT / "pipeline/shared").is_dir() and (ROOT / "pipeline/engines/cosyvoice3/convert").is_dir()
+        assert (ROOT / info.package.replace(".", "/") / "convert").is_dir(), info
+        assert (ROOT / info.package.replace(".", "/") / "tts.py").is_file(), info
+    assert (ROOT / "pipeline/shared").is_dir()
+
+
+def _imports(f: Path) -> list[str]:
+    """Every module ``f`` imports, relative imports resolved against its package."""
+    pkg = list(f.relative_to(ROOT).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = pkg[: len(pkg) - node.level + 1] if node.level else []
+            mod = ".".join([*base, *([node.module] if node.module else [])])
+            out += [mod] + [f"{mod}.{a.name}" for a in node.names]
+    return out
 
 
 def test_engines_do_not_import_each_other():
     """An engine package may use pipeline.shared and the seam (pipeline.engines, .base), never another engine."""
     for info in ENGINES.values():
-        pkg = ROOT / info.package.replace(".", "/")
-        if not pkg.is_dir():
-            continue
         others = [o.package for o in ENGINES.values() if o is not info]
-        for f in pkg.rglob("*.py"):
-            for node in ast.walk(ast.parse(f.read_text())):
-                if isinstance(node, ast.ImportFrom) and node.module:
-                    assert not any(node.module.startswith(o) for o in others), f"{f} imports {node.module}"
+        for f in (ROOT / info.package.replace(".", "/")).rglob("*.py"):
+            for mod in _imports(f):
+                assert not any(mod == o or mod.startswith(o + ".") for o in others), f"{f} imports {mod}"
+
+
+def test_the_import_check_sees_relative_and_plain_imports(tmp_path):
+    pkg = ROOT / "pipeline/engines/qwen3_tts"
+    f = pkg / "_probe_for_test.py"
+    try:
+        f.write_text("from ..cosyvoice3 import tts\nimport pipeline.engines.cosyvoice3.flow\n")
+        mods = _imports(f)
+    finally:
+        f.unlink()
+    assert "pipeline.engines.cosyvoice3.tts" in mods and "pipeline.engines.cosyvoice3.flow" in mods
 
 
 def test_the_manifest_names_the_engine(tiny_bundle):

@@ -98,10 +98,40 @@ def test_control_tags_are_refused_not_read(tts):
         tts.create("Hello [breath] world.", tts.voice_from_audio(PROMPT, ZH_PROMPT_TEXT), language="en")
 
 
-def test_cancel_stops_a_segment(tts):
+def test_cancel_stops_a_segment_while_it_is_made(tts):
     v = tts.voice_from_audio(PROMPT, ZH_PROMPT_TEXT)
-    with pytest.raises(Cancelled):
-        tts.create("Hello world, this is a long test sentence.", v, language="en", seed=1, should_stop=lambda: True)
+    frames: list[int] = []
+
+    def progress(stage, info):
+        if stage == "tokens":
+            frames.append(info["n"])
+
+    with pytest.raises(Cancelled, match="stopped after 2 frames"):
+        tts.create("Hello world, this is a long test sentence.", v, language="en", seed=1, on_progress=progress,
+                   should_stop=lambda: len(frames) >= 2)
+    assert frames == [1, 2]
+
+
+def test_the_registry_says_what_qwen3_tts_offers(tts):
+    from pipeline.engines import ENGINES
+
+    caps, info = tts.capabilities, ENGINES["qwen3-tts"]
+    assert (caps.modes, caps.speed, caps.tags) == (info.modes, info.speed, info.tags)
+
+
+def test_language_temperature_and_the_frame_cap_reach_the_talker(tts, monkeypatch):
+    from pipeline.engines.qwen3_tts.tts import max_frames
+
+    seen = {}
+    prompt, generate = tts.lm.prompt, tts.lm.generate
+    monkeypatch.setattr(tts.lm, "prompt", lambda *a, **kw: seen.setdefault("prompt", kw) and prompt(*a, **kw))
+    monkeypatch.setattr(tts.lm, "generate", lambda *a, **kw: seen.setdefault("generate", kw) and generate(*a, **kw))
+    tts.create("Привет!", tts.voice_from_audio(PROMPT, ZH_PROMPT_TEXT), language="ru", seed=1, temperature=0.5)
+    assert seen["prompt"]["language"] == "russian"
+    assert seen["generate"]["temperature"] == pytest.approx(0.5 * 0.9)  # scales the checkpoint's 0.9
+    n_tokens = len(tts.lm.tokens.encode("Привет!"))
+    assert seen["generate"]["max_new_tokens"] == max_frames(n_tokens, 8192) == 25 * n_tokens + 50
+    assert max_frames(1000, 8192) == 8192  # never above the checkpoint's own limit
 
 
 def test_a_cosyvoice3_voice_is_recomputed_for_qwen3_tts(tts):
@@ -150,3 +180,21 @@ def test_download_fetches_only_the_needed_files(tmp_path):
 def test_cosyvoice3_options_are_refused_for_qwen3_tts(tmp_path):
     r = cli("convert", Q3, tmp_path / "b", "--rknn", "rk3588")
     assert r.returncode != 0 and "--rknn: CosyVoice3 options" in r.stderr
+
+
+def test_cli_saves_a_voice_and_speaks_with_a_qwen3_tts_bundle(q3_bundle, tmp_path):
+    common = ["--bundle", q3_bundle.root, "--speakers-dir", tmp_path / "spk", "--threads", 1]
+    r = cli("speakers", "add", "Ли", *common, "--prompt-wav", PROMPT, "--prompt-text", ZH_PROMPT_TEXT,
+            "--language", "zh")
+    assert r.returncode == 0, r.stderr
+    assert SpeakerStore(tmp_path / "spk").load("Ли").engine == "qwen3-tts"
+    r = cli("say", *common, "--speaker", "Ли", "--text", "Привет!", "--language", "ru", "--seed", 2,
+            "-o", tmp_path / "out.wav")
+    assert r.returncode == 0, r.stderr
+    import soundfile as sf
+
+    audio, sr = sf.read(tmp_path / "out.wav")
+    assert sr == 24000 and len(audio) > 0
+    r = cli("say", *common, "--speaker", "Ли", "--text", "Привет!", "--language", "ru", "--speed", 1.5,
+            "-o", tmp_path / "fast.wav")
+    assert r.returncode != 0 and "no speed control" in r.stderr

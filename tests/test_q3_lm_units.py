@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.engines.qwen3_tts.convert.lm_gguf import quantize_gguf, write_f32_gguf
+from pipeline.engines.qwen3_tts.convert.lm_gguf import write_f32_gguf
 from pipeline.engines.qwen3_tts.lm_body import LMBody
 from pipeline.engines.qwen3_tts.sampling import SamplingConfig, pick, talker_scores, warp
 from pipeline.shared.errors import InputError
+from pipeline.shared.llama import quantize_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"

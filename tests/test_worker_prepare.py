@@ -7,7 +7,7 @@ from conftest import PROMPTS, ZH_PROMPT_TEXT
 
 from pipeline.engines.cosyvoice3.engine import PromptCacheLRU
 from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
-from pipeline.worker import _Runner
+from pipeline.worker_child import _Runner
 
 PROMPT = PROMPTS / "zero_shot_prompt.wav"
 

@@ -23,7 +23,7 @@ from .i18n import LANG_CHOICES, LANGS, localize, pick_language, t
 from .preview import wire_preview
 from .serve import SlowAuth
 from .setup_view import build_setup
-from .speak_modes import mode_controls, speed_slider, tag_menu, wire
+from .speak_modes import engine_view, mode_controls, speed_slider, tag_menu, wire
 from .style import CSS, LOCALE_JS, REVEAL_ERROR_JS, STUDIO_HEAD, theme
 from .transcribe import wire_transcription
 from .views import (
@@ -112,7 +112,7 @@ def build_app(studio: Studio) -> gr.Blocks:
                             s_ptext_msg = gr.Markdown("", elem_classes="cv-msg", elem_id="cv-s-ptext-msg")
                             s_plang = tr(gr.Dropdown(_lang_choices(), value="auto", label=t("prompt_language")),
                                          label="prompt_language")
-                        s_how = mode_controls(tr)
+                        s_how = mode_controls(tr, lambda: studio.engine)
                         with gr.Row(equal_height=False):
                             s_text = tr(gr.Textbox(label=t("text"), placeholder=t("text_ph"), lines=6, max_lines=20,
                                                    elem_id="cv-text", scale=4), label="text", placeholder="text_ph")
@@ -307,6 +307,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                                           s_result, s_download, s_info],
                   api_visibility="private", show_progress="hidden")
         demo.load(None, [lang], None, js=LOCALE_JS, api_visibility="private")
+        demo.load(lambda lang_: engine_view(studio.engine, lang_), [lang], [s_how.mode, s_speed, s_tags],
+                  api_visibility="private", show_progress="hidden")
         timer.tick(live_view, [lang], live_outputs, api_visibility="private", show_progress="hidden",
                    concurrency_limit=None)
         st_refresh.click(live_view, [lang], live_outputs, api_visibility="private", concurrency_limit=None)

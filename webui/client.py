@@ -7,9 +7,6 @@ prompt checks use :mod:`pipeline.shared.audio` (soundfile + numpy).
 
 from __future__ import annotations
 
-import datetime as _dt
-import io
-import json
 import shutil
 import sys
 import tempfile
@@ -22,18 +19,19 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engines import engine_name, engine_title
+from pipeline.engines import DEFAULT_ENGINE, ENGINES, EngineInfo, engine_name, engine_title
 from pipeline.engines.cosyvoice3.bundle_info import source_info
 from pipeline.engines.cosyvoice3.modes import check_request
 from pipeline.engines.cosyvoice3.tags import check_tags
 from pipeline.shared.audio import prepare_prompt
 from pipeline.shared.bundle import HOW_TO_GET, Bundle
 from pipeline.shared.errors import BundleError, CosyVoiceRKError, InputError, PresetError
-from pipeline.shared.fsutil import atomic_write_bytes, atomic_write_json
 from pipeline.shared.presets import SpeakerStore
 from pipeline.shared.text import LANGUAGES, MAX_TEXT_CHARS
+from pipeline.shared.text.tags import find_tags
 from pipeline.worker import Job, Worker, WorkerConfig, WorkerError
 
+from .history import History
 from .live import LiveAudio, encode_chunk
 
 TEMPERATURE_RANGE = (0.1, 2.0)
@@ -99,60 +97,6 @@ class SpeakState:
     note: str = ""
 
 
-def wav_bytes(audio: np.ndarray, sample_rate: int) -> bytes:
-    import soundfile as sf
-
-    buf = io.BytesIO()
-    sf.write(buf, np.asarray(audio, np.float32), sample_rate, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
-
-
-class History:
-    """The last ``size`` results: WAV files plus ``history.json`` (newest first), written atomically."""
-
-    def __init__(self, root: Path | str, size: int = 20) -> None:
-        self.root = Path(root)
-        self.size = max(1, int(size))
-        self._lock = threading.Lock()
-        self._entries = self._read()
-
-    def _read(self) -> list[dict[str, Any]]:
-        p = self.root / "history.json"
-        if not p.is_file():
-            return []
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-            return [e for e in data if isinstance(e, dict) and isinstance(e.get("file"), str)]
-        except (OSError, ValueError) as e:
-            print(f"cosyvoice-rk webui: {p} is unreadable ({e}); starting an empty history", file=sys.stderr)
-            return []
-
-    def add(self, audio: np.ndarray, sample_rate: int, meta: dict[str, Any]) -> dict[str, Any]:
-        now = _dt.datetime.now()
-        with self._lock:
-            n = max([int(e.get("id", 0)) for e in self._entries] + [0]) + 1
-            name = f"{now:%Y%m%d-%H%M%S}-{n:04d}.wav"
-            atomic_write_bytes(self.root / name, wav_bytes(audio, sample_rate))
-            entry = {"id": n, "created": now.isoformat(timespec="seconds"), "file": name, **meta}
-            self._entries.insert(0, entry)
-            dropped = self._entries[self.size:]
-            self._entries = self._entries[:self.size]
-            atomic_write_json(self.root / "history.json", self._entries)
-            for e in dropped:
-                (self.root / e["file"]).unlink(missing_ok=True)
-        return self._with_path(entry)
-
-    def _with_path(self, e: dict[str, Any]) -> dict[str, Any]:
-        return {**e, "path": str(self.root / e["file"])}
-
-    def list(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return [self._with_path(e) for e in self._entries if (self.root / e["file"]).is_file()]
-
-    def get(self, entry_id: int) -> dict[str, Any] | None:
-        return next((e for e in self.list() if e["id"] == entry_id), None)
-
-
 class Studio:
     """Everything the page does. Thread-safe; one instance per server."""
 
@@ -182,6 +126,11 @@ class Studio:
         self.refresh_bundle()
 
     # bundle and worker ----------------------------------------------------------------------------
+    @property
+    def engine(self) -> EngineInfo:
+        """The engine of the bundle (CosyVoice3 while there is none: what the first run sets up)."""
+        return ENGINES.get(engine_name(self.manifest or {}), ENGINES[DEFAULT_ENGINE])
+
     def refresh_bundle(self) -> None:
         """Look at the bundle folder (manifest only: the worker checks the files); start or restart the worker."""
         with self._lock:
@@ -225,8 +174,10 @@ class Studio:
         if m:
             bundle.update(engine=engine_name(m), engine_title=engine_title(engine_name(m)),
                           fingerprint=m.get("fingerprint", ""), random_weights=bool(m.get("random_weights")),
-                          created=m.get("created", ""), quants=sorted(m.get("llm", {}).get("gguf", {})),
-                          source=source_info(m))
+                          created=m.get("created", ""),
+                          quants=sorted(m.get("llm", {}).get("gguf") or m.get("lm", {}).get("talker_gguf") or {}),
+                          source=source_info(m) if engine_name(m) == "cosyvoice3" else {},
+                          model=m.get("source", {}).get("model", "") if engine_name(m) != "cosyvoice3" else "")
         worker = self.worker.status() if self.worker is not None else {"state": "stopped"}
         return {"bundle": bundle, "worker": worker, "speakers_dir": str(self.store.root.resolve()),
                 "results_dir": str(self.results_dir.resolve()), "voices": len(self.voice_names())}
@@ -247,6 +198,7 @@ class Studio:
             info = v.get("info", {}) if isinstance(v.get("info"), dict) else {}
             out.append({"name": v["name"], "slug": v["slug"], "transcript": v["transcript"],
                         "language": v.get("language", "auto"), "created": v.get("created", ""),
+                        "engine": engine_name(v),
                         "duration": info.get("duration"), "audio": str(self.store.root / v["slug"] / v["audio"])})
         return out
 
@@ -394,6 +346,20 @@ class Studio:
                                                   1.0 if speed is None or speed == "" else speed)
         except InputError as e:
             raise FieldError("instruct" if "instruction" in str(e) else "options", str(e)) from None
+        eng = self.engine
+        if mode not in eng.modes:
+            page = "instruct" if mode == "instruct2" else mode
+            raise FieldError("options", f"{eng.title} has no {page} mode; choose "
+                             + " or ".join("instruct" if m == "instruct2" else m for m in eng.modes),
+                             "err_engine_mode", engine=eng.title, mode=page)
+        tags = sorted(set(find_tags(text)))
+        if tags and not eng.tags:
+            raise FieldError("text", f"{eng.title} reads no control tags ({', '.join(tags)} are CosyVoice3's); "
+                             "remove them or write the words instead", "err_engine_tags", engine=eng.title,
+                             tags=", ".join(tags))
+        if float(speed) != 1.0 and not eng.speed:
+            raise FieldError("options", f"{eng.title} has no speed control; leave speed at 1.0", "err_engine_speed",
+                             engine=eng.title)
         payload: dict[str, Any] = {"text": text, "language": language, "temperature": float(temperature),
                                    "seed": None if seed < 0 else int(seed),
                                    "top_k": None if top_k is None else int(top_k),

@@ -158,6 +158,9 @@ _S: dict[str, tuple[str, str]] = {
     "stage_llm": ("LLM: text → speech tokens", "LLM: текст → речевые токены"),
     "stage_flow": ("Flow: speech tokens → mel", "Flow: речевые токены → мел"),
     "stage_vocoder": ("Vocoder: mel → 24 kHz audio", "Вокодер: мел → звук 24 кГц"),
+    "stage_prompt": ("Prompt: recording → codes and speaker embedding", "Образец: запись → коды и эмбеддинг голоса"),
+    "stage_talker": ("Talker + code predictor: text → codes", "Talker + предсказатель кодов: текст → коды"),
+    "stage_decoder": ("Decoder: codes → 24 kHz audio", "Декодер: коды → звук 24 кГц"),
     "warning": ("Warning: {w}", "Предупреждение: {w}"),
     # voices tab
     "new_voice": ("New voice", "Новый голос"),
@@ -229,6 +232,7 @@ _S: dict[str, tuple[str, str]] = {
     "s_bundle": ("Model bundle", "Пакет модели"),
     "s_path": ("Path", "Путь"),
     "s_engine": ("Engine", "Движок"),
+    "s_model": ("Converted from", "Сконвертирован из"),
     "s_fingerprint": ("Fingerprint", "Отпечаток"),
     "s_weights": ("Weights", "Веса"),
     "s_random": ("random (test bundle)", "случайные (тестовый пакет)"),
@@ -281,6 +285,13 @@ _S: dict[str, tuple[str, str]] = {
                        "Голос «{name}» уже есть: выберите другое имя или отметьте «заменить»."),
     "err_new_name": ("Type the new name.", "Введите новое имя."),
     "err_text_empty": ("Type the text to speak.", "Введите текст для озвучивания."),
+    "err_engine_mode": ("{engine} has no {mode} mode: choose another one.",
+                        "У движка {engine} нет режима {mode}: выберите другой."),
+    "err_engine_speed": ("{engine} has no speed control: leave the speed at 1.0.",
+                         "У движка {engine} нет управления скоростью: оставьте скорость 1.0."),
+    "err_engine_tags": ("{engine} reads no control tags ({tags} are CosyVoice3's): remove them or write the words "
+                        "instead.", "Движок {engine} не читает управляющие метки ({tags} — метки CosyVoice3): уберите "
+                        "их или напишите слова."),
     "err_text_long": ("The text has {n} characters, the limit is {limit}: split it into parts.",
                       "В тексте {n} символов, предел — {limit}: разделите его на части."),
     "err_no_voice": ("Choose a saved voice, or give a one-off recording.",

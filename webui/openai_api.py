@@ -28,13 +28,14 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pipeline.shared.errors import PresetError
+from pipeline.shared.text.tags import find_tags
 from pipeline.worker import Job, WorkerError
 
 from .live import _logged_in
 from .openai_audio import FORMATS, MEDIA_TYPES, STREAMABLE, Encoder, unsupported_reason
 from .openai_request import ApiError, SpeechRequest, parse_speech
 
-ENGINE_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "cosyvoice3")
+ENGINE_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # + the engine's own name (cosyvoice3, qwen3-tts)
 MAX_BODY_BYTES = 256 * 1024  # a 5000-character input escaped as \uXXXX is ~60 KB
 _POLL_S = 0.02
 _CREATED = int(time.time())
@@ -99,7 +100,7 @@ class OpenAIApi:
 
     # listings -------------------------------------------------------------------------------------
     def model_ids(self) -> list[str]:
-        ids = list(ENGINE_ALIASES)
+        ids = [*ENGINE_ALIASES, self.studio.engine.name]
         name = self.studio.bundle_path.resolve().name
         if name and name not in ids:
             ids.append(name)
@@ -119,7 +120,8 @@ class OpenAIApi:
         """Everything that can be refused before a job is queued (nothing is submitted when this raises)."""
         if req.model not in self.model_ids():
             raise ApiError(404, f"The model {req.model!r} does not exist here; models: {', '.join(self.model_ids())} "
-                                "(all are the one CosyVoice3 engine)", param="model", code="model_not_found")
+                                f"(all are the one {self.studio.engine.title} engine)", param="model",
+                         code="model_not_found")
         reason = unsupported_reason(req.response_format)
         if reason:
             raise ApiError(400, reason, param="response_format", code="unsupported_value")
@@ -131,6 +133,17 @@ class OpenAIApi:
         if self.studio.bundle_error:
             raise ApiError(503, f"no model bundle: {self.studio.bundle_error}", type_="server_error",
                            code="no_bundle")
+        eng = self.studio.engine
+        if req.instructions and "instruct2" not in eng.modes:
+            raise ApiError(400, f"{eng.title} has no instruct mode: leave instructions out", param="instructions",
+                           code="unsupported_value")
+        if float(req.speed) != 1.0 and not eng.speed:
+            raise ApiError(400, f"{eng.title} has no speed control: leave speed out or at 1.0", param="speed",
+                           code="unsupported_value")
+        tags = sorted(set(find_tags(req.input)))
+        if tags and not eng.tags:
+            raise ApiError(400, f"{eng.title} reads no control tags ({', '.join(tags)} are CosyVoice3's); remove them",
+                           param="input", code="unsupported_value")
         try:
             self.studio.store.find(req.voice)
         except PresetError as e:

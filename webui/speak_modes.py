@@ -4,11 +4,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 
+from pipeline.engines import EngineInfo
 from pipeline.engines.cosyvoice3.modes import SPEED_RANGE
 
 from .i18n import t
@@ -40,11 +42,19 @@ class ModeControls:
     instruct_msg: Any
 
 
-def mode_controls(tr: Any) -> ModeControls:
-    """The mode radio and, shown in instruct mode only, the instruction box with upstream's examples."""
-    mode = tr(gr.Radio([(t(k), v) for k, v in MODE_CHOICES], value="zero_shot", label=t("speech_mode"),
-                       info=t("speech_mode_info"), elem_id="cv-speech-mode"),
-              label="speech_mode", info="speech_mode_info", choices=MODE_CHOICES)
+def page_modes(engine_modes: tuple[str, ...]) -> list[tuple[str, str]]:
+    """The mode radio's (label key, value) pairs an engine offers (its ``instruct2`` is the page's instruct)."""
+    have = {"instruct" if m == "instruct2" else m for m in engine_modes}
+    return [(k, v) for k, v in MODE_CHOICES if v in have]
+
+
+def mode_controls(tr: Any, engine: Callable[[], EngineInfo]) -> ModeControls:
+    """The mode radio (the modes of the bundle's engine) and, shown in instruct mode only, the instruction box
+    with upstream's examples."""
+    mode = tr(gr.Radio([(t(k), v) for k, v in page_modes(engine().modes)], value="zero_shot",
+                       label=t("speech_mode"), info=t("speech_mode_info"), elem_id="cv-speech-mode"),
+              label="speech_mode", info="speech_mode_info",
+              choices=lambda lang: [(t(k, lang), v) for k, v in page_modes(engine().modes)])
     with gr.Group(visible=False, elem_id="cv-instruct-box") as box:
         with gr.Row(equal_height=False):
             instruct = tr(gr.Textbox(label=t("instruct"), placeholder=t("instruct_ph"), info=t("instruct_info"),
@@ -66,6 +76,13 @@ def tag_menu(tr: Any) -> Any:
     return tr(gr.Dropdown([(t(k), v) for k, v in TAG_MENU], value=None, label=t("insert_tag"),
                           info=t("insert_tag_info"), elem_id="cv-tag-menu", scale=1, min_width=150),
               label="insert_tag", info="insert_tag_info", choices=TAG_MENU)
+
+
+def engine_view(engine: EngineInfo, lang: str) -> list[Any]:
+    """What the Speak tab shows for the bundle's engine: its modes, the speed slider and the tag menu only where
+    the engine has them (read on every page load: the first run may have set up a bundle meanwhile)."""
+    return [gr.update(choices=[(t(k, lang), v) for k, v in page_modes(engine.modes)]),
+            gr.update(visible=engine.speed), gr.update(visible=engine.tags)]
 
 
 def wire(c: ModeControls, tags: Any, text: Any) -> None:

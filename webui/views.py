@@ -23,7 +23,14 @@ from .i18n import localize, t
 LANGUAGE_NAMES = {"auto": "auto", "ru": "русский (ru)", "en": "English (en)", "zh": "中文 (zh)", "ja": "日本語 (ja)"}
 BACKEND_NAMES = {"llama.cpp": "llama.cpp (CPU)", "onnxruntime-cpu": "ONNX Runtime (CPU)",
                  "rknn": "RKNN (NPU)", "rknn-npu": "RKNN (NPU)"}
-STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))
+STAGES = (("llm", "stage_llm"), ("flow", "stage_flow"), ("vocoder", "stage_vocoder"))  # CosyVoice3's
+STAGE_LABELS = {**dict(STAGES), "talker": "stage_talker", "prompt": "stage_prompt", "decoder": "stage_decoder"}
+
+
+def _stages(keys: Any) -> list[tuple[str, str]]:
+    """(key, label key) of the stages an engine reported, in its order (CosyVoice3's when it reported none)."""
+    keys = [k for k in keys if k in STAGE_LABELS] or [k for k, _ in STAGES]
+    return [(k, STAGE_LABELS[k]) for k in keys]
 
 
 def _esc(s: str) -> str:
@@ -169,7 +176,7 @@ def result_md(e: dict[str, Any] | None, lang: str) -> str:
                tokens=e["tokens"], segments=e["segments"], seed=e.get("seed", "?")), "",
              f"| {t('r_stage', lang)} | {t('r_backend', lang)} | {t('r_time', lang)} |", "|---|---|---|"]
     backends, timings = e.get("backends", {}), e.get("timings", {})
-    for key, label in STAGES:
+    for key, label in _stages(timings or backends):
         b = backends.get(key, "?")
         lines.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(b, b)} | {t('u_sec2', lang, n=timings.get(key, 0.0))} |")
     if e.get("ttfa_s") is not None:
@@ -243,17 +250,22 @@ def status_md(s: dict[str, Any], lang: str) -> str:
                  item("s_fingerprint", f"`{b.get('fingerprint', '')}`"),
                  item("s_weights", t("s_random" if b.get("random_weights") else "s_real", lang)),
                  item("s_quant", quant)]
-        rows += _source_rows(b.get("source") or {}, lang, item)
+        if b.get("engine", "cosyvoice3") == "cosyvoice3":
+            rows += _source_rows(b.get("source") or {}, lang, item)
+        elif b.get("model"):
+            rows.append(item("s_model", _esc(b["model"])))
     else:
         rows.append(f"- {_err(localize(b['error'], lang))}")
     rows += ["", f"### {t('s_backends', lang)}", "", f"| {t('r_stage', lang)} | {t('r_backend', lang)} |", "|---|---|"]
-    for key, label in STAGES:
+    for key, label in _stages(w.get("backends", {})):
         be = w.get("backends", {}).get(key)
         rows.append(f"| {t(label, lang)} | {BACKEND_NAMES.get(be, be) if be else '—'} |")
     placement = w.get("placement") or {}
     if placement:
-        rows += ["", item("s_flow_choice", _esc(placement.get("flow_backend_reason", ""))),
-                 item("s_cpus", _esc(placement.get("cpus_reason", "")))]
+        rows.append("")
+        if placement.get("flow_backend_reason"):
+            rows.append(item("s_flow_choice", _esc(placement["flow_backend_reason"])))
+        rows.append(item("s_cpus", _esc(placement.get("cpus_reason", ""))))
         if placement.get("stream_reason"):
             rows.append(item("s_stream", _esc(placement["stream_reason"])))
         if placement.get("flow_steps"):

@@ -29,13 +29,19 @@ class EngineInfo:
     title: str  # for people
     package: str  # its package; ``<package>.open_tts(bundle, **options)`` opens a bundle of this kind
     sections: tuple[str, ...]  # manifest sections a bundle of this engine must have
+    # what the page and the API offer with it (its TTSEngine.capabilities says the same; a test checks)
+    modes: tuple[str, ...]
+    speed: bool  # a speed other than 1.0
+    tags: bool  # CosyVoice3's control tags ([breath], <strong>…) in the text
 
 
 ENGINES: dict[str, EngineInfo] = {
     "cosyvoice3": EngineInfo("cosyvoice3", "CosyVoice3", "pipeline.engines.cosyvoice3",
-                             ("constants", "llm", "flow", "hift", "files")),
+                             ("constants", "llm", "flow", "hift", "files"),
+                             ("zero_shot", "cross_lingual", "instruct2"), speed=True, tags=True),
     "qwen3-tts": EngineInfo("qwen3-tts", "Qwen3-TTS", "pipeline.engines.qwen3_tts",
-                            ("constants", "lm", "prompt", "decoder", "files")),
+                            ("constants", "lm", "prompt", "decoder", "files"),
+                            ("zero_shot", "cross_lingual"), speed=False, tags=False),
 }
 # bundles converted before the manifest named its engine are CosyVoice3 bundles
 DEFAULT_ENGINE = "cosyvoice3"
@@ -71,3 +77,9 @@ def open_tts(bundle: Bundle | Path | str, **options: Any) -> TTSEngine:
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     info = engine_info(engine_name(b.manifest), where=f"bundle {b.root}")
     return importlib.import_module(info.package).open_tts(b, **options)
+
+
+def text_frontend(bundle: Bundle) -> Any:
+    """The bundle's engine's text splitter (``split(text, language)``), tokenizer only: no model is loaded."""
+    info = engine_info(engine_name(bundle.manifest), where=f"bundle {bundle.root}")
+    return importlib.import_module(info.package).text_frontend(bundle)

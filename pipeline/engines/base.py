@@ -41,6 +41,7 @@ class Capabilities:
     modes: tuple[str, ...]  # voice-cloning modes create_chunks accepts
     languages: tuple[str, ...]  # text languages (``auto`` included when the engine detects)
     speed: bool  # create_chunks(speed=...) other than 1.0
+    tags: bool  # CosyVoice3's control tags in the text
     streaming: bool  # create_chunks(stream=True) yields audio while it is made (on this bundle and backend)
 
 

@@ -203,6 +203,7 @@ class PreparedPrompt:
     duration: float  # seconds of audio kept after trimming
     original_sr: int
     trimmed_s: float  # seconds of silence cut off (both ends)
+    trimmed: np.ndarray | None = None  # the trimmed audio at original_sr (an engine that resamples its own way)
 
 
 def _fmt_range(min_s: float, max_s: float) -> str:
@@ -271,5 +272,6 @@ def prepare_prompt(
         duration=duration,
         original_sr=sr,
         trimmed_s=(len(x) - len(y)) / sr,
+        trimmed=y,
     )
 

@@ -82,12 +82,10 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def atomic_dir(out: Path | str, *, overwrite: bool = False, kind: str = "bundle",
-               marker: str = "manifest.json") -> Iterator[Path]:
-    """Yield an empty temp folder beside ``out``; on success it replaces ``out`` in one rename (a folder is
-    written whole or not at all). ``out`` may be missing or empty; one holding a ``kind`` (it has ``marker``) is
-    replaced only with ``overwrite``; any other non-empty folder is refused."""
+def check_target_dir(out: Path | str, *, overwrite: bool = False, kind: str = "bundle",
+                     marker: str = "manifest.json") -> None:
+    """Refuse to write a ``kind`` into ``out`` unless it is missing, empty, or (with ``overwrite``) a ``kind``:
+    called before long work, so that nothing is built only to be refused."""
     from pipeline.shared.errors import BundleError
 
     out = Path(out)
@@ -96,6 +94,16 @@ def atomic_dir(out: Path | str, *, overwrite: bool = False, kind: str = "bundle"
             raise BundleError(f"{out} exists and is not a {kind}; choose an empty or new folder")
         if not overwrite:
             raise BundleError(f"{out} already holds a {kind}; pass --overwrite to replace it")
+
+
+@contextlib.contextmanager
+def atomic_dir(out: Path | str, *, overwrite: bool = False, kind: str = "bundle",
+               marker: str = "manifest.json") -> Iterator[Path]:
+    """Yield an empty temp folder beside ``out``; on success it replaces ``out`` in one rename (a folder is
+    written whole or not at all). ``out`` may be missing or empty; one holding a ``kind`` (it has ``marker``) is
+    replaced only with ``overwrite``; any other non-empty folder is refused."""
+    out = Path(out)
+    check_target_dir(out, overwrite=overwrite, kind=kind, marker=marker)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -23,6 +23,10 @@ class StageResult:
         return asdict(self)
 
 
+# a key only one engine's goldens have: named when the wrong engine's goldens are given
+_GOLDENS_OF = {"talker_tf_logits": "Qwen3-TTS", "llm_tf_logp": "CosyVoice3"}
+
+
 def load_npz(path: Path | str, required: list[str], kind: str = "goldens") -> dict[str, np.ndarray]:
     """A goldens ``.npz`` as a dict; :class:`InputError` naming the file when it is missing, unreadable or lacks
     one of ``required``."""
@@ -35,6 +39,10 @@ def load_npz(path: Path | str, required: list[str], kind: str = "goldens") -> di
     except Exception as e:
         raise InputError(f"{path} is not a readable {kind} .npz ({e})") from e
     missing = [k for k in required if k not in g]
+    other = next((e for k, e in _GOLDENS_OF.items() if k in g and k not in required), None)
+    if missing and other:
+        raise InputError(f"{path} holds {other} goldens; this checkpoint or bundle is another engine's: give the "
+                         "goldens made for it")
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)}; see the fixture README for the {kind} format")
     return g

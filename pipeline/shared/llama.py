@@ -310,3 +310,24 @@ class LlamaModel:
         self.n_past = int(n_past)
 
 
+# llama.cpp file types made by llama_model_quantize (f32 is written directly by the converters)
+QUANT_FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
+                "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+                # faster to decode (llama.cpp repacks Q4_0 for AVX2/AVX-512 and ARM dotprod), less accurate
+                "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
+
+
+def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
+    """Quantize an F32 GGUF with llama.cpp's own ``llama_model_quantize`` (``quant``: a :data:`QUANT_FTYPES` key),
+    so the result is what llama.cpp itself would make."""
+    if quant not in QUANT_FTYPES:
+        raise ValueError(f"unknown quant {quant!r}; choose from {', '.join(QUANT_FTYPES)}")
+    lib = llama_lib()
+    qp = lib.llama_model_quantize_default_params()
+    qp.ftype = getattr(lib, QUANT_FTYPES[quant])
+    qp.nthread = n_threads or os.cpu_count() or 1
+    clear_llama_log()
+    rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(qp))
+    if rc != 0:
+        raise BackendError(f"llama.cpp could not quantize {Path(src).name} to {quant} "
+                           f"(llama_model_quantize returned {rc}){llama_log_suffix()}")

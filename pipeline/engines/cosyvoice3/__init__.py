@@ -10,3 +10,11 @@ def open_tts(bundle: Any, **options: Any) -> Any:
     from pipeline.engines.cosyvoice3.tts import CosyVoiceRK
 
     return CosyVoiceRK(bundle, **options)
+
+
+def text_frontend(bundle: Any) -> Any:
+    """What the page's preview and ``normalize`` split text with, for a CosyVoice3 bundle (no model loaded)."""
+    from pipeline.engines.cosyvoice3.tokenizer import TextTokenizer
+    from pipeline.shared.text import TextFrontend
+
+    return TextFrontend(TextTokenizer.from_bundle(bundle))

@@ -16,6 +16,7 @@ from pipeline.engines.cosyvoice3.engine import PromptFeatures
 from pipeline.shared.audio import FLOW_SR, TOKENIZER_SR, PreparedPrompt
 from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import BackendError, BundleError, InputError
+from pipeline.shared.onnx import ort_session
 
 WHISPER_N_FFT = 400
 WHISPER_HOP = 160
@@ -117,23 +118,6 @@ def campplus_input(wav16k: np.ndarray, num_mel_bins: int = 80) -> np.ndarray:
     return (feat - feat.mean(axis=0, keepdims=True)).astype(np.float32)
 
 
-def _session(path: Path, n_threads: int | None, what: str) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from e
-    if not path.is_file():
-        raise BundleError(f"{what} model {path} does not exist")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(n_threads) if n_threads else 0
-    so.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot load the {what} {path}: {e}") from e
-
-
 def _frontend_path(bundle: Bundle, key: str, what: str) -> Path:
     name = (bundle.manifest.get("frontend") or {}).get(key)
     if not name or not bundle.has(name):
@@ -157,7 +141,7 @@ class SpeechTokenizer:
         self.path = Path(path)
         self.vocab_size = int(vocab_size)
         self.n_mels = int(n_mels)
-        self.session = _session(self.path, n_threads, "speech tokenizer")
+        self.session = ort_session(self.path, n_threads, "speech tokenizer")
         ins = self.session.get_inputs()
         if len(ins) < 2 or len(ins[0].shape) != 3 or _static_dim(ins[0].shape, 1) not in (None, self.n_mels):
             raise BundleError(
@@ -206,7 +190,7 @@ class SpeakerEncoder:
     def __init__(self, path: Path | str, *, n_threads: int | None = None, num_mel_bins: int = 80) -> None:
         self.path = Path(path)
         self.num_mel_bins = int(num_mel_bins)
-        self.session = _session(self.path, n_threads, "speaker encoder")
+        self.session = ort_session(self.path, n_threads, "speaker encoder")
         ins = self.session.get_inputs()
         if len(ins) != 1 or len(ins[0].shape) != 3 or _static_dim(ins[0].shape, 2) not in (None, num_mel_bins):
             raise BundleError(

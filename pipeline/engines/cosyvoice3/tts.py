@@ -128,7 +128,8 @@ class CosyVoiceRK:
         from pipeline.engines.cosyvoice3.modes import MODES
         from pipeline.shared.text import LANGUAGES
 
-        return Capabilities(ENGINE, engine_title(ENGINE), MODES, LANGUAGES, speed=True, streaming=self.streams)
+        return Capabilities(ENGINE, engine_title(ENGINE), MODES, LANGUAGES, speed=True, tags=True,
+                            streaming=self.streams)
 
     @property
     def backends(self) -> dict[str, str]:

@@ -13,6 +13,7 @@ import numpy as np
 
 from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import BackendError, BundleError, InputError
+from pipeline.shared.onnx import ort_session
 
 # conv0 of the f0 predictor is 'right'-padded (look-ahead), the other four 'left'.
 _N_F0_CONVS = 5
@@ -132,7 +133,7 @@ class HiFT:
         from pipeline.shared.llama import default_threads
 
         n_threads = int(n_threads or default_threads())
-        h = cls(sec, f0w, _ort_session(onnx_path, n_threads), noise)
+        h = cls(sec, f0w, ort_session(onnx_path, n_threads, "HiFT decoder"), noise)
         h.n_threads = n_threads
         return h
 
@@ -258,18 +259,3 @@ class HiFT:
         if not finalize:
             m = m[:, : m.shape[1] - self.f0_look_ahead]
         return self.decode(m, s, finalize=finalize)
-
-
-def _ort_session(path: Any, n_threads: int | None) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from e
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(n_threads) if n_threads else 0
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from e

@@ -11,3 +11,11 @@ def open_tts(bundle: Any, **options: Any) -> Any:
     from pipeline.engines.qwen3_tts.tts import Qwen3TTS
 
     return Qwen3TTS(bundle, **options)
+
+
+def text_frontend(bundle: Any) -> Any:
+    """What the page's preview and ``normalize`` split text with, for a Qwen3-TTS bundle (no model loaded)."""
+    from pipeline.engines.qwen3_tts.text import SegmentText
+    from pipeline.engines.qwen3_tts.text_tokens import TextTokens
+
+    return SegmentText(TextTokens(bundle.root / bundle.manifest["lm"]["files"]["tokenizer"]))

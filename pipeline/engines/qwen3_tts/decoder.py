@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.shared.errors import BackendError, InputError
+from pipeline.shared.onnx import ort_session
 
 DEFAULT_DIMS: dict[str, Any] = {
     "num_quantizers": 16,
@@ -23,22 +24,6 @@ DEFAULT_DIMS: dict[str, Any] = {
     "chunk_frames": 300,
     "left_context_frames": 25,
 }
-
-
-def ort_session(path: Path, n_threads: int | None) -> Any:
-    """A CPU ONNX Runtime session (``n_threads`` intra-op threads, 0/None = ORT's default)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from e
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(n_threads) if n_threads else 0
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from e
 
 
 def chunk_plan(n_frames: int, chunk: int = 300, context: int = 25) -> list[tuple[int, int, int]]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.shared.errors import BackendError, BundleError, InputError
+from pipeline.shared.onnx import ort_session
 
 from .speaker_mel import speaker_log_mel
 
@@ -47,23 +48,6 @@ def prompt_audio_24k(wav: np.ndarray, sample_rate: int) -> np.ndarray:
     return np.pad(out, (0, n - out.size))
 
 
-def _session(path: Path, n_threads: int | None) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from e
-    if not Path(path).is_file():
-        raise BundleError(f"{path} is missing (convert the Qwen3-TTS checkpoint again)")
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(n_threads) if n_threads else 0
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from e
-
-
 class PromptEncoder:
     """Prompt codes and speaker embedding of one prompt clip.
 
@@ -84,8 +68,8 @@ class PromptEncoder:
         self.mel_args = {"sample_rate": int(mel["sample_rate"]), "n_fft": int(mel["n_fft"]),
                          "hop": int(mel["hop"]), "n_mels": int(mel["n_mels"]),
                          "fmin": float(mel["fmin"]), "fmax": float(mel["fmax"])}
-        self._enc = _session(enc_path, n_threads)
-        self._spk = _session(spk_path, n_threads)
+        self._enc = ort_session(enc_path, n_threads, "Qwen3-TTS prompt encoder")
+        self._spk = ort_session(spk_path, n_threads, "Qwen3-TTS speaker encoder")
 
     def codes(self, wav24k: np.ndarray) -> np.ndarray:
         """(T12, 16) int64 prompt codes, T12 = ceil(len / 1920) (``ref_code``)."""

@@ -109,7 +109,7 @@ class Qwen3TTS:
     # the interface's properties ----------------------------------------------------------------
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(ENGINE, engine_title(ENGINE), MODES, tuple(TALKER_LANGUAGE), speed=False,
+        return Capabilities(ENGINE, engine_title(ENGINE), MODES, tuple(TALKER_LANGUAGE), speed=False, tags=False,
                             streaming=self.streams)
 
     @property
@@ -118,8 +118,7 @@ class Qwen3TTS:
 
     @property
     def backends(self) -> dict[str, str]:
-        return {"talker": "llama.cpp CPU", "code_predictor": "llama.cpp CPU", "prompt": "onnxruntime CPU",
-                "decoder": "onnxruntime CPU"}
+        return {"prompt": "onnxruntime-cpu", "talker": "llama.cpp", "decoder": "onnxruntime-cpu"}
 
     @property
     def decoder(self) -> CodeDecoder:
@@ -147,14 +146,17 @@ class Qwen3TTS:
 
     # voices ------------------------------------------------------------------------------------
     def features_from_audio(self, audio: AudioSource, **limits: Any) -> tuple[VoicePrompt, dict[str, Any]]:
-        """Prompt codes and speaker embedding of a prompt recording (checked and trimmed by the shared audio
-        path, at 24 kHz)."""
+        """Prompt codes and speaker embedding of a prompt recording: checked and trimmed by the shared audio path,
+        then resampled to 24 kHz as upstream does (librosa's default, soxr_hq)."""
+        from pipeline.engines.qwen3_tts.prompt import prompt_audio_24k
+
         prepared = prepare_prompt(audio, **limits)
-        wav = prepared.wav24k
-        info = {"duration": prepared.duration, "original_sr": prepared.original_sr}
+        wav = prompt_audio_24k(prepared.trimmed, prepared.original_sr)
+        codes = self.prompt.codes(wav)
+        info = {"duration": prepared.duration, "original_sr": prepared.original_sr, "prompt_tokens": len(codes)}
         if getattr(prepared, "warning", None):
             info["warning"] = prepared.warning
-        return VoicePrompt(self.prompt.codes(wav), self.prompt.speaker_embedding(wav)), info
+        return VoicePrompt(codes, self.prompt.speaker_embedding(wav)), info
 
     def voice_from_audio(self, audio: AudioSource, transcript: str | None, *, language: str = "auto",
                          name: str = "(one-off prompt)", **limits: Any) -> Voice:
@@ -226,14 +228,9 @@ class Qwen3TTS:
     # speech ------------------------------------------------------------------------------------
     def split(self, text: str, language: str = "auto") -> list[str]:
         """Normalised segments (the shared frontend); control tags are CosyVoice3's and refused here."""
-        from pipeline.shared.text import TextFrontend
-        from pipeline.shared.text.tags import find_tags
+        from pipeline.engines.qwen3_tts.text import SegmentText
 
-        tags = sorted(set(find_tags(text)))
-        if tags:
-            raise InputError(f"Qwen3-TTS reads no control tags ({', '.join(tags)} are CosyVoice3's); "
-                             "remove them or write the words instead")
-        return TextFrontend(self.lm.tokens).split(text, language)
+        return SegmentText(self.lm.tokens).split(text, language)
 
     def create_chunks(self, text: str, voice: Voice | str, *, language: str = "auto",
                       temperature: float | None = None, seed: int | None = None, top_k: int | None = None,
@@ -261,11 +258,11 @@ class Qwen3TTS:
         if temperature is not None and not (0.0 < float(temperature) <= 2.0):
             raise InputError(f"temperature {temperature} is out of range; use a value in (0, 2]")
         check_language(language)
+        pieces = self.split(text, language)  # bad text is refused before a voice is (re)computed
         v = self.load_voice(voice) if isinstance(voice, str) else voice
         if mode == "zero_shot" and not v.transcript:
             raise InputError("zero_shot needs the words of the prompt recording (its transcript); give them, or "
                              "choose cross_lingual, which needs none")
-        pieces = self.split(text, language)
         rng = np.random.default_rng(seed)
         overrides = {k: val for k, val in (("top_k", top_k), ("top_p", top_p)) if val is not None}
         if temperature is not None:
@@ -315,7 +312,7 @@ class Qwen3TTS:
         audio = voice_clone_wav(self.decoder, codes, job.voice.features.codes if icl else None)
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
-                             {"talker+code_predictor": t1 - t0, "decoder": t2 - t1}, self.backends)
+                             {"talker": t1 - t0, "decoder": t2 - t1}, self.backends)  # talker: + code predictor
 
     def create_stream(self, text: str, voice: Voice | str, *, stream: bool = False, **kw: Any) -> Iterator[Segment]:
         for chunk in self.create_chunks(text, voice, stream=stream, **kw):

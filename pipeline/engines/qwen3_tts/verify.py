@@ -11,6 +11,7 @@ checkpoint made the same way: shapes come from the goldens and the bundle (its F
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -38,7 +39,7 @@ REQUIRED_KEYS = [
 ]
 
 
-def load_goldens(path) -> dict[str, np.ndarray]:
+def load_goldens(path: str | Path) -> dict[str, np.ndarray]:
     return load_npz(path, REQUIRED_KEYS)
 
 

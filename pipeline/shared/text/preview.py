@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Any
 
 from pipeline.shared.errors import BundleError
 from pipeline.shared.text.frontend import TextFrontend
@@ -19,20 +20,20 @@ REPO_TOKENIZER = Path(__file__).resolve().parents[3] / "assets" / "qwen2-tokeniz
 
 
 @functools.lru_cache(maxsize=4)
-def _load(bundle: str | None, stamp: float) -> tuple[TextFrontend, str]:
+def _load(bundle: str | None, stamp: float) -> tuple[Any, str]:
     from pipeline.engines.cosyvoice3.tokenizer import TextTokenizer, build_tokenizer
 
     if bundle is not None:
+        from pipeline.engines import text_frontend
         from pipeline.shared.bundle import Bundle
 
-        tok = TextTokenizer.from_bundle(Bundle.load(bundle, check="none"))
-        return TextFrontend(tok), f"the bundle's tokenizer ({bundle})"
+        return text_frontend(Bundle.load(bundle, check="none")), f"the bundle's tokenizer ({bundle})"
     tok = TextTokenizer(build_tokenizer(REPO_TOKENIZER / "vocab.json", REPO_TOKENIZER / "merges.txt"),
                         source=str(REPO_TOKENIZER))
     return TextFrontend(tok), f"the Qwen2 tokenizer files in {REPO_TOKENIZER} (no bundle)"
 
 
-def preview_tokenizer(bundle: Path | str | None) -> tuple[TextFrontend, str]:
+def preview_tokenizer(bundle: Path | str | None) -> tuple[Any, str]:
     """A :class:`TextFrontend` to preview with and a sentence saying where its tokenizer came from.
 
     ``bundle``: a bundle folder; used if it has a ``manifest.json``, else the repository's tokenizer files.

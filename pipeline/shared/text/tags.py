@@ -9,9 +9,8 @@ Policy for a string that looks like a tag but is not one (``[whisper]``, ``[Brea
 text to say it is **refused** with an :class:`InputError` that names it and says what to do, never read aloud or
 silently dropped. "Looks like a tag" means ``[word]``, ``<word>``, ``</word>`` or ``<word/>`` with at least one letter
 (any script) and no spaces; ``[1]``, ``[2024]``, ``[см. выше]`` and ``a < b > c`` are ordinary text and are read. A
-span left open, closed without being opened or crossed with the other span is refused too. The checks and their
-messages are the ones the ``modes-wiring`` branch wrote in ``pipeline/tags.py`` (same regular expression, same
-words), so the page, the API and the CLI say the same thing whichever module a caller imports. A voice prompt's
+span left open, closed without being opened or crossed with the other span is refused too. The page, the API and
+the CLI all check with this module (CosyVoice3's ``tags`` re-exports it), so they say the same thing. A voice prompt's
 transcript is not checked (a saved voice must never be refused afterwards): :func:`protect_tags` with
 ``check=False`` keeps the known tags and leaves anything else as text.
 

@@ -9,7 +9,6 @@ from an F32 GGUF by llama.cpp's own quantizer, so they match what llama.cpp itse
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import tempfile
@@ -20,8 +19,9 @@ import numpy as np
 
 from pipeline.engines.cosyvoice3.convert import upstream
 from pipeline.engines.cosyvoice3.tokenizer import UPSTREAM_CLASS
-from pipeline.shared.errors import BackendError, SourceError
+from pipeline.shared.errors import SourceError
 from pipeline.shared.fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
+from pipeline.shared.llama import quantize_gguf
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
 GGUF_NAME = "llm-{}.gguf"
@@ -29,11 +29,6 @@ TEXT_EMBEDDING = "text_embedding.npy"
 TOKENIZER = "tokenizer.json"
 
 _PREFIX = "llm.model.model."
-# llama.cpp file types made by llama_model_quantize; f32 is written directly.
-_FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-           "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
-           # faster to decode (llama.cpp repacks Q4_0 for AVX2/AVX-512 and ARM dotprod), less accurate
-           "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 # Qwen2's own added tokens (what CosyVoice-BlankEN's tokenizer_config.json declares).
 QWEN2_ADDED = {151643: "<|endoftext|>", 151644: "<|im_start|>", 151645: "<|im_end|>"}
@@ -155,23 +150,6 @@ def _write_f32_gguf(path: Path, tensors: dict[str, np.ndarray], d: dict[str, Any
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
-    """Quantize an F32 GGUF with llama.cpp's ``llama_model_quantize`` (``quant`` in f16/q8_0/q4_k_m)."""
-    if quant not in _FTYPES:
-        raise ValueError(f"unknown quant {quant!r}; choose from {', '.join(_FTYPES)}")
-    from pipeline.shared.llama import clear_llama_log, llama_lib, llama_log_suffix
-
-    lib = llama_lib()
-    qp = lib.llama_model_quantize_default_params()
-    qp.ftype = getattr(lib, _FTYPES[quant])
-    qp.nthread = n_threads or os.cpu_count() or 1
-    clear_llama_log()
-    rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(qp))
-    if rc != 0:
-        raise BackendError(f"llama.cpp could not quantize {src.name} to {quant} "
-                           f"(llama_model_quantize returned {rc}){llama_log_suffix()}")
 
 
 def build_text_tokenizer(blank_en: Path, version: str = "cosyvoice3"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from pipeline.engines.cosyvoice3.convert.bundle_writer import convert_checkpoint
 from pipeline.engines.cosyvoice3.testmodels import make_test_campplus, make_test_speech_tokenizer
 from pipeline.shared.bundle import Bundle
+from pipeline.shared.fsutil import check_target_dir
 
 DEFAULT_QUANTS = {"tiny": ("f32",), "full": ("f32", "q4_k_m")}
 
@@ -27,6 +28,7 @@ def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0,
     if size not in DEFAULT_QUANTS:
         raise ValueError(f"size must be tiny or full, not {size!r}")
     out = Path(out)
+    check_target_dir(out, overwrite=overwrite)  # before the checkpoint is made, not after
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".random-ckpt-", dir=out.parent) as tmp:
         ckpt = Path(tmp) / "ckpt"

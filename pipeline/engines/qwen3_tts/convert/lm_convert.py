@@ -28,8 +28,9 @@ import numpy as np
 
 from pipeline.shared.errors import SourceError
 from pipeline.shared.fsutil import atomic_path, atomic_save_npy, atomic_write_bytes
+from pipeline.shared.llama import quantize_gguf
 
-from .lm_gguf import QUANTS, body_dims, body_tensors, quantize_gguf, write_f32_gguf
+from .lm_gguf import QUANTS, body_dims, body_tensors, write_f32_gguf
 from .lm_safetensors import read_safetensors
 from .lm_tokenizer import build_tokenizer
 

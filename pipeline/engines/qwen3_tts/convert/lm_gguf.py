@@ -11,18 +11,14 @@ Quantized files come from the F32 file through llama.cpp's own ``llama_model_qua
 
 from __future__ import annotations
 
-import ctypes
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline.shared.errors import BackendError, SourceError
+from pipeline.shared.errors import SourceError
 
 QUANTS = ("f32", "f16", "q8_0", "q4_k_m", "q4_0")
-_FTYPES = {"f16": "LLAMA_FTYPE_MOSTLY_F16", "q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0",
-           "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0"}
 
 
 def body_dims(cfg: dict, where: str) -> dict[str, Any]:
@@ -114,19 +110,3 @@ def write_f32_gguf(path: Path, tensors: dict[str, np.ndarray], d: dict[str, Any]
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-
-
-def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
-    """Quantize an F32 GGUF with llama.cpp's ``llama_model_quantize``."""
-    if quant not in _FTYPES:
-        raise ValueError(f"unknown quant {quant!r}; choose from {', '.join(_FTYPES)}")
-    from pipeline.shared.llama import llama_lib
-
-    lib = llama_lib()
-    qp = lib.llama_model_quantize_default_params()
-    qp.ftype = getattr(lib, _FTYPES[quant])
-    qp.nthread = n_threads or os.cpu_count() or 1
-    rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(qp))
-    if rc != 0:
-        raise BackendError(f"llama.cpp could not quantize {Path(src).name} to {quant} "
-                           f"(llama_model_quantize returned {rc})")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.engines.qwen3_tts.convert.bundle_writer import convert_qwen3_checkpoint
 from pipeline.shared.bundle import Bundle
+from pipeline.shared.fsutil import check_target_dir
 
 SIZES = ("tiny", "full")
 
@@ -25,6 +26,7 @@ def make_random_bundle(out: Path | str, *, size: str = "tiny", seed: int = 0, qu
     if size not in SIZES:
         raise ValueError(f"size must be tiny or full, not {size!r}")
     out = Path(out)
+    check_target_dir(out, overwrite=overwrite)  # before the checkpoint is made, not after
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".random-ckpt-", dir=out.parent) as tmp:
         ckpt = Path(tmp) / "ckpt"

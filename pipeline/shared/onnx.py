@@ -1,0 +1,28 @@
+"""ONNX Runtime sessions as every engine's CPU stages open them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.shared.errors import BackendError, BundleError
+
+
+def ort_session(path: Path | str, n_threads: int | None, what: str = "") -> Any:
+    """A CPU ONNX Runtime session with all graph optimisations, ``n_threads`` intra-op threads (0/None: ORT's
+    default) and one inter-op thread. ``what`` names the model in the messages of a missing or unreadable file."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise BackendError("onnxruntime is not installed (pip install onnxruntime)") from e
+    label = f"the {what} " if what else ""
+    if not Path(path).is_file():
+        raise BundleError(f"{label or 'the model '}{path} does not exist; convert the checkpoint again")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(n_threads) if n_threads else 0
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        raise BackendError(f"ONNX Runtime cannot load {label}{path}: {e}") from e
