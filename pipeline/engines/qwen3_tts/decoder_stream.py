@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.shared.errors import BackendError, Cancelled, InputError
+from pipeline.shared.onnx import ort_session
 
-from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes, ort_session
+from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes
 
 
 def _quiet_session(path: Any, n_threads: int | None) -> Any:

@@ -218,7 +218,7 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
             req.cond.notify_all()
         thread.join()
     wall = time.perf_counter() - t_start
-    yield StreamEnd(codes, {"talker+code_predictor": req.gen_time, "decoder": t_decode},
+    yield StreamEnd(codes, {"talker": req.gen_time, "decoder": t_decode},
                     {"ttfa_s": ttfa or 0.0, "wall_s": wall, "emissions": emissions, "frames": int(decoded),
                      "first_frames": first, "max_hop_frames": max_hop, "lm_yields": bool(lm_yields),
                      "lm_wait_s": req.lm_wait})
@@ -251,7 +251,7 @@ def stream_job(tts: Qwen3TTS, job: Job) -> Iterator[tuple[np.ndarray, Segment | 
             if isinstance(item, StreamEnd):
                 audio = np.concatenate(parts) if parts else np.zeros(0, np.float32)
                 timings = dict(item.timings)
-                timings["talker+code_predictor"] += t_prep - t_prime
+                timings["talker"] += t_prep - t_prime
                 timings["decoder"] += t_prime  # priming the voice (its first request only)
                 stats = {**item.stats, "ttfa_s": item.stats["ttfa_s"] + t_prep,
                          "wall_s": item.stats["wall_s"] + t_prep, "primed_now": primed_now}
