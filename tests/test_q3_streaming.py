@@ -64,6 +64,7 @@ def test_chunks_join_to_the_segment_and_agree_with_the_one_pass_path(tts, voice,
         assert mine[-1].segment_result is seg and all(c.segment_result is None for c in mine[:-1])
         assert np.array_equal(np.concatenate([c.audio for c in mine]), seg.audio)  # sample-exact
         assert np.array_equal(seg.result.codes, ref.result.codes)  # same seed, same codes
+        assert set(seg.result.timings) == set(ref.result.timings)  # the page lists the same stages
         n = len(seg.result.codes)
         assert n * 0.08 > 2 and len(mine) >= 3  # a multi-second segment comes in several chunks
         assert seg.result.stats["lm_wait_s"] > 0  # generation paused until the first chunk was decoded
