@@ -27,13 +27,30 @@ which a stream cannot know before n is final.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from pipeline.shared.errors import InputError
+from pipeline.shared.errors import BackendError, Cancelled, InputError
+from pipeline.shared.onnx import ort_session
 
-from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes, ort_session
+from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes
+
+
+def _quiet_session(path: Any, n_threads: int | None) -> Any:
+    """:func:`ort_session` with ``session.intra_op.allow_spinning`` off."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(n_threads) if n_threads else 0
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own exception types
+        raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from e
 
 
 class StreamingDecoder:
@@ -98,14 +115,16 @@ class StatefulStreamDecoder:
     Prompt frames (ICL) are fed first and never emitted."""
 
     def __init__(self, path: Any, dims: dict[str, Any] | None = None, n_threads: int | None = None,
-                 prompt_codes: Any | None = None) -> None:
+                 prompt_codes: Any | None = None, *, spin: bool = True) -> None:
+        """``spin=False``: ONNX Runtime's idle threads sleep instead of spinning between calls, for a decoder
+        that runs beside the talker (llama.cpp) and must not take its cores while it waits for frames."""
         d = {**DEFAULT_DIMS, **(dims or {})}
         self.num_quantizers = int(d["num_quantizers"])
         self.codebook_size = int(d["codebook_size"])
         self.samples_per_frame = int(d["samples_per_frame"])
         self.chunk_frames = int(d["chunk_frames"])
         self.left_context_frames = int(d["left_context_frames"])
-        self._sess = ort_session(path, n_threads)
+        self._sess = ort_session(path, n_threads) if spin else _quiet_session(path, n_threads)
         self._state_inputs = self._sess.get_inputs()[2:]
         if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
             raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")
@@ -122,6 +141,24 @@ class StatefulStreamDecoder:
         voice's prompt, then fork it for each utterance instead of feeding the prompt again."""
         other = copy.copy(self)
         other._states = list(self._states)
+        return other
+
+    def primed(self, prompt_codes: Any, *, piece: int | None = None,
+               should_stop: Callable[[], bool] | None = None) -> StatefulStreamDecoder:
+        """A fork with ``prompt_codes`` fed after this decoder's frames and never emitted (``n_prompt`` counts
+        every frame fed so far): the per-voice state that :meth:`fork` then copies per utterance. ``piece``:
+        feed that many frames per call, asking ``should_stop`` between calls (:class:`Cancelled`); the
+        state depends on the pieces at float32 rounding level only."""
+        other = self.fork()
+        p = np.asarray(prompt_codes)
+        if p.size:
+            p = other._check(p)
+            step = piece or len(p)
+            for i in range(0, len(p), step):
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"stopped priming the decoder after {i} prompt frames")
+                other._feed(p[i: i + step])
+        other.n_prompt = other.frames
         return other
 
     def _check(self, codes: Any) -> np.ndarray:

@@ -6,6 +6,13 @@ prefill (§5; ICL with the transcript and prompt codes, or x-vector only), talke
 the decoder over [prompt codes; generated codes] and the prompt cut (§9–§10). Upstream has no text normalisation or
 splitting; here the shared text frontend normalises and splits long text, and each segment is one utterance.
 
+Streaming (``create_chunks(stream=True)``, when the bundle has ``decoder_stream_onnx``; upstream has none, §11):
+the talker + code predictor run in a thread and each segment's frames are decoded as they come by the stateful
+stream decoder (:mod:`.streaming`: first audio after 4 frames, then hops of 8 and 16). ICL primes that decoder
+with the voice's prompt codes once per voice (kept, LRU) instead of decoding the prompt with every segment. Same
+seed, same codes as ``stream=False``, and the same samples within float32 rounding; ICL only: where upstream's
+cut falls one sample early the one-pass audio has that extra first sample (:func:`.streaming.stream_job`).
+
 Modes: ``zero_shot`` is upstream's ICL mode (the transcript is needed); ``cross_lingual`` is upstream's
 x-vector-only mode (only the speaker embedding: no transcript, the voice may speak another language). Qwen3-TTS
 Base has no instruct mode and no speed control; both are refused with a message.
@@ -13,11 +20,12 @@ Base has no instruct mode and no speed control; both are refused with a message.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,82 +44,16 @@ from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import Cancelled, InputError, PresetError
 from pipeline.shared.presets import Preset, SpeakerStore
 
+from .streaming import FIRST_FRAMES, PrimedDecoders, stream_job
+from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames
+
+if TYPE_CHECKING:
+    from .decoder import CodeDecoder
+
 ENGINE = "qwen3-tts"
 MODES = ("zero_shot", "cross_lingual")
 # the shared frontend's languages → the talker's codec language names (talker_config.codec_language_id)
 TALKER_LANGUAGE = {"ru": "russian", "en": "english", "zh": "chinese", "ja": "japanese", "auto": None}
-
-
-def max_frames(n_text_tokens: int, configured: int) -> int:
-    """Frames one segment may take. Upstream stops only at EOS or ``max_new_tokens`` (8192 frames, 11 minutes);
-    a model that never says EOS (random weights, a damaged bundle, a bad prompt) would run that long. Here a
-    segment also stops at 2 s per text token plus 4 s (speech runs at about 3 tokens per second): a deliberate
-    difference, docs/qwen3-tts.md."""
-    return max(1, min(configured, 25 * n_text_tokens + 50))
-
-
-@dataclass
-class VoicePrompt:
-    """What a prompt recording gives Qwen3-TTS: its codes (T12, 16) and its speaker embedding (D,)."""
-
-    codes: np.ndarray
-    embedding: np.ndarray
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {"codes": self.codes, "embedding": self.embedding}
-
-
-@dataclass(frozen=True)
-class VoicePromptCodec:
-    """A voice preset's ``features.npz`` for Qwen3-TTS (:class:`pipeline.shared.presets.FeatureCodec`)."""
-
-    num_codebooks: int
-    codebook_size: int
-    speaker_dim: int
-
-    def to_arrays(self, f: VoicePrompt) -> dict[str, np.ndarray]:
-        return f.arrays()
-
-    def from_arrays(self, a: dict[str, np.ndarray]) -> VoicePrompt:
-        return VoicePrompt(np.asarray(a["codes"], np.int64), np.asarray(a["embedding"], np.float32))
-
-    def problem(self, f: VoicePrompt | None) -> str | None:
-        if f is None:
-            return "no features"
-        c, e = f.codes, f.embedding
-        if c.ndim != 2 or c.shape[1] != self.num_codebooks or len(c) == 0:
-            return f"prompt codes have shape {c.shape}"
-        if (c < 0).any() or (c >= self.codebook_size).any():
-            return "prompt codes out of range"
-        if e.shape != (self.speaker_dim,):
-            return f"speaker embedding has shape {e.shape}"
-        if not np.isfinite(e).all():
-            return "features are not finite (NaN or infinity)"
-        return None
-
-
-@dataclass
-class Voice:
-    name: str
-    transcript: str  # "" for a voice made without one (cross_lingual only)
-    features: VoicePrompt
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
-class SegmentResult:
-    """One segment's speech and how it was made (what the worker reports per segment)."""
-
-    audio: np.ndarray
-    sample_rate: int
-    codes: np.ndarray  # (n, 16) generated frames
-    timings: dict[str, float]
-    backends: dict[str, str]
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens(self) -> np.ndarray:  # one per 80 ms frame, as CosyVoice3 counts its speech tokens
-        return self.codes[:, 0]
 
 
 class Qwen3TTS:
@@ -123,6 +65,7 @@ class Qwen3TTS:
                  flow_fast: bool = False, flow_steps: int | None = None) -> None:
         """``flow_*`` and ``npu_cores`` are CosyVoice3's options: anything but their defaults is refused."""
         from pipeline.engines.qwen3_tts.decoder import CodeDecoder
+        from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder
         from pipeline.engines.qwen3_tts.lm_session import Qwen3LM
         from pipeline.engines.qwen3_tts.prompt import PromptEncoder
         from pipeline.shared.cpu import place_process
@@ -139,17 +82,29 @@ class Qwen3TTS:
             p = m["prompt"]
             self.prompt = PromptEncoder({k: root / p[k] for k in ("prompt_encoder", "speaker_encoder")}, p["dims"],
                                         n_threads=n_threads)
-            self.decoder = CodeDecoder(root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads=n_threads)
+            stream_file = m["decoder"].get("decoder_stream_onnx")
+            self._decoder_args = (root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads)
+            self._decoder = None if stream_file else CodeDecoder(*self._decoder_args)
+            self._decoder_lock = threading.Lock()
+            stream_base = (StatefulStreamDecoder(root / stream_file, m["decoder"]["dims"], n_threads=n_threads,
+                                                 spin=False) if stream_file else None)
         except BaseException:
             self.lm.close()
             raise
         pd = p["dims"]
         self.codec = VoicePromptCodec(int(pd["num_codebooks"]), int(pd["codebook_size"]), int(pd["speaker_dim"]))
         self.store = SpeakerStore(speakers_dir, engine=ENGINE, codec=self.codec)
-        self.streams = False
-        stream_reason = "no streaming yet for Qwen3-TTS: each text part is made in one pass and heard when it is done"
+        self._primed = PrimedDecoders(stream_base) if stream_base else None  # the one cross-request state
+        self.streams = self._primed is not None
+        if self.streams:
+            stream_reason = (f"streaming: frames are decoded while they are generated ({stream_file}), first audio "
+                             f"after {FIRST_FRAMES} frames ({FIRST_FRAMES * 80} ms of speech)")
+        else:
+            stream_reason = ("no streaming: this bundle has no stateful decoder step (decoder_stream_onnx; convert "
+                             "it again); each text part is made in one pass and heard when it is done")
         self._log(stream_reason)
-        self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "stream": False, "stream_reason": stream_reason}
+        self.placement = {"cpus": cores, "cpus_reason": cpus_reason, "stream": self.streams,
+                          "stream_reason": stream_reason}
 
     # the interface's properties ----------------------------------------------------------------
     @property
@@ -164,6 +119,17 @@ class Qwen3TTS:
     @property
     def backends(self) -> dict[str, str]:
         return {"prompt": "onnxruntime-cpu", "talker": "llama.cpp", "decoder": "onnxruntime-cpu"}
+
+    @property
+    def decoder(self) -> CodeDecoder:
+        """The one-pass decoder (``stream=False``). A streaming bundle loads it at its first use, so that a
+        streaming worker does not hold both decoder graphs (~460 MB each at full size)."""
+        from pipeline.engines.qwen3_tts.decoder import CodeDecoder
+
+        with self._decoder_lock:
+            if self._decoder is None:
+                self._decoder = CodeDecoder(*self._decoder_args)
+            return self._decoder
 
     @property
     def quant(self) -> str:
@@ -247,7 +213,17 @@ class Qwen3TTS:
         return Voice(p.name, p.transcript, p.features, warnings=warnings)
 
     def prepare_stream(self, name: str, *, should_stop: Callable[[], bool] | None = None) -> float:
-        return 0.0  # nothing to solve ahead: the voice's codes and embedding are saved with it
+        """Prime the stream decoder with the saved voice's prompt codes now (kept in memory, LRU), so that its
+        first streamed request does not decode the prompt first; returns the seconds it took (0 when streaming
+        is off, the voice has no transcript (no ICL) or it was primed already)."""
+        if not self.streams:
+            return 0.0
+        v = self.load_voice(name)
+        if not v.transcript:
+            return 0.0
+        t0 = time.perf_counter()
+        fresh = self._primed.decoder(v.features.codes, should_stop)[1]
+        return time.perf_counter() - t0 if fresh else 0.0
 
     # speech ------------------------------------------------------------------------------------
     def split(self, text: str, language: str = "auto") -> list[str]:
@@ -261,7 +237,12 @@ class Qwen3TTS:
                       top_p: float | None = None, stream: bool = True, on_progress: Progress | None = None,
                       should_stop: Callable[[], bool] | None = None, mode: str = "zero_shot",
                       instruct: str | None = None, speed: float = 1.0) -> Iterator[AudioChunk]:
-        """Synthesize ``text``: one chunk per text segment (no streaming yet), each carrying its :class:`Segment`.
+        """Synthesize ``text`` as audio chunks, each yielded as soon as it is made; the chunks joined are the
+        whole audio, sample for sample; the last chunk of a segment (maybe empty) carries its :class:`Segment`.
+        ``stream`` (when :attr:`streams`): several chunks per segment, made while its frames are generated
+        (:func:`.streaming.stream_job`); else one per segment, made in one pass as upstream does. ``should_stop`` is
+        asked after every frame and before every chunk: a cancel stops within one chunk.
+
         ``temperature`` scales the checkpoint's own (generation_config.json: 0.9), so 1.0 (the page's default)
         is upstream's sampling and lower is steadier; ``top_k``/``top_p`` replace the checkpoint's; ``seed``
         makes it repeatable."""
@@ -286,35 +267,49 @@ class Qwen3TTS:
         overrides = {k: val for k, val in (("top_k", top_k), ("top_p", top_p)) if val is not None}
         if temperature is not None:
             overrides["temperature"] = float(temperature) * float(self.lm.sampling.get("temperature", 1.0))
+        index = 0
         for i, piece in enumerate(pieces):
             if should_stop is not None and should_stop():
                 raise Cancelled(f"stopped before segment {i + 1}")
-            res = self._segment(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
-            seg = Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
-            yield AudioChunk(res.audio, self.sample_rate, i, i, len(pieces), seg)
+            job = Job(piece, v, language, mode, rng, overrides, i, len(pieces), on_progress, should_stop)
+            if not (stream and self.streams):
+                res = self._segment(job)
+                seg = Segment(i, len(pieces), piece, res.audio, res.sample_rate, res)
+                yield AudioChunk(res.audio, self.sample_rate, index, i, len(pieces), seg)
+                index += 1
+                continue
+            # closing(): a cancel, an error or a consumer that stops ends the generation thread at once
+            with closing(stream_job(self, job)) as made:
+                for audio, seg in made:
+                    yield AudioChunk(audio, self.sample_rate, index, i, len(pieces), seg)
+                    index += 1
+                    if seg is None and should_stop is not None and should_stop():
+                        raise Cancelled(f"stopped after {index} audio chunk(s)")
 
-    def _segment(self, piece: str, v: Voice, language: str, mode: str, rng: np.random.Generator,
-                 overrides: dict[str, Any], i: int, n: int, on_progress: Progress | None,
-                 should_stop: Callable[[], bool] | None) -> SegmentResult:
+    def _talker_prompt(self, job: Job) -> tuple[Any, int]:
+        """The talker prompt of ``job`` (ICL in zero_shot) and its frame cap."""
+        icl = job.mode == "zero_shot"
+        v = job.voice
+        prompt = self.lm.prompt(job.text, v.features.embedding, language=TALKER_LANGUAGE[job.language],
+                                ref_text=v.transcript if icl else None, ref_codes=v.features.codes if icl else None)
+        job.report("prefill", {"positions": int(len(prompt.prefill))})
+        cap = max_frames(len(self.lm.tokens.encode(job.text)), int(self.lm.sampling.get("max_new_tokens", 8192)))
+        return prompt, cap
+
+    def _segment(self, job: Job) -> SegmentResult:
+        """One segment in one pass (upstream's ``generate_voice_clone``)."""
         from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
 
-        def report(stage: str, info: dict) -> None:
-            if on_progress:
-                on_progress(stage, {**info, "segment": i + 1, "segments": n})
-
-        icl = mode == "zero_shot"
+        icl = job.mode == "zero_shot"
         t0 = time.perf_counter()
-        prompt = self.lm.prompt(piece, v.features.embedding, language=TALKER_LANGUAGE[language],
-                                ref_text=v.transcript if icl else None, ref_codes=v.features.codes if icl else None)
-        report("prefill", {"positions": int(len(prompt.prefill))})
-        cap = max_frames(len(self.lm.tokens.encode(piece)), int(self.lm.sampling.get("max_new_tokens", 8192)))
-        codes = self.lm.generate(prompt, rng=rng, progress=lambda k: report("tokens", {"n": int(k)}),
-                                 should_stop=should_stop, **{"max_new_tokens": cap, **overrides})
-        if should_stop is not None and should_stop():
+        prompt, cap = self._talker_prompt(job)
+        codes = self.lm.generate(prompt, rng=job.rng, progress=lambda k: job.report("tokens", {"n": int(k)}),
+                                 should_stop=job.should_stop, **{"max_new_tokens": cap, **job.overrides})
+        if job.should_stop is not None and job.should_stop():
             raise Cancelled(f"stopped after {len(codes)} frames")
         t1 = time.perf_counter()
-        report("vocoder", {"frames": int(len(codes))})
-        audio = voice_clone_wav(self.decoder, codes, v.features.codes if icl else None)
+        job.report("vocoder", {"frames": int(len(codes))})
+        audio = voice_clone_wav(self.decoder, codes, job.voice.features.codes if icl else None)
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
                              {"talker": t1 - t0, "decoder": t2 - t1}, self.backends)  # talker: + code predictor
