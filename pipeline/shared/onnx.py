@@ -8,9 +8,11 @@ from typing import Any
 from pipeline.shared.errors import BackendError, BundleError
 
 
-def ort_session(path: Path | str, n_threads: int | None, what: str = "") -> Any:
+def ort_session(path: Path | str, n_threads: int | None, what: str = "", *, spin: bool = True) -> Any:
     """A CPU ONNX Runtime session with all graph optimisations, ``n_threads`` intra-op threads (0/None: ORT's
-    default) and one inter-op thread. ``what`` names the model in the messages of a missing or unreadable file."""
+    default) and one inter-op thread. ``what`` names the model in the messages of a missing or unreadable file.
+    ``spin=False``: idle intra-op threads sleep instead of spinning between calls (a stage that runs beside
+    another one, e.g. a streaming decoder beside llama.cpp, must not take its cores while it waits)."""
     try:
         import onnxruntime as ort
     except ImportError as e:
@@ -22,6 +24,8 @@ def ort_session(path: Path | str, n_threads: int | None, what: str = "") -> Any:
     so.intra_op_num_threads = int(n_threads) if n_threads else 0
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spin:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own exception types

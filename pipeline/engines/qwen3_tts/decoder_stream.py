@@ -32,25 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.shared.errors import BackendError, Cancelled, InputError
+from pipeline.shared.errors import Cancelled, InputError
 from pipeline.shared.onnx import ort_session
 
 from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes
-
-
-def _quiet_session(path: Any, n_threads: int | None) -> Any:
-    """:func:`ort_session` with ``session.intra_op.allow_spinning`` off."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = int(n_threads) if n_threads else 0
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
-    except Exception as e:  # ORT raises its own exception types
-        raise BackendError(f"ONNX Runtime cannot load {path}: {e}") from e
 
 
 class StreamingDecoder:
@@ -124,7 +109,7 @@ class StatefulStreamDecoder:
         self.samples_per_frame = int(d["samples_per_frame"])
         self.chunk_frames = int(d["chunk_frames"])
         self.left_context_frames = int(d["left_context_frames"])
-        self._sess = ort_session(path, n_threads) if spin else _quiet_session(path, n_threads)
+        self._sess = ort_session(path, n_threads, spin=spin)
         self._state_inputs = self._sess.get_inputs()[2:]
         if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
             raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")
