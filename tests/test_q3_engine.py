@@ -130,8 +130,13 @@ def test_language_temperature_and_the_frame_cap_reach_the_talker(tts, monkeypatc
     assert seen["prompt"]["language"] == "russian"
     assert seen["generate"]["temperature"] == pytest.approx(0.5 * 0.9)  # scales the checkpoint's 0.9
     n_tokens = len(tts.lm.tokens.encode("Привет!"))
-    assert seen["generate"]["max_new_tokens"] == max_frames(n_tokens, 8192) == 25 * n_tokens + 50
+    assert seen["generate"]["max_new_tokens"] == max_frames(n_tokens, 8192) == 15 * n_tokens + 50
     assert max_frames(1000, 8192) == 8192  # never above the checkpoint's own limit
+    # the talker's context holds the longest segment's prefill and frame cap
+    from pipeline.engines.qwen3_tts.voice import talker_context
+    from pipeline.shared.text import HARD_MAX_TOKENS
+
+    assert tts.lm.talker.n_ctx == talker_context(HARD_MAX_TOKENS) >= 256 + max_frames(HARD_MAX_TOKENS, 8192)
 
 
 def test_a_cosyvoice3_voice_is_recomputed_for_qwen3_tts(tts):

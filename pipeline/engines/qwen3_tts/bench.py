@@ -174,7 +174,7 @@ def one_request(eng: Any, inp: BenchInputs, frames: int, seed: int) -> dict[str,
 
 def run_bench(opts: Q3BenchOptions, log: Any = lambda m: None) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-able report (``JSON_FIELDS``)."""
-    from pipeline.shared.cpu import place_process
+    from pipeline.shared.cpu import place_process, quiet_blas
     from pipeline.shared.llama import default_threads
 
     from .bench_ref import Reference, worker_rss
@@ -186,6 +186,7 @@ def run_bench(opts: Q3BenchOptions, log: Any = lambda m: None) -> dict[str, Any]
     ref = Reference.start(opts, bundle, log) if opts.reference else None  # fails early when the env is missing
     try:
         cores, cpus_reason = place_process(opts.cpus, log=log)
+        quiet_blas()  # as the engine does
         machine = machine_info()
         threads = opts.threads or default_threads()
         t0 = time.perf_counter()

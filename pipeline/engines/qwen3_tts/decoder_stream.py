@@ -109,7 +109,7 @@ class StatefulStreamDecoder:
         self.samples_per_frame = int(d["samples_per_frame"])
         self.chunk_frames = int(d["chunk_frames"])
         self.left_context_frames = int(d["left_context_frames"])
-        self._sess = ort_session(path, n_threads, spin=spin)
+        self._sess = ort_session(path, n_threads, spin=spin, arena=spin)  # beside the talker: lean
         self._state_inputs = self._sess.get_inputs()[2:]
         if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
             raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")

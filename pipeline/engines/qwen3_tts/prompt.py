@@ -68,8 +68,8 @@ class PromptEncoder:
         self.mel_args = {"sample_rate": int(mel["sample_rate"]), "n_fft": int(mel["n_fft"]),
                          "hop": int(mel["hop"]), "n_mels": int(mel["n_mels"]),
                          "fmin": float(mel["fmin"]), "fmax": float(mel["fmax"])}
-        self._enc = ort_session(enc_path, n_threads, "Qwen3-TTS prompt encoder")
-        self._spk = ort_session(spk_path, n_threads, "Qwen3-TTS speaker encoder")
+        self._enc = ort_session(enc_path, n_threads, "Qwen3-TTS prompt encoder", arena=False)
+        self._spk = ort_session(spk_path, n_threads, "Qwen3-TTS speaker encoder", arena=False)
 
     def codes(self, wav24k: np.ndarray) -> np.ndarray:
         """(T12, 16) int64 prompt codes, T12 = ceil(len / 1920) (``ref_code``)."""

@@ -50,7 +50,8 @@ if TYPE_CHECKING:
 FIRST_FRAMES = 4
 MAX_HOP_FRAMES = 16
 PRIMED_VOICES = 4  # stream decoders primed with a voice's prompt codes, kept (LRU)
-PRIME_PIECE = 25  # prompt frames per decoder call while priming (a cancel is seen between calls)
+PRIME_PIECE = 16  # prompt frames per decoder call while priming: a cancel is seen between calls, and no call
+# is larger than the longest emission hop (MAX_HOP_FRAMES), which bounds the decoder's activations
 
 # generate(on_frame, should_stop) -> (n, 16) codes: the talker + code predictor loop of one segment
 Generate = Callable[[Callable[[np.ndarray], None], Callable[[], bool]], np.ndarray]

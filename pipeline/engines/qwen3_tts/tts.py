@@ -41,11 +41,13 @@ from pipeline.engines.base import (
 )
 from pipeline.shared.audio import AudioSource, prepare_prompt
 from pipeline.shared.bundle import Bundle
-from pipeline.shared.errors import Cancelled, InputError, PresetError
+from pipeline.shared.errors import BundleError, Cancelled, InputError, PresetError
+from pipeline.shared.onnx import trim_heap
 from pipeline.shared.presets import Preset, SpeakerStore
+from pipeline.shared.text import HARD_MAX_TOKENS
 
 from .streaming import FIRST_FRAMES, PrimedDecoders, stream_job
-from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames
+from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames, talker_context
 
 if TYPE_CHECKING:
     from .decoder import CodeDecoder
@@ -67,8 +69,7 @@ class Qwen3TTS:
         from pipeline.engines.qwen3_tts.decoder import CodeDecoder
         from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder
         from pipeline.engines.qwen3_tts.lm_session import Qwen3LM
-        from pipeline.engines.qwen3_tts.prompt import PromptEncoder
-        from pipeline.shared.cpu import place_process
+        from pipeline.shared.cpu import place_process, quiet_blas
 
         if flow_fast or flow_steps is not None or flow_backend not in ("auto", "onnx") or npu_cores != "auto":
             raise InputError("the flow options (--flow-backend, --flow-fast, --flow-steps, --npu-cores) are "
@@ -77,11 +78,15 @@ class Qwen3TTS:
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         m, root = self.bundle.manifest, self.bundle.root
         cores, cpus_reason = place_process(cpus, log=self._log)
-        self.lm = Qwen3LM(root, m["lm"], quant=quant, n_threads=n_threads)
+        quiet_blas()
+        self.lm = Qwen3LM(root, m["lm"], quant=quant, n_threads=n_threads, n_ctx=talker_context(HARD_MAX_TOKENS))
         try:
             p = m["prompt"]
-            self.prompt = PromptEncoder({k: root / p[k] for k in ("prompt_encoder", "speaker_encoder")}, p["dims"],
-                                        n_threads=n_threads)
+            self._prompt_args = ({k: root / p[k] for k in ("prompt_encoder", "speaker_encoder")}, p["dims"],
+                                 n_threads)
+            for path in self._prompt_args[0].values():
+                if not path.is_file():
+                    raise BundleError(f"bundle {root} has no {path.name}; convert the checkpoint again")
             stream_file = m["decoder"].get("decoder_stream_onnx")
             self._decoder_args = (root / m["decoder"]["decoder_onnx"], m["decoder"]["dims"], n_threads)
             self._decoder = None if stream_file else CodeDecoder(*self._decoder_args)
@@ -152,11 +157,24 @@ class Qwen3TTS:
 
         prepared = prepare_prompt(audio, **limits)
         wav = prompt_audio_24k(prepared.trimmed, prepared.original_sr)
-        codes = self.prompt.codes(wav)
-        info = {"duration": prepared.duration, "original_sr": prepared.original_sr, "prompt_tokens": len(codes)}
+        feats = self.prompt_features(wav)
+        info = {"duration": prepared.duration, "original_sr": prepared.original_sr,
+                "prompt_tokens": len(feats.codes)}
         if getattr(prepared, "warning", None):
             info["warning"] = prepared.warning
-        return VoicePrompt(codes, self.prompt.speaker_embedding(wav)), info
+        return feats, info
+
+    def prompt_features(self, wav24k: np.ndarray) -> VoicePrompt:
+        """Codes and speaker embedding of 24 kHz prompt audio. The prompt and speaker encoders are opened for it
+        and freed after it (~0.23 GB at full size that speech never needs)."""
+        from pipeline.engines.qwen3_tts.prompt import PromptEncoder
+
+        enc = PromptEncoder(*self._prompt_args)
+        try:
+            return VoicePrompt(enc.codes(wav24k), enc.speaker_embedding(wav24k))
+        finally:
+            del enc
+            trim_heap()
 
     def voice_from_audio(self, audio: AudioSource, transcript: str | None, *, language: str = "auto",
                          name: str = "(one-off prompt)", **limits: Any) -> Voice:

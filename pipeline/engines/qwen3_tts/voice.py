@@ -11,13 +11,23 @@ import numpy as np
 
 from pipeline.engines.base import Progress
 
+FRAMES_PER_TOKEN, EXTRA_FRAMES = 15, 50
+
 
 def max_frames(n_text_tokens: int, configured: int) -> int:
     """Frames one segment may take. Upstream stops only at EOS or ``max_new_tokens`` (8192 frames, 11 minutes);
     a model that never says EOS (random weights, a damaged bundle, a bad prompt) would run that long. Here a
-    segment also stops at 2 s per text token plus 4 s (speech runs at about 3 tokens per second): a deliberate
-    difference, docs/qwen3-tts.md."""
-    return max(1, min(configured, 25 * n_text_tokens + 50))
+    segment also stops at 1.2 s per text token plus 4 s (speech takes 0.2-0.35 s per token: Chinese characters,
+    English and Russian words alike): a deliberate difference, docs/qwen3-tts.md."""
+    return max(1, min(configured, FRAMES_PER_TOKEN * n_text_tokens + EXTRA_FRAMES))
+
+
+def talker_context(max_text_tokens: int, max_prefill: int = 256) -> int:
+    """Talker positions a segment can need: its prefill (at most ~140 rows: the ICL block is as long as a 10 s
+    prompt's 125 frames plus the control rows) and its frame cap, rounded up to 256. Each position costs 112 KiB
+    of F16 KV cache at full size, so the context is sized to this rather than to llama.cpp's 4096."""
+    need = max_prefill + max_frames(max_text_tokens, 1 << 30)
+    return -(-need // 256) * 256
 
 
 @dataclass
