@@ -423,7 +423,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return _bench_qwen3(a)
     if _given(a, _Q3_BENCH_ONLY):
         raise InputError(f"{_given(a, _Q3_BENCH_ONLY)}: Qwen3-TTS bench options; add --engine qwen3-tts")
-    from pipeline.engines.cosyvoice3.bench import BenchOptions, format_report, report_json, run_bench
+    from pipeline.engines.cosyvoice3.bench import BenchOptions, format_report, run_bench
+    from pipeline.shared.benchkit import report_json
 
     opts = BenchOptions(
         bundle=a.bundle, quant=a.quant, threads=a.threads, llm_threads=a.llm_threads, flow_threads=a.flow_threads,

@@ -19,10 +19,10 @@ LANG_CHOICES = [("English", "en"), ("Русский", "ru")]
 _S: dict[str, tuple[str, str]] = {
     # header
     "title": ("CosyVoice-RK studio", "Студия CosyVoice-RK"),
-    "subtitle": ("Voice cloning with CosyVoice3 on this board: save a voice from a short recording, then make it "
-                 "speak any text.",
-                 "Клонирование голоса с CosyVoice3 на этой плате: сохраните голос по короткой записи и озвучьте им "
-                 "любой текст."),
+    "subtitle": ("Voice cloning on this board (CosyVoice3 or Qwen3-TTS): save a voice from a short recording, then "
+                 "make it speak any text.",
+                 "Клонирование голоса на этой плате (CosyVoice3 или Qwen3-TTS): сохраните голос по короткой записи и "
+                 "озвучьте им любой текст."),
     "ui_language": ("Interface language", "Язык интерфейса"),
     "step_voice": ("Make a voice from 3–10 s of speech", "Сделайте голос по 3–10 с речи"),
     "step_speak": ("Type any text", "Введите любой текст"),

@@ -20,19 +20,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
-import json
-import os
-import platform
-import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.shared.benchkit import loadavg, machine_info, peak_rss_mb, stats
 from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import InputError
 
@@ -124,59 +121,6 @@ class _Run:
     values: dict[str, float] = field(default_factory=dict)
     tokens: list[int] = field(default_factory=list)
     mel: np.ndarray | None = None
-
-
-def stats(xs: Sequence[float]) -> dict[str, float]:
-    """min / median / max of a non-empty sequence."""
-    v = [float(x) for x in xs]
-    return {"min": min(v), "median": float(statistics.median(v)), "max": max(v)}
-
-
-def peak_rss_mb() -> tuple[float, str]:
-    """The process's peak resident set in MiB and where it was read (``VmHWM`` or ``ru_maxrss``)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0, "VmHWM"
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, "ru_maxrss"
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("model name", "hardware", "cpu model"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    try:
-        affinity = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = list(range(os.cpu_count() or 1))
-
-    def version(mod: str) -> str:
-        try:
-            return str(__import__(mod).__version__)
-        except Exception:  # a missing or broken optional module is reported, not fatal
-            return "?"
-
-    return {"cpu": cpu, "logical_cpus": os.cpu_count() or 1, "affinity": affinity, "loadavg_start": _loadavg(),
-            "loadavg_end": None, "python": platform.python_version(), "numpy": np.__version__,
-            "onnxruntime": version("onnxruntime"), "llama_cpp": version("llama_cpp"),
-            "platform": platform.platform()}
-
-
-def _loadavg() -> list[float]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return []
 
 
 def synthetic_inputs(constants: dict, opts: BenchOptions, text_vocab: int, mel_bins: int,
@@ -391,7 +335,7 @@ def _run(engine: Any, bundle: Bundle, opts: BenchOptions, machine: dict, load_s:
             report["metrics"][k] = {**report["stream"]["metrics"][k], "unit": "s"}
         peak, _ = peak_rss_mb()
         report["peak_rss_mb"] = round(peak, 1)
-    report["machine"]["loadavg_end"] = _loadavg()
+    report["machine"]["loadavg_end"] = loadavg()
     return report
 
 
@@ -531,17 +475,3 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def _cpus(cpus: Sequence[int]) -> str:
     return ",".join(str(c) for c in cpus) if len(cpus) <= 8 else f"{len(cpus)} CPUs"
-
-
-def report_json(rep: dict[str, Any]) -> str:
-    return json.dumps(rep, indent=1, default=_jsonable)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "__dataclass_fields__"):
-        return asdict(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serializable")

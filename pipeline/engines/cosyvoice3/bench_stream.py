@@ -46,8 +46,8 @@ def _token_source(engine: Any, text: np.ndarray, ptext: np.ndarray, prompt: Any,
 
 def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray, prompt: Any, log: Log,
                      ) -> dict[str, Any]:
-    from pipeline.engines.cosyvoice3.bench import stats
     from pipeline.engines.cosyvoice3.sampling import make_ras_sampler
+    from pipeline.shared.benchkit import stats
 
     c = engine.constants
     sampler = make_ras_sampler(c["sampling"])
@@ -171,9 +171,10 @@ def _rss_child(args: dict[str, Any], conn: Any) -> None:
     from types import SimpleNamespace
 
     try:
-        from pipeline.engines.cosyvoice3.bench import peak_rss_mb, synthetic_inputs
+        from pipeline.engines.cosyvoice3.bench import synthetic_inputs
         from pipeline.engines.cosyvoice3.engine import Engine
         from pipeline.engines.cosyvoice3.sampling import make_ras_sampler
+        from pipeline.shared.benchkit import peak_rss_mb
 
         o = SimpleNamespace(**args["opts"])
         engine = Engine.load(args["bundle"], quant=args["quant"], n_threads=args["threads"],

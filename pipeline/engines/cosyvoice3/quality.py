@@ -185,13 +185,13 @@ def output_embedding(audio: np.ndarray, sample_rate: int, speaker: Any) -> np.nd
 def run_quality(opts: QualityOptions, *, asr: AsrStatus | None = None, log: Log = lambda m: None) -> dict[str, Any]:
     """Run every setting on the sentence set; returns the report (``quality_report.JSON_FIELDS``).
     ``asr``: the transcriber to score the CER with (default: :func:`load_asr`)."""
-    from pipeline.engines.cosyvoice3.bench import _loadavg, machine_info
     from pipeline.engines.cosyvoice3.engine import Engine
     from pipeline.engines.cosyvoice3.flow import Flow, OrtEstimator, int8_estimator_path, ort_estimator
     from pipeline.engines.cosyvoice3.llm import SpeechLM, TextEmbedding
     from pipeline.engines.cosyvoice3.speaker import PromptModels
     from pipeline.engines.cosyvoice3.tokenizer import TextTokenizer
     from pipeline.engines.cosyvoice3.vocoder import HiFT
+    from pipeline.shared.benchkit import loadavg, machine_info
     from pipeline.shared.text import TextFrontend
 
     machine = machine_info()
@@ -274,7 +274,7 @@ def run_quality(opts: QualityOptions, *, asr: AsrStatus | None = None, log: Log 
                     _write_wav(Path(opts.out_dir) / st.slug / f"{s.id}.wav", wav, sr)
             acc.finish(res)
 
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = loadavg()
     return {
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine,

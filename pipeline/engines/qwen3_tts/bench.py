@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.engines.cosyvoice3.bench import _loadavg, machine_info, peak_rss_mb, report_json, stats
+from pipeline.shared.benchkit import loadavg, machine_info, peak_rss_mb, report_json, stats
 from pipeline.shared.bundle import Bundle
 from pipeline.shared.errors import InputError
 
@@ -232,7 +232,7 @@ def run_bench(opts: Q3BenchOptions, log: Any = lambda m: None) -> dict[str, Any]
     med = {k: m["median"] for k, m in metrics.items()}
     shares = {k: round(100.0 * med[f"{k}_s"] / med["total_s"], 1)
               for k in ("prompt_rows", "prefill", "talker_steps", "cp", "decoder")}
-    machine["loadavg_end"] = _loadavg()
+    machine["loadavg_end"] = loadavg()
     return {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine,

@@ -122,7 +122,7 @@ class Reference:
         return ans
 
     def report(self, ref_runs: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, Any]:
-        from pipeline.engines.cosyvoice3.bench import stats
+        from pipeline.shared.benchkit import stats
 
         metrics = {k: stats([r[k] for r in ref_runs]) for k in REF_METRICS}
         ours = {k: statistics.median(r["values"][k] for r in runs) for k in SPEEDUPS}

@@ -26,9 +26,9 @@ def _status_mb(key: str) -> float:
 
 def run(job: dict[str, Any]) -> dict[str, Any]:
     from pipeline.engines import open_tts
-    from pipeline.engines.cosyvoice3.bench import peak_rss_mb
     from pipeline.engines.qwen3_tts.bench import forced_overrides
     from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
+    from pipeline.shared.benchkit import peak_rss_mb
 
     wav = np.load(job["wav"]).astype(np.float32)
     with open_tts(job["bundle"], speakers_dir=job["speakers"], n_threads=int(job["threads"]),
