@@ -464,11 +464,15 @@ def cmd_webui(a: argparse.Namespace) -> int:
     return serve(a)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from pipeline.cli_args import build_parser
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser, each subcommand bound to its ``cmd_*`` function here."""
+    from pipeline.cli_args import build_parser as parser_for
 
-    commands = {name[4:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("cmd_")}
-    args = build_parser(commands).parse_args(argv)
+    return parser_for({name[4:].replace("_", "-"): fn for name, fn in globals().items() if name.startswith("cmd_")})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except CosyVoiceRKError as e:
