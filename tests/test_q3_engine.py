@@ -124,8 +124,14 @@ def test_language_temperature_and_the_frame_cap_reach_the_talker(tts, monkeypatc
 
     seen = {}
     prompt, generate = tts.lm.prompt, tts.lm.generate
-    monkeypatch.setattr(tts.lm, "prompt", lambda *a, **kw: seen.setdefault("prompt", kw) and prompt(*a, **kw))
-    monkeypatch.setattr(tts.lm, "generate", lambda *a, **kw: seen.setdefault("generate", kw) and generate(*a, **kw))
+    def spy(name, fn):
+        def call(*a, **kw):
+            seen[name] = kw
+            return fn(*a, **kw)
+        return call
+
+    monkeypatch.setattr(tts.lm, "prompt", spy("prompt", prompt))
+    monkeypatch.setattr(tts.lm, "generate", spy("generate", generate))
     tts.create("Привет!", tts.voice_from_audio(PROMPT, ZH_PROMPT_TEXT), language="ru", seed=1, temperature=0.5)
     assert seen["prompt"]["language"] == "russian"
     assert seen["generate"]["temperature"] == pytest.approx(0.5 * 0.9)  # scales the checkpoint's 0.9

@@ -164,7 +164,8 @@ _BLAS_LIMIT: Any = None
 def quiet_blas() -> None:
     """One thread for numpy's BLAS in this process, for good. numpy's matrix products here are small (logit
     heads, a few convolutions) and its OpenBLAS threads spin after each call: on 2 cores they took llama.cpp's
-    cores and a Qwen3-TTS talker step went from 73 ms to 308 ms (measured with ``bench --engine qwen3-tts``)."""
+    cores: a Qwen3-TTS talker step took 308 ms with them and 66 ms without (two separate
+    ``bench --engine qwen3-tts`` runs, not one)."""
     global _BLAS_LIMIT
     if _BLAS_LIMIT is None:
         from threadpoolctl import threadpool_limits
