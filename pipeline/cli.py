@@ -390,7 +390,7 @@ _Q3_BENCH_REFUSED = (("llm_threads", None), ("flow_threads", None), ("hift_threa
                      ("mel_check", False), ("stream", False), ("stream_schedule", None), ("flow_cache", "fp16"),
                      ("flow_backend", "auto"), ("npu_cores", "auto"))
 _Q3_BENCH_ONLY = (("frames", None), ("prompt_frames", None), ("reference", False), ("ref_python", None),
-                  ("ref_checkpoint", None), ("no_worker_rss", False))
+                  ("ref_checkpoint", None), ("no_worker_rss", False), ("prompt_decode", None))
 
 
 def _given(a: argparse.Namespace, names: tuple[tuple[str, object], ...]) -> str:
@@ -441,7 +441,8 @@ def _bench_qwen3(a: argparse.Namespace) -> int:
         bundle=a.bundle, quant=a.quant, threads=a.threads, kv_type=a.kv_type, cpus=a.cpus,
         prompt_frames=_or(a.prompt_frames, 44), prompt_text_tokens=a.prompt_text_tokens, text_tokens=a.text_tokens,
         frames=_or(a.frames, 25), repeat=a.repeat, seed=a.seed, worker_rss=not a.no_worker_rss,
-        reference=a.reference, ref_python=a.ref_python, ref_checkpoint=a.ref_checkpoint)
+        reference=a.reference, ref_python=a.ref_python, ref_checkpoint=a.ref_checkpoint,
+        prompt_decode=a.prompt_decode or "once")
     report = run_bench(opts, log=_log)
     print(report_json(report) if a.json else format_report(report))
     return 0

@@ -248,6 +248,9 @@ def build_parser(commands: Mapping[str, Callable[[argparse.Namespace], int]]) ->
                         "COSYVOICE_RK_QWEN_REF_PYTHON)")
     b.add_argument("--no-worker-rss", action="store_true",
                    help="Qwen3-TTS: skip the worker-equivalent peak-RSS process")
+    b.add_argument("--prompt-decode", choices=["once", "each"], default=None,
+                   help="Qwen3-TTS: decode the voice's prompt codes once per voice, as the engine does (once, the "
+                        "default, with a streaming bundle) or with every request, as upstream does (each)")
     b.add_argument("--repeat", type=int, default=3, help="runs; min / median / max are reported")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--flow-fast", action="store_true",

@@ -45,7 +45,9 @@ def test_the_report_has_every_field_finite_and_consistent(tiny):
         assert m["min"] <= m["median"] <= m["max"], k
     med = {k: v["median"] for k, v in rep["metrics"].items()}
     assert rep["shapes"]["frames"] == 4 and rep["shapes"]["audio_s"] == pytest.approx(4 * 0.08)
-    assert rep["shapes"]["decoded_audio_s"] == pytest.approx(10 * 0.08)
+    # the prompt (6 frames) is decoded once per voice (voice_prime_s), the request decodes its 4 frames
+    assert rep["config"]["prompt_decode"] == "once" and med["voice_prime_s"] > 0
+    assert rep["shapes"]["decoded_audio_s"] == pytest.approx(4 * 0.08)
     # every repeat is one request, so its total holds its parts
     assert med["generate_s"] >= med["prefill_s"] + med["cp_s"] + med["talker_steps_s"] - 1e-9
     assert med["total_s"] >= med["generate_s"] + med["decoder_s"] - 1e-6
@@ -60,6 +62,15 @@ def test_the_report_has_every_field_finite_and_consistent(tiny):
     w = rep["worker_rss"]
     assert w["quant"] == "f32" and w["frames"] == 4 and w["peak_rss_mb"] >= w["rss_after_load_mb"] > 0
     json.dumps(rep)
+
+
+def test_prompt_decode_each_decodes_the_prompt_with_every_request_as_upstream(tiny):
+    rep = run_bench(Q3BenchOptions(tiny, threads=1, prompt_frames=6, prompt_text_tokens=4, text_tokens=5, frames=4,
+                                   repeat=1, profile_frames=1, worker_rss=False, prompt_decode="each"))
+    assert rep["config"]["prompt_decode"] == "each" and rep["metrics"]["voice_prime_s"]["median"] < 1e-3
+    assert rep["shapes"]["decoded_audio_s"] == pytest.approx(10 * 0.08)
+    r = cli("bench", "--engine", "qwen3-tts", "--bundle", tiny.root, "--prompt-decode", "twice")
+    assert r.returncode == 2 and "--prompt-decode" in r.stderr
 
 
 def test_the_reference_without_its_environment_says_how_to_make_it(tiny, tmp_path):

@@ -12,7 +12,7 @@ from conftest import PROMPTS, ZH_PROMPT_TEXT
 from pipeline.engines import open_tts
 from pipeline.engines.qwen3_tts.decoder import icl_cut
 from pipeline.engines.qwen3_tts.streaming import emission_points
-from pipeline.shared.errors import Cancelled
+from pipeline.shared.errors import Cancelled, InputError
 from pipeline.worker import Worker, WorkerConfig
 
 Q3 = Path(__file__).parent / "fixtures" / "tiny-qwen3-tts"
@@ -91,10 +91,33 @@ def test_where_upstreams_cut_takes_one_sample_more_the_stream_is_its_tail(tts, v
     monkeypatch.setattr(tts.lm, "generate", lambda prompt, **kw: real(prompt, **{**kw, "max_new_tokens": n + 1}))
     streamed = list(tts.create_chunks(TEXT, voice, language="en", seed=7))
     one = list(tts.create_chunks(TEXT, voice, language="en", seed=7, stream=False))
-    seg, ref = streamed[-1].segment_result, one[-1].segment_result
+    monkeypatch.setattr(tts, "prompt_decode", "each")
+    each = list(tts.create_chunks(TEXT, voice, language="en", seed=7, stream=False))
+    seg, ref, up = streamed[-1].segment_result, one[-1].segment_result, each[-1].segment_result
     assert len(seg.result.codes) == n and np.array_equal(seg.result.codes, ref.result.codes)
-    assert len(ref.audio) == len(seg.audio) + 1 == n * SPF + 1
+    assert len(ref.audio) == len(up.audio) == len(seg.audio) + 1 == n * SPF + 1
     assert np.abs(seg.audio - ref.audio[1:]).max() <= WAV_TOL
+    # the one-pass audio with the prompt decoded once leads with the primed prompt's last sample, as upstream's
+    assert np.abs(ref.audio - up.audio).max() <= WAV_TOL
+
+
+@pytest.mark.parametrize("mode", ["zero_shot", "cross_lingual"])
+def test_one_pass_decodes_a_voices_prompt_once_and_agrees_with_upstreams_decode(tts, voice, mode, monkeypatch):
+    """stream=False with the stream decoder: the prompt codes are decoded once per voice (primed, kept) and only
+    the generated frames per request; the audio is upstream's decode of [prompt; generated] within rounding."""
+    tts._primed.clear()
+    primings = []
+    real = tts._primed.base.primed
+    monkeypatch.setattr(tts._primed.base, "primed", lambda *a, **kw: primings.append(1) or real(*a, **kw))
+    once = [list(tts.create_chunks(TEXT, voice, language="en", seed=s, mode=mode, stream=False)) for s in (7, 8)]
+    assert len(primings) == (1 if mode == "zero_shot" else 0)  # two requests, one priming (x-vector: none)
+    monkeypatch.setattr(tts, "prompt_decode", "each")
+    each = [list(tts.create_chunks(TEXT, voice, language="en", seed=s, mode=mode, stream=False)) for s in (7, 8)]
+    for a, b in zip(sum(once, []), sum(each, []), strict=True):
+        assert np.array_equal(a.segment_result.result.codes, b.segment_result.result.codes)
+        assert len(a.audio) == len(b.audio) and np.abs(a.audio - b.audio).max() <= WAV_TOL
+    with pytest.raises(InputError, match="prompt_decode"):
+        open_tts(tts.bundle, speakers_dir=tts.store.root, prompt_decode="twice")
 
 
 def test_the_first_chunk_arrives_while_frames_are_still_generated(tts, voice):

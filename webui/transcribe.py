@@ -3,9 +3,9 @@
 
 Only a box that is empty or still holds the last automatic text is filled: what the user typed is never
 overwritten, not even when typed while the transcription runs (the browser decides, from the box as it is when the
-transcript arrives). A recording whose transcript the box already holds is not transcribed again (the audio's change
-event may fire twice for one upload). On the Speak tab nothing is transcribed in the modes that need no transcript (another
-language, instruction).
+transcript arrives). A recording whose transcript the box already holds is not transcribed again (the audio's
+change event may fire twice for one upload). On the Speak tab nothing is transcribed in the modes that need no
+transcript (another language, instruction).
 """
 
 from __future__ import annotations

@@ -27,6 +27,9 @@ which a stream cannot know before n is final.
 from __future__ import annotations
 
 import copy
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -35,7 +38,11 @@ import numpy as np
 from pipeline.shared.errors import Cancelled, InputError
 from pipeline.shared.onnx import ort_session
 
-from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes
+from .decoder import DEFAULT_DIMS, CodeDecoder, check_codes, icl_cut
+
+PRIMED_VOICES = 4  # stream decoders primed with a voice's prompt codes, kept (LRU)
+PRIME_PIECE = 16  # prompt frames per decoder call while priming: a cancel is seen between calls, and no call
+# is larger than the longest emission hop of streaming, which bounds the decoder's activations
 
 
 class StreamingDecoder:
@@ -114,6 +121,7 @@ class StatefulStreamDecoder:
         if [i.name for i in self._sess.get_inputs()[:2]] != ["codes", "pos0"]:
             raise InputError(f"{path} is not a streaming decoder graph (inputs codes, pos0, states)")
         self._tail = np.zeros((0, self.num_quantizers), np.int64)  # the last left_context_frames fed
+        self.last_sample = np.zeros(0, np.float32)  # the last sample decoded (ICL: the prompt's, once primed)
         self.frames = 0  # frames fed so far, prompt included
         self._reset()
         self.n_prompt = 0
@@ -177,6 +185,8 @@ class StatefulStreamDecoder:
             self._tail = np.concatenate([self._tail, frames[i: i + n]])[-self.left_context_frames:]
             self.frames += n
             i += n
+        if out and len(out[-1]):
+            self.last_sample = np.array(out[-1][-1:], np.float32)
         return np.concatenate(out) if out else np.zeros(0, np.float32)
 
     def push(self, frames: Any) -> np.ndarray:
@@ -188,3 +198,61 @@ class StatefulStreamDecoder:
         if np.any(f[:, 0] < 0):
             raise InputError("streamed frames cannot hold padding (-1) codes")
         return self._feed(f).astype(np.float32, copy=False)
+
+
+class PrimedDecoders:
+    """Per-request stream decoders, forked from one unprimed decoder (it holds the ONNX session) or, for ICL,
+    from one primed with the voice's prompt codes: those are kept, the last ``size`` voices by their codes' hash,
+    so a voice's prompt is decoded once instead of once per segment."""
+
+    def __init__(self, base: StatefulStreamDecoder, size: int = PRIMED_VOICES) -> None:
+        self.base = base
+        self.size = size
+        self._lru: OrderedDict[str, StatefulStreamDecoder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._lru.clear()
+
+    def decoder(self, prompt_codes: np.ndarray | None,
+                should_stop: Callable[[], bool] | None = None) -> tuple[StatefulStreamDecoder, bool]:
+        """A request's own decoder (ICL: primed with ``prompt_codes``; x-vector: None) and whether the voice was
+        primed now (:class:`Cancelled` by ``should_stop`` while priming keeps nothing)."""
+        if prompt_codes is None:
+            return self.base.fork(), False
+        c = np.ascontiguousarray(prompt_codes, dtype=np.int64)
+        key = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
+        with self._lock:
+            primed = self._lru.pop(key, None)
+            fresh = primed is None
+            if primed is None:
+                primed = self.base.primed(c, piece=PRIME_PIECE, should_stop=should_stop)
+            self._lru[key] = primed
+            while len(self._lru) > self.size:
+                self._lru.popitem(last=False)
+            return primed.fork(), fresh
+
+
+def voice_clone_wav_primed(primed: PrimedDecoders, generated: Any, prompt_codes: Any | None = None,
+                           should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, bool]:
+    """:func:`.decoder.voice_clone_wav` with a stream decoder primed with the voice's prompt codes (ICL) or a
+    fresh one (x-vector): only the generated frames are decoded per request; the prompt is decoded once per voice
+    (kept by ``primed``). Returns the waveform and whether the voice was primed now.
+
+    The samples equal the one-pass decode within float32 reordering (the stream follows upstream's 300/25
+    windows), and the length is upstream's: where its ICL cut falls one sample early, the prompt's last decoded
+    sample leads, as it does in upstream's output."""
+    dec, fresh = primed.decoder(None if prompt_codes is None else np.asarray(prompt_codes), should_stop)
+    gen = np.asarray(generated)
+    prompt_last = dec.last_sample
+    wav = dec.push(gen) if gen.size else np.zeros(0, np.float32)
+    if prompt_codes is not None and len(prompt_codes):
+        n_p, spf = len(prompt_codes), dec.samples_per_frame
+        extra = n_p * spf - icl_cut(n_p, len(gen), (n_p + len(gen)) * spf)
+        if extra:  # 0 or 1: float rounding in upstream's int(T12 / (T12 + n) * len)
+            wav = np.concatenate([prompt_last[len(prompt_last) - extra:], wav])
+    return wav.astype(np.float32, copy=False), fresh

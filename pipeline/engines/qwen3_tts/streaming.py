@@ -27,10 +27,8 @@ frames are not needed sooner).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -49,9 +47,6 @@ if TYPE_CHECKING:
 
 FIRST_FRAMES = 4
 MAX_HOP_FRAMES = 16
-PRIMED_VOICES = 4  # stream decoders primed with a voice's prompt codes, kept (LRU)
-PRIME_PIECE = 16  # prompt frames per decoder call while priming: a cancel is seen between calls, and no call
-# is larger than the longest emission hop (MAX_HOP_FRAMES), which bounds the decoder's activations
 
 # generate(on_frame, should_stop) -> (n, 16) codes: the talker + code predictor loop of one segment
 Generate = Callable[[Callable[[np.ndarray], None], Callable[[], bool]], np.ndarray]
@@ -66,43 +61,6 @@ def emission_points(first: int = FIRST_FRAMES, max_hop: int = MAX_HOP_FRAMES) ->
         point += hop
         yield point
         hop = min(max_hop, hop * 2)
-
-
-class PrimedDecoders:
-    """Per-request stream decoders, forked from one unprimed decoder (it holds the ONNX session) or, for ICL,
-    from one primed with the voice's prompt codes: those are kept, the last ``size`` voices by their codes' hash,
-    so a voice's prompt is decoded once instead of once per segment."""
-
-    def __init__(self, base: StatefulStreamDecoder, size: int = PRIMED_VOICES) -> None:
-        self.base = base
-        self.size = size
-        self._lru: OrderedDict[str, StatefulStreamDecoder] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._lru)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._lru.clear()
-
-    def decoder(self, prompt_codes: np.ndarray | None,
-                should_stop: Callable[[], bool] | None = None) -> tuple[StatefulStreamDecoder, bool]:
-        """A request's own decoder (ICL: primed with ``prompt_codes``; x-vector: None) and whether the voice was
-        primed now (:class:`Cancelled` by ``should_stop`` while priming keeps nothing)."""
-        if prompt_codes is None:
-            return self.base.fork(), False
-        c = np.ascontiguousarray(prompt_codes, dtype=np.int64)
-        key = hashlib.sha256(repr(c.shape).encode() + c.tobytes()).hexdigest()
-        with self._lock:
-            primed = self._lru.pop(key, None)
-            fresh = primed is None
-            if primed is None:
-                primed = self.base.primed(c, piece=PRIME_PIECE, should_stop=should_stop)
-            self._lru[key] = primed
-            while len(self._lru) > self.size:
-                self._lru.popitem(last=False)
-            return primed.fork(), fresh
 
 
 @dataclass

@@ -3,7 +3,9 @@
 A voice is its prompt codes (spec §3) and speaker embedding (§4), computed once and saved with the preset, plus its
 transcript. Speech is made per text segment as upstream's ``generate_voice_clone`` makes one utterance: talker
 prefill (§5; ICL with the transcript and prompt codes, or x-vector only), talker + code predictor loop (§6–§8), then
-the decoder over [prompt codes; generated codes] and the prompt cut (§9–§10). Upstream has no text normalisation or
+the decoder over [prompt codes; generated codes] and the prompt cut (§9–§10): with the stream decoder (below) the
+prompt part is decoded once per voice and only the generated frames per request (``prompt_decode="each"``: per
+request, as upstream). Upstream has no text normalisation or
 splitting; here the shared text frontend normalises and splits long text, and each segment is one utterance.
 
 Streaming (``create_chunks(stream=True)``, when the bundle has ``decoder_stream_onnx``; upstream has none, §11):
@@ -46,7 +48,8 @@ from pipeline.shared.onnx import trim_heap
 from pipeline.shared.presets import Preset, SpeakerStore
 from pipeline.shared.text import HARD_MAX_TOKENS
 
-from .streaming import FIRST_FRAMES, PrimedDecoders, stream_job
+from .decoder_stream import PrimedDecoders
+from .streaming import FIRST_FRAMES, stream_job
 from .voice import Job, SegmentResult, Voice, VoicePrompt, VoicePromptCodec, max_frames, talker_context
 
 if TYPE_CHECKING:
@@ -64,8 +67,11 @@ class Qwen3TTS:
     def __init__(self, bundle: Bundle | Path | str, *, speakers_dir: Path | str = "speakers",
                  quant: str | None = None, n_threads: int | None = None, cpus: str | None = None,
                  log: Callable[[str], None] | None = None, flow_backend: str = "auto", npu_cores: str = "auto",
-                 flow_fast: bool = False, flow_steps: int | None = None) -> None:
-        """``flow_*`` and ``npu_cores`` are CosyVoice3's options: anything but their defaults is refused."""
+                 flow_fast: bool = False, flow_steps: int | None = None, prompt_decode: str = "once") -> None:
+        """``flow_*`` and ``npu_cores`` are CosyVoice3's options: anything but their defaults is refused.
+        ``prompt_decode``: ``"once"`` (when the bundle has the stream decoder) decodes a voice's prompt codes once
+        and each request's generated frames only; ``"each"`` decodes [prompt; generated] per request, as
+        upstream's ``generate_voice_clone`` does (the same samples within float32 rounding, slower)."""
         from pipeline.engines.qwen3_tts.decoder import CodeDecoder
         from pipeline.engines.qwen3_tts.decoder_stream import StatefulStreamDecoder
         from pipeline.engines.qwen3_tts.lm_session import Qwen3LM
@@ -74,6 +80,9 @@ class Qwen3TTS:
         if flow_fast or flow_steps is not None or flow_backend not in ("auto", "onnx") or npu_cores != "auto":
             raise InputError("the flow options (--flow-backend, --flow-fast, --flow-steps, --npu-cores) are "
                              "CosyVoice3's; a Qwen3-TTS bundle has no flow: leave them out")
+        if prompt_decode not in ("once", "each"):
+            raise InputError(f"prompt_decode must be 'once' or 'each', got {prompt_decode!r}")
+        self.prompt_decode = prompt_decode
         self._log = log or (lambda m: None)
         self.bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         m, root = self.bundle.manifest, self.bundle.root
@@ -317,6 +326,7 @@ class Qwen3TTS:
     def _segment(self, job: Job) -> SegmentResult:
         """One segment in one pass (upstream's ``generate_voice_clone``)."""
         from pipeline.engines.qwen3_tts.decoder import voice_clone_wav
+        from pipeline.engines.qwen3_tts.decoder_stream import voice_clone_wav_primed
 
         icl = job.mode == "zero_shot"
         t0 = time.perf_counter()
@@ -327,7 +337,11 @@ class Qwen3TTS:
             raise Cancelled(f"stopped after {len(codes)} frames")
         t1 = time.perf_counter()
         job.report("vocoder", {"frames": int(len(codes))})
-        audio = voice_clone_wav(self.decoder, codes, job.voice.features.codes if icl else None)
+        prompt_codes = job.voice.features.codes if icl else None
+        if self._primed is not None and self.prompt_decode == "once":
+            audio, _ = voice_clone_wav_primed(self._primed, codes, prompt_codes, job.should_stop)
+        else:
+            audio = voice_clone_wav(self.decoder, codes, prompt_codes)
         t2 = time.perf_counter()
         return SegmentResult(np.asarray(audio, np.float32), self.sample_rate, np.asarray(codes),
                              {"talker": t1 - t0, "decoder": t2 - t1}, self.backends)  # talker: + code predictor
