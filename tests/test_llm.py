@@ -362,3 +362,30 @@ def test_tokenizer_with_shifted_added_tokens_is_refused(qwen_files, tiny_src, tm
     cfg["added_tokens_decoder"] = {k: v for k, v in cfg["added_tokens_decoder"].items() if int(k) <= 151645}
     (blank / "tokenizer_config.json").write_text(json.dumps(cfg))
     assert build_text_tokenizer(blank).encode("<|endofprompt|>").ids == [151646]
+
+
+def test_every_decode_runs_on_the_one_compute_thread_whoever_calls(conv):
+    """llama.cpp (OpenMP) keeps a thread team per calling OS thread; a second team makes every decode of the
+    process ~2x slower (pipeline/shared/llama.py: on_compute_thread). So decodes asked from the main thread and
+    from a streaming stage's thread must all run on one thread."""
+    import threading
+
+    seen: list[str] = []
+    with open_lm(conv) as lm:
+        real = lm._lib
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def llama_decode(self, ctx, batch):
+                seen.append(threading.current_thread().name)
+                return real.llama_decode(ctx, batch)
+
+        lm._lib = Spy()
+        lm.feed([1, 2, 3])
+        t = threading.Thread(target=lambda: lm.step(4), name="a-stream-stage")
+        t.start()
+        t.join()
+        lm.step(5)
+    assert len(seen) == 3 and len(set(seen)) == 1 and seen[0].startswith("llama-compute")

@@ -206,3 +206,39 @@ def test_the_worker_streams_chunk_events_for_a_qwen3_bundle(q3_bundle, tmp_path)
         assert events[-1]["result"]["stream"] is True and 0 < events[-1]["result"]["ttfa_s"]
     finally:
         w.close()
+
+
+@pytest.mark.parametrize("yields", ["every", "never"])
+def test_generation_waits_while_each_chunk_is_decoded(yields):
+    """With lm_yields="every" (the default) no frame is generated while the decoder runs: the two share the
+    cores, and llama.cpp's barriers stall when the decoder holds one. "never" overlaps them (shown to differ)."""
+    import time
+
+    from pipeline.engines.qwen3_tts.streaming import StreamEnd, stream_segment
+
+    busy = threading.Event()
+    overlaps = []
+
+    class Decoder:
+        num_quantizers = 16
+
+        def push(self, frames):
+            busy.set()
+            time.sleep(0.03)
+            busy.clear()
+            return np.zeros(len(frames) * SPF, np.float32)
+
+    def generate(on_frame, stopped):
+        frames = []
+        for _ in range(30):
+            time.sleep(0.003)
+            overlaps.append(busy.is_set())
+            frames.append(np.zeros(16, np.int64))
+            on_frame(frames[-1])
+        return np.stack(frames)
+
+    kw = {} if yields == "every" else {"lm_yields": yields}
+    items = list(stream_segment(generate, Decoder(), **kw))
+    assert isinstance(items[-1], StreamEnd) and items[-1].stats["frames"] == 30
+    assert items[-1].stats["lm_yields"] == yields
+    assert (sum(overlaps) == 0) == (yields == "every")

@@ -10,7 +10,9 @@ import ctypes
 import os
 import struct
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,34 @@ def _on_log(level: int, text: bytes | None, _user: Any) -> None:
             _recent_errors[-1] += msg.rstrip("\n")
         else:
             _recent_errors.append(msg.strip())
+
+
+_compute: ThreadPoolExecutor | None = None
+_compute_lock = threading.Lock()
+
+
+def _forget_compute_thread() -> None:
+    global _compute
+    _compute = None  # a forked child has the executor object but not its thread
+
+
+os.register_at_fork(after_in_child=_forget_compute_thread)
+
+
+def on_compute_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` run on the process's one llama.cpp compute thread; every ``llama_decode`` goes through here.
+
+    Why: llama.cpp's CPU backend (an OpenMP build) gets one OpenMP thread team per OS thread that calls it. Once a
+    second team exists (a streaming stage's thread beside the worker's), libgomp counts more threads than CPUs and
+    stops spinning at its barriers, and every decode of the process, on either thread, becomes about twice as
+    slow for good (measured: Qwen3-TTS, 25 frames, 2 cores: 2.3 s on one thread, 4.7 s once a second thread had
+    decoded). One compute thread keeps one team whichever thread asks."""
+    global _compute
+    if _compute is None:
+        with _compute_lock:
+            if _compute is None:
+                _compute = ThreadPoolExecutor(1, thread_name_prefix="llama-compute")
+    return _compute.submit(fn, *args).result()
 
 
 def llama_lib() -> Any:
@@ -230,7 +260,7 @@ class LlamaModel:
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_logits or (last_chunk and i == m - 1)
             batch.n_tokens = m
-            rc = lib.llama_decode(self._ctx, batch)
+            rc = on_compute_thread(lib.llama_decode, self._ctx, batch)
             if rc != 0:
                 self._resync()
                 what = {1: "no KV-cache slot (context full)", 2: "aborted",

@@ -15,7 +15,7 @@ import os
 import numpy as np
 
 from pipeline.shared.errors import BackendError, InputError
-from pipeline.shared.llama import LlamaModel, llama_log_suffix
+from pipeline.shared.llama import LlamaModel, llama_log_suffix, on_compute_thread
 
 
 class LMBody(LlamaModel):
@@ -58,7 +58,7 @@ class LMBody(LlamaModel):
                 batch.seq_id[i][0] = 0
                 batch.logits[i] = all_hidden or (last and i == m - 1)
             batch.n_tokens = m
-            rc = lib.llama_decode(self._ctx, batch)
+            rc = on_compute_thread(lib.llama_decode, self._ctx, batch)
             if rc != 0:
                 pos_max = lib.llama_memory_seq_pos_max(lib.llama_get_memory(self._ctx), 0)
                 self.n_past = int(pos_max) + 1

@@ -20,9 +20,12 @@ of audio) would run out before the next chunk whenever generation is slower than
 is ≈1.2 s per second of audio, spec §12). 4 frames (320 ms) is the first chunk; the cost per frame stops
 falling at 8–16 frames, so hops grow to 16 (1.28 s) and no further: larger hops only delay audio.
 
-Once the generation thread has the first chunk's frames it waits until that audio is out (``lm_yields``), so
-that the first decode has the cores to itself (the time to first audio is what streaming is for; the later
-frames are not needed sooner).
+At each emission point the generation thread waits until that audio is decoded (``lm_yields="every"``): the
+two stages share the process's cores, and llama.cpp's threads meet at a barrier after every op, so a decoder
+running beside them slows each talker and code-predictor call several times over (measured on 2 cores, q4_k_m,
+25 frames: 5.3 s overlapped against 3.0 s for the one-pass path; taking turns it costs about what the one-pass
+path costs). ``"first"`` waits only for the first chunk, ``"never"`` overlaps them throughout (for a machine
+where the decoder has cores of its own).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 
 FIRST_FRAMES = 4
 MAX_HOP_FRAMES = 16
+YIELDS = ("every", "first", "never")
 
 # generate(on_frame, should_stop) -> (n, 16) codes: the talker + code predictor loop of one segment
 Generate = Callable[[Callable[[np.ndarray], None], Callable[[], bool]], np.ndarray]
@@ -82,14 +86,14 @@ class _Request:
     done: bool = False
     error: BaseException | None = None
     stop: bool = False
-    first_out: threading.Event = field(default_factory=threading.Event)
     lm_wait: float = 0.0
     gen_time: float = 0.0
+    decoded: int = 0  # frames decoded so far (the caller)
 
 
 def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
                    should_stop: Callable[[], bool] | None = None, first: int = FIRST_FRAMES,
-                   max_hop: int = MAX_HOP_FRAMES, lm_yields: bool = True,
+                   max_hop: int = MAX_HOP_FRAMES, lm_yields: str = "every",
                    on_progress: Callable[[str, dict], None] | None = None
                    ) -> Iterator[tuple[np.ndarray, bool] | StreamEnd]:
     """Yield ``(float32 audio, is_last)`` as each piece is decoded, then one :class:`StreamEnd`.
@@ -98,8 +102,13 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
     the caller's thread. The last piece may be empty (generation ended right at an emission point). A cancel
     (``should_stop``) is seen by the generation thread after every frame and here before every decode; an
     error in the thread is raised here. Closing the generator stops the thread and waits for it (it finishes
-    at most the frame it is on)."""
+    at most the frame it is on). ``lm_yields``: at which emission points generation waits for the decoder
+    (:data:`YIELDS`, module docstring)."""
+    if lm_yields not in YIELDS:
+        raise ValueError(f"lm_yields must be one of {', '.join(YIELDS)}, not {lm_yields!r}")
     req = _Request()
+    pauses = emission_points(first, max_hop)  # the generation thread's copy of the caller's schedule
+    pause_at = [next(pauses)]
     t_start = time.perf_counter()
     stopped = lambda: req.stop or (should_stop is not None and should_stop())  # noqa: E731
 
@@ -107,12 +116,16 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
         with req.cond:
             req.frames.append(frame)
             req.cond.notify_all()
-            wait = lm_yields and len(req.frames) >= first and not req.first_out.is_set()
-        if wait:
-            t0 = time.perf_counter()
-            while not req.first_out.wait(0.05) and not stopped():
-                pass
-            req.lm_wait = time.perf_counter() - t0
+            n = len(req.frames)
+            at_point = n == pause_at[0]
+            if at_point:
+                pause_at[0] = next(pauses)
+            wait = at_point and (lm_yields == "every" or (lm_yields == "first" and n == first))
+            if wait:
+                t0 = time.perf_counter()
+                while req.decoded < n and not stopped():
+                    req.cond.wait(0.05)
+                req.lm_wait += time.perf_counter() - t0
 
     def work() -> None:
         t0 = time.perf_counter()
@@ -159,7 +172,9 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
             audio = decoder.push(np.stack(new)) if new else np.zeros(0, np.float32)
             t_decode += time.perf_counter() - t0
             decoded = end
-            req.first_out.set()
+            with req.cond:  # the generation thread may go on
+                req.decoded = end
+                req.cond.notify_all()
             if len(audio):
                 emissions += 1
                 if ttfa is None:
@@ -171,7 +186,6 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
         if len(codes) != decoded or (decoded and not np.array_equal(codes, np.stack(req.frames))):
             raise RuntimeError(f"generation returned {len(codes)} frames but streamed {decoded}")
     finally:
-        req.first_out.set()
         with req.cond:  # a consumer that stops iterating, an error or a cancel: stop the thread
             req.stop = True
             req.cond.notify_all()
@@ -179,7 +193,7 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
     wall = time.perf_counter() - t_start
     yield StreamEnd(codes, {"talker": req.gen_time, "decoder": t_decode},
                     {"ttfa_s": ttfa or 0.0, "wall_s": wall, "emissions": emissions, "frames": int(decoded),
-                     "first_frames": first, "max_hop_frames": max_hop, "lm_yields": bool(lm_yields),
+                     "first_frames": first, "max_hop_frames": max_hop, "lm_yields": lm_yields,
                      "lm_wait_s": req.lm_wait})
 
 
