@@ -109,7 +109,7 @@ def run_stream_bench(engine: Any, opts: Any, text: np.ndarray, ptext: np.ndarray
                          "prompt_frames": cf.ratio * len(prompt.speech_tokens)},
         "cache_mel_error": mel_err,
         "stream_peak_rss_mb": rss,
-        "llm_yields": bool(res.stats.get("llm_yields")) if res is not None else None,
+        "llm_yields": res.stats.get("llm_yields") if res is not None else None,
     }
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from pipeline.shared.errors import Cancelled, InputError
 
 SCHEDULES = ("upstream", "chunk")
 FINALS = ("causal", "full")
+YIELDS = ("every", "first", "never")
 
 
 def emission_points(n_prompt: int, *, hop: int = 25, max_hop: int = 100, grow: bool = True) -> Iterator[int]:
@@ -68,6 +70,7 @@ class _Shared:
     llm_done: bool = False
     mel: list[tuple[np.ndarray, bool]] = field(default_factory=list)
     flow_done: bool = False
+    busy: int = 0  # flow and vocoder calls running (the LLM waits for them with llm_yields="every")
     error: BaseException | None = None
     stop: bool = False
     timings: dict[str, float] = field(default_factory=lambda: {"llm": 0.0, "flow": 0.0, "vocoder": 0.0})
@@ -85,16 +88,18 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                    prefix_state: bytes | None = None, flow_cache: Any = None, schedule: str = "upstream",
                    final: str = "causal", hift_noise: np.ndarray | None = None, tokens: Any = None,
                    on_mel: Callable[[np.ndarray, bool], None] | None = None, mode: str = "zero_shot",
-                   on_progress: Callable[[str, dict], None] | None = None, llm_yields: bool | None = None,
+                   on_progress: Callable[[str, dict], None] | None = None, llm_yields: str | None = None,
                    should_stop: Callable[[], bool] | None = None) -> Iterator[Any]:
     """Yield float32 audio arrays as they become final, then one :class:`SynthesisResult` (tokens, timings,
     ``stats``: ttfa_s, wall_s, chunks, emissions, prompt-cache use). ``tokens``: a fixed speech-token list
     instead of the LLM (as upstream's streaming goldens were recorded; for ``verify``), or a callable
     ``tokens(on_token, should_stop)`` that produces them (``bench``: the LLM at a forced length);
-    ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder. ``llm_yields``: once the LLM has the
-    tokens the first audio needs, it waits until that audio is out, so that the flow has the cores to itself
-    (default: when the flow runs on the CPU; the LLM's later tokens are not needed sooner, the flow is the
-    slower stage there)."""
+    ``on_mel(mel, final)`` sees each piece of mel handed to the vocoder. ``llm_yields`` (:data:`YIELDS`):
+    ``"every"``: the LLM waits, between two tokens, while a flow or vocoder call runs, so that each stage has
+    the cores to itself (default when the flow runs on the CPU: the stages share the cores, and llama.cpp's
+    threads, which meet at a barrier after every op, and ONNX Runtime's slow each other down when they overlap);
+    ``"first"``: only once, when the LLM has the tokens the first audio needs, until that audio is out;
+    ``"never"`` (default when the flow runs on the NPU): the stages overlap."""
     from pipeline.engines.cosyvoice3.engine import SynthesisResult
     from pipeline.engines.cosyvoice3.vocoder_stream import HiFTStream
 
@@ -110,7 +115,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
     n_prompt = len(prompt.speech_tokens)
     ratio = cf.ratio
     if llm_yields is None:
-        llm_yields = str(getattr(cf.est, "backend", "")).startswith("onnxruntime")
+        llm_yields = "every" if str(getattr(cf.est, "backend", "")).startswith("onnxruntime") else "never"
+    if llm_yields not in YIELDS:
+        raise InputError(f"llm_yields must be one of {', '.join(YIELDS)}, not {llm_yields!r}")
     first_out = threading.Event()
     llm_wait = [0.0]
     first_need = next(emission_points(n_prompt, hop=cf.chunk_tokens)) + cf.flow.frontend.pre_lookahead_len
@@ -125,14 +132,19 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 if flt.keep(tok):
                     sh.tokens.append(tok)
                     sh.cond.notify_all()
-                wait = llm_yields and len(sh.tokens) >= first_need and not first_out.is_set()
+                first = llm_yields == "first" and len(sh.tokens) >= first_need and not first_out.is_set()
+                if llm_yields == "every" and sh.busy:
+                    t_wait = time.perf_counter()
+                    while sh.busy and not stopped():
+                        sh.cond.wait(0.05)
+                    llm_wait[0] += time.perf_counter() - t_wait
             if on_progress:
                 on_progress("tokens", {"n": i + 1})
-            if wait:
+            if first:
                 t_wait = time.perf_counter()
                 while not first_out.wait(0.05) and not stopped():
                     pass
-                llm_wait[0] = time.perf_counter() - t_wait
+                llm_wait[0] += time.perf_counter() - t_wait
 
         t0 = time.perf_counter()
         try:
@@ -185,7 +197,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                 req.tokens.extend(new)
                 t0 = time.perf_counter()
                 if cf.ready_frames(req, finalize=False) >= goal():
-                    pending.append(cf.advance(req, [], goal(), finalize=False, should_stop=stopped))
+                    with _turn(sh):
+                        pending.append(cf.advance(req, [], goal(), finalize=False, should_stop=stopped))
                     sh.timings["flow"] += time.perf_counter() - t0
                     while req.frames_done >= next_emit:
                         _hand(sh, pending, req.frames_done - next_emit, final=False)
@@ -201,7 +214,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                     pending.clear()
                     mel = cf.full(prompt, np.asarray(req.tokens[n_prompt:], np.int64), should_stop=stopped)
                     pending.append(mel[:, emitted - ratio * n_prompt :])
-                else:
+                else:  # the LLM is done: nothing to take turns with
                     pending.append(cf.advance(req, [], ratio * len(req.tokens), finalize=True, should_stop=stopped))
                 sh.timings["flow"] += time.perf_counter() - t0
                 _hand(sh, pending, 0, final=True)
@@ -238,7 +251,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
             if on_progress:
                 on_progress("vocoder", {"frames": int(mel.shape[1])})
             t0 = time.perf_counter()
-            audio = voc.push(mel, finalize=last)
+            with _turn(sh):
+                audio = voc.push(mel, finalize=last)
             sh.timings["vocoder"] += time.perf_counter() - t0
             first_out.set()  # even if this mel was too short to give audio yet: the flow needs more tokens
             if audio.size:
@@ -259,7 +273,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
         for t in threads:
             t.join()
     stats = {"ttfa_s": ttfa or 0.0, "wall_s": time.perf_counter() - t_start, "chunks": req.stats["chunks"],
-             "flow_calls": req.stats["calls"], "llm_yields": bool(llm_yields),
+             "flow_calls": req.stats["calls"], "llm_yields": llm_yields,
              "llm_wait_s": llm_wait[0],
              "emissions": emissions, "prompt_cache_frames": flow_cache.frames if flow_cache is not None else 0,
              "schedule": schedule, "final": final,
@@ -267,6 +281,19 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                          "vocoder": getattr(engine.hift, "n_threads", None)}}
     yield SynthesisResult(np.concatenate(parts) if parts else np.zeros(0, np.float32), int(c["sample_rate"]),
                           list(sh.raw), dict(sh.timings), engine.backends, stats=stats)
+
+
+@contextmanager
+def _turn(sh: _Shared) -> Iterator[None]:
+    """A flow or vocoder call: the LLM (``llm_yields="every"``) pauses at its next token until it ends."""
+    with sh.cond:
+        sh.busy += 1
+    try:
+        yield
+    finally:
+        with sh.cond:
+            sh.busy -= 1
+            sh.cond.notify_all()
 
 
 def _only_prefill(on_progress: Callable[[str, dict], None]) -> Callable[[str, dict], None]:
