@@ -156,6 +156,19 @@ def _speak(text: str = "Hello", **kw) -> Callable[[Env], None]:
     return run
 
 
+def _speak_qwen3(text: str = "Hello", **kw) -> Callable[[Env], None]:
+    """The studio's checks with a Qwen3-TTS bundle: the studio reads its engine from the manifest only (the
+    checks run before anything reaches the worker), so the env's studio is shown such a manifest."""
+    def run(e: Env) -> None:
+        saved = e.studio.manifest
+        e.studio.manifest = {**saved, "engine": "qwen3-tts"}
+        try:
+            e.studio.speak(text, **{"voice": "Vera", **kw})
+        finally:
+            e.studio.manifest = saved
+    return run
+
+
 def _import(data: Callable[[Env], Path] | bytes, name: str | None = None, overwrite: bool = False):
     def run(e: Env) -> None:
         path = data(e) if callable(data) else e.file("voice.cvvoice", data)
@@ -421,6 +434,9 @@ def cases() -> list[Case]:
         Case(G, "a tag in capitals “[Breath]”", _speak("Раз [Breath] два")),
         Case(G, "zero_shot from a one-off recording without transcript",
              lambda e: e.studio.speak("Hello", prompt_audio=SPEECH, prompt_text="", mode="zero_shot")),
+        Case(G, "instruct mode with a Qwen3-TTS bundle", _speak_qwen3(mode="instruct", instruct="Speak softly.")),
+        Case(G, "speed 1.5 with a Qwen3-TTS bundle", _speak_qwen3(speed=1.5)),
+        Case(G, "a tag “[laughter]” with a Qwen3-TTS bundle", _speak_qwen3("Раз [laughter] два")),
     ]
     imp = "imports"
     c += [
@@ -461,6 +477,8 @@ def cases() -> list[Case]:
         Case(B, "another program's manifest", _bundle(_edit_manifest(format="something-else"))),
         Case(B, "format version 99", _bundle(_edit_manifest(format_version=99))),
         Case(B, "a section missing", _bundle(_edit_manifest(llm=None))),
+        Case(B, "an engine this version does not know", _bundle(_edit_manifest(engine="tortoise-tts"))),
+        Case(B, "“engine”: “qwen3-tts” over CosyVoice3's sections", _bundle(_edit_manifest(engine="qwen3-tts"))),
         Case(B, "a model file missing", _bundle(lambda b: ((b / "a.bin").unlink(), b)[1])),
         Case(B, "a model file cut short", _bundle(lambda b: ((b / "a.bin").write_bytes(b"abc"), b)[1])),
         Case(B, "one byte changed, modification time put back", _bundle(_rot_byte)),

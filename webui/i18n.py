@@ -411,6 +411,10 @@ _RU_MESSAGES: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r i
     (r"^bundle (.+) has format version (.+), this cosyvoice-rk reads version (\d+)",
      "у пакета {0} версия формата {1}, эта версия cosyvoice-rk читает {2}; сконвертируйте чекпойнт заново"),
     (r"^(.+): section '(.+)' is missing", "в {0} нет раздела «{1}»; сконвертируйте чекпойнт заново"),
+    (r"^bundle (.+) is for the engine '(.+)', which this version of cosyvoice-rk does not know \(it knows (.+)\); "
+     r"update cosyvoice-rk or convert the checkpoint again with this version",
+     "модель в {0} сделана для движка «{1}», которого эта версия cosyvoice-rk не знает (она знает {2}): обновите "
+     "cosyvoice-rk или сконвертируйте чекпойнт заново этой версией"),
     (r"^bundle (.+) is incomplete: (.+) is missing", "пакет {0} неполный: нет файла {1}; скопируйте его заново"),
     (r"^bundle (.+): (\S+) has (\d+) bytes, the manifest says (\S+)",
      "в пакете {0} файл {1} размером {2} байт, а по манифесту {3} (обрезан или заменён); скопируйте пакет заново "
