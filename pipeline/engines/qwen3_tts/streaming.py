@@ -22,10 +22,9 @@ falling at 8–16 frames, so hops grow to 16 (1.28 s) and no further: larger hop
 
 At each emission point the generation thread waits until that audio is decoded (``lm_yields="every"``): the
 two stages share the process's cores, and llama.cpp's threads meet at a barrier after every op, so a decoder
-running beside them slows each talker and code-predictor call several times over (measured on 2 cores, q4_k_m,
-25 frames: 5.3 s overlapped against 3.0 s for the one-pass path; taking turns it costs about what the one-pass
-path costs). ``"first"`` waits only for the first chunk, ``"never"`` overlaps them throughout (for a machine
-where the decoder has cores of its own).
+running beside them slows the talker and code-predictor calls (measured on 2 cores, q4_k_m, 100 frames: 14.5 s
+overlapped, 13.6–14.2 s waiting for the first chunk only, 11.6–12.4 s taking turns, which is what the one-pass
+path costs). ``"first"`` and ``"never"`` are kept (for a machine where the decoder has cores of its own).
 """
 
 from __future__ import annotations
