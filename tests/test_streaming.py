@@ -275,3 +275,39 @@ def test_verify_streaming_catches_a_wrong_golden(stream_bundle, sg):
     bad["stream_c1_mel"] = sg["stream_c1_mel"] + 0.01
     res = {r.stage: r for r in run_verify_streaming(stream_bundle, bad, log=lambda m: None)}
     assert not res["stream_c1_mel"].passed and res["stream_c0_mel"].passed
+
+
+@pytest.mark.parametrize("yields", ["every", "never"])
+def test_llm_takes_turns_with_the_flow(stream_bundle, parts, sg, monkeypatch, yields):
+    """llm_yields="every" (the default with the flow on the CPU): without the voice's cache the LLM starts only
+    after the prompt part is solved, and it never goes on with a token while a flow call runs (the stages share
+    the cores). "never" overlaps them (shown to differ)."""
+    import time
+
+    calls: list[tuple[float, float]] = []
+    real = ChunkedFlow.advance
+
+    def advance(self, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return real(self, *a, **kw)
+        finally:
+            calls.append((t0, time.perf_counter()))
+
+    monkeypatch.setattr(ChunkedFlow, "advance", advance)
+    resumed: list[float] = []
+    toks = [int(t) for t in sg["in_stream_token"]]
+
+    def source(on_token, should_stop):
+        resumed.append(time.perf_counter())  # the LLM starts
+        for i, tok in enumerate(toks):
+            time.sleep(0.002)  # a token's decode
+            on_token(i, tok)
+            resumed.append(time.perf_counter())
+
+    e = _engine(stream_bundle, parts)
+    items = list(e.synthesize_stream([1], [2], _prompt(sg, "stream"), tokens=source, use_prompt_cache=False,
+                                     schedule="chunk", llm_yields=yields))
+    assert items[-1].stats["llm_yields"] == yields and len(calls) >= 3
+    during = sum(any(a < t < b for a, b in calls) for t in resumed)
+    assert (resumed[0] > calls[0][1] and during == 0) == (yields == "every")

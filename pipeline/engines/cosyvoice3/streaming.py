@@ -71,6 +71,7 @@ class _Shared:
     mel: list[tuple[np.ndarray, bool]] = field(default_factory=list)
     flow_done: bool = False
     busy: int = 0  # flow and vocoder calls running (the LLM waits for them with llm_yields="every")
+    voice_pending: bool = False  # the voice's prompt part is still to be solved (the LLM starts after it)
     error: BaseException | None = None
     stop: bool = False
     timings: dict[str, float] = field(default_factory=lambda: {"llm": 0.0, "flow": 0.0, "vocoder": 0.0})
@@ -120,6 +121,9 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
         raise InputError(f"llm_yields must be one of {', '.join(YIELDS)}, not {llm_yields!r}")
     first_out = threading.Event()
     llm_wait = [0.0]
+    # without the voice's cache the flow's first call is the prompt part, which needs no token: with "every" the
+    # LLM's prefill waits for it instead of running beside it
+    sh.voice_pending = llm_yields == "every" and req.frames_done < cf.voice_frames(n_prompt)
     first_need = next(emission_points(n_prompt, hop=cf.chunk_tokens)) + cf.flow.frontend.pre_lookahead_len
     stopped = lambda: sh.stop or (should_stop is not None and should_stop())  # noqa: E731
 
@@ -148,6 +152,11 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
 
         t0 = time.perf_counter()
         try:
+            if sh.voice_pending:
+                with sh.cond:
+                    while sh.voice_pending and not stopped():
+                        sh.cond.wait(0.05)
+                llm_wait[0] += time.perf_counter() - t0
             if callable(tokens):
                 tokens(on_token, stopped)
                 return
@@ -200,6 +209,8 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                     with _turn(sh):
                         pending.append(cf.advance(req, [], goal(), finalize=False, should_stop=stopped))
                     sh.timings["flow"] += time.perf_counter() - t0
+                    if sh.voice_pending and req.frames_done >= vf:
+                        _voice_done(sh)
                     while req.frames_done >= next_emit:
                         _hand(sh, pending, req.frames_done - next_emit, final=False)
                         emitted, next_emit = next_emit, ratio * (n_prompt + next(points))
@@ -222,6 +233,7 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
         except BaseException as e:  # noqa: BLE001 - handed to the caller
             sh.fail(e)
         finally:
+            _voice_done(sh)
             with sh.cond:
                 sh.flow_done = True
                 sh.cond.notify_all()
@@ -281,6 +293,12 @@ def stream_segment(engine: Any, text_ids: Any, prompt_text_ids: Any, prompt: Any
                          "vocoder": getattr(engine.hift, "n_threads", None)}}
     yield SynthesisResult(np.concatenate(parts) if parts else np.zeros(0, np.float32), int(c["sample_rate"]),
                           list(sh.raw), dict(sh.timings), engine.backends, stats=stats)
+
+
+def _voice_done(sh: _Shared) -> None:
+    with sh.cond:
+        sh.voice_pending = False
+        sh.cond.notify_all()
 
 
 @contextmanager
