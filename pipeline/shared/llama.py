@@ -59,8 +59,9 @@ def on_compute_thread(fn: Callable[..., Any], *args: Any) -> Any:
     Why: llama.cpp's CPU backend (an OpenMP build) gets one OpenMP thread team per OS thread that calls it. Once a
     second team exists (a streaming stage's thread beside the worker's), libgomp counts more threads than CPUs and
     stops spinning at its barriers, and every decode of the process, on either thread, becomes about twice as
-    slow for good (measured: Qwen3-TTS, 25 frames, 2 cores: 2.3 s on one thread, 4.7 s once a second thread had
-    decoded). One compute thread keeps one team whichever thread asks."""
+    slow for good (a script timing Qwen3-TTS generation, 25 frames, 2 cores, one process: 2.1-2.5 s from one
+    thread, 4.2-4.8 s once a second thread had decoded; docs/qwen3-tts.md). One compute thread keeps one team
+    whichever thread asks."""
     global _compute
     if _compute is None:
         with _compute_lock:

@@ -22,9 +22,10 @@ falling at 8–16 frames, so hops grow to 16 (1.28 s) and no further: larger hop
 
 At each emission point the generation thread waits until that audio is decoded (``lm_yields="every"``): the
 two stages share the process's cores, and llama.cpp's threads meet at a barrier after every op, so a decoder
-running beside them slows the talker and code-predictor calls (measured on 2 cores, q4_k_m, 100 frames: 14.5 s
-overlapped, 13.6–14.2 s waiting for the first chunk only, 11.6–12.4 s taking turns, which is what the one-pass
-path costs). ``"first"`` and ``"never"`` are kept (for a machine where the decoder has cores of its own).
+running beside them slows the talker and code-predictor calls (a script over ``create_chunks``, 2 cores, q4_k_m,
+100 frames, separate runs: 14.5 s overlapped, 13.6–14.2 s waiting for the first chunk only, 11.6–12.4 s taking
+turns, which is what the one-pass path costs). ``"first"`` and ``"never"`` are kept (for a machine where the
+decoder has cores of its own).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.engines.base import Segment
-from pipeline.shared.errors import Cancelled
+from pipeline.shared.errors import Cancelled, InputError
 
 from .decoder_stream import StatefulStreamDecoder
 from .voice import Job, SegmentResult
@@ -104,7 +105,7 @@ def stream_segment(generate: Generate, decoder: StatefulStreamDecoder, *,
     at most the frame it is on). ``lm_yields``: at which emission points generation waits for the decoder
     (:data:`YIELDS`, module docstring)."""
     if lm_yields not in YIELDS:
-        raise ValueError(f"lm_yields must be one of {', '.join(YIELDS)}, not {lm_yields!r}")
+        raise InputError(f"lm_yields must be one of {', '.join(YIELDS)}, not {lm_yields!r}")
     req = _Request()
     pauses = emission_points(first, max_hop)  # the generation thread's copy of the caller's schedule
     pause_at = [next(pauses)]
